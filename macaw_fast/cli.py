@@ -1,0 +1,44 @@
+"""The `macaw-fast` command line. Parses arguments and calls into the package; no logic here.
+
+Each sub-command lives with the code it drives and registers itself through a
+``register(subparsers)`` function listed in ``_COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that provide ``register(subparsers)``; each adds its sub-command(s).
+_COMMAND_MODULES = [
+    "macaw_fast.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="macaw-fast", description="Fast, exact MACAW offline meta-RL.")
+    parser.add_argument("--version", action="version", version=f"macaw-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError) as e:
+        print(f"macaw-fast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

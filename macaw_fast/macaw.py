@@ -1,0 +1,270 @@
+"""MACAW's meta-training step for all tasks of a task batch in one batched pass (spec §4, §5).
+
+`MetaLearner` owns the value function, the policy (with its advantage head), one learned inner
+rate per parameter tensor (softplus(rho)), the head weight softplus(kappa), and the Adam state.
+Every task's inner step is taken at once: per-task gradients with respect to each layer's
+generated parameters come from one batched backward pass, and the adapted parameters from the
+rank-1 identity of spec §5, so no task ever gets its own copy of a weight matrix W.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MacawConfig
+from .data.batch import Batch
+from .nets import PolicyNet, ValueNet, advantage_weights, gaussian_log_prob
+
+
+@dataclass
+class Adapted:
+    """Per-task adapted generated parameters: one (T, P) tensor per layer."""
+
+    value: list[Tensor]
+    policy: list[Tensor]
+    """Trunk layers then (when present) head layers."""
+
+
+class MetaLearner:
+    """MACAW meta-learner: networks, learned rates, the batched meta-step and its optimizer.
+
+    Args:
+        obs_dim, act_dim: observation and action sizes.
+        n_train_tasks: N_train; the outer losses are summed over the task batch and divided by it.
+        config: hyper-parameters (defaults: the paper's).
+        device, dtype: where the parameters live.
+        fused: use ``macaw_fast.ops`` for the step (same results; see the fused-ops docs).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, n_train_tasks: int, config: MacawConfig | None = None,
+                 *, device=None, dtype=torch.float32, fused: bool = False) -> None:
+        self.config = config = config if config is not None else MacawConfig()
+        config.validate()
+        for name, v in (("obs_dim", obs_dim), ("act_dim", act_dim), ("n_train_tasks", n_train_tasks)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+        self.obs_dim, self.act_dim, self.n_train_tasks = obs_dim, act_dim, n_train_tasks
+        self.fused = fused
+        kw = {"device": device, "dtype": dtype}
+        c = config
+        self.vf = ValueNet(obs_dim, c.net_width, c.net_depth, c.wlinear, c.wlinear_dim, **kw)
+        self.policy = PolicyNet(obs_dim, act_dim, c.net_width, c.net_depth, c.advantage_head,
+                                c.head_width, c.wlinear, c.wlinear_dim, **kw)
+        k = 3 if c.wlinear else 2
+        self.vf_lrs = nn.Parameter(torch.full((len(self.vf.layers), k), math.log(c.inner_value_lr), **kw))
+        self.policy_lrs = nn.Parameter(torch.full((len(self.policy.layers), k), math.log(c.inner_policy_lr), **kw))
+        self.adv_coef = nn.Parameter(torch.tensor(math.log(c.advantage_head_coef), **kw))
+        self.optimizer = torch.optim.Adam([
+            {"params": list(self.vf.parameters()), "lr": c.outer_value_lr, "name": "value"},
+            {"params": list(self.policy.parameters()), "lr": c.outer_policy_lr, "name": "policy"},
+            {"params": [self.vf_lrs, self.policy_lrs, self.adv_coef], "lr": c.lrlr, "name": "lrs"},
+        ], foreach=True)
+
+    # ------------------------------------------------------------------ parameters
+    def parameters(self) -> list[Tensor]:
+        """Every trained tensor: value net, policy (with head), rates and kappa."""
+        return [g for group in self.optimizer.param_groups for g in group["params"]]
+
+    @property
+    def device(self) -> torch.device:
+        return self.vf_lrs.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vf_lrs.dtype
+
+    def value_rates(self) -> Tensor:
+        """Inner step sizes softplus(rho) of the value net, (layers, tensors per layer)."""
+        return F.softplus(self.vf_lrs)
+
+    def policy_rates(self) -> Tensor:
+        """Inner step sizes softplus(rho) of the policy (trunk then head), (layers, tensors per layer)."""
+        return F.softplus(self.policy_lrs)
+
+    def head_weight(self) -> Tensor:
+        """softplus(kappa), the weight of the advantage-head loss in the inner policy loss."""
+        return F.softplus(self.adv_coef)
+
+    # ------------------------------------------------------------------ the inner step
+    def _check(self, batch: Batch, name: str) -> None:
+        if not isinstance(batch, Batch):
+            raise TypeError(f"{name}: expected a macaw_fast.data.Batch, got {type(batch).__name__}")
+        batch.validate(self.obs_dim, self.act_dim, name)
+        if batch.obs.dtype != self.dtype or batch.obs.device != self.device:
+            raise TypeError(f"{name}: expected tensors of dtype {self.dtype} on {self.device}, "
+                            f"got {batch.obs.dtype} on {batch.obs.device} (use batch.to(...))")
+        if batch.batch_size < 2:
+            raise ValueError(f"{name}: advantage weights need at least 2 rows per task (unbiased std), "
+                             f"got batch size {batch.batch_size}")
+
+    def _adapt_value(self, inner: Batch, with_target: bool):
+        """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters."""
+        T = inner.num_tasks
+        thetas = self.vf.thetas()
+        per_task = [th.expand(T, -1) for th in thetas]
+        v = self.vf.forward_thetas(per_task, inner.obs)
+        loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
+        grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
+        rates = self.value_rates()
+        alpha = self.config.target_vf_alpha if with_target else None
+        out = [layer.adapt(th, g, rates[k], alpha)
+               for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
+        if with_target:
+            return [o[0] for o in out], [o[1] for o in out], loss_in
+        return out, None, loss_in
+
+    def _advantages(self, value_thetas: Sequence[Tensor], batch: Batch) -> Tensor:
+        """A = mc_return + terminal_discount * V(terminal_obs) - V(obs), no gradient."""
+        with torch.no_grad():
+            th = [t.detach() for t in value_thetas]
+            both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
+            v = self.vf.forward_thetas(th, both)
+            B = batch.batch_size
+            return batch.mc_return + batch.terminal_discount * v[:, :B] - v[:, B:]
+
+    def _policy_inner_loss(self, thetas: Sequence[Tensor], batch: Batch, adv: Tensor, weights: Tensor):
+        c = self.config
+        n_trunk = self.policy.num_trunk_layers
+        mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True)
+        logp = gaussian_log_prob(batch.action, mu, c.action_sigma)
+        loss = (-weights * logp).mean(-1)
+        if self.policy.head is not None:
+            pred = self.policy.advantage(thetas[n_trunk:], hidden, batch.action)
+            loss = loss + self.head_weight() * (pred - adv).pow(2).mean(-1)
+        return loss
+
+    def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None):
+        """theta'_i for every task; ``layers`` limits the result to the first few layers."""
+        T = inner.num_tasks
+        thetas = [layer.theta() for layer in self.policy.layers]
+        per_task = [th.expand(T, -1) for th in thetas]
+        loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
+        n = len(thetas) if layers is None else layers
+        grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
+        rates = self.policy_rates()
+        layers_ = self.policy.layers
+        return [layers_[k].adapt(thetas[k], grads[k], rates[k]) for k in range(n)], loss_in
+
+    def adapt(self, batch: Batch) -> Adapted:
+        """Adapt value function then policy to each task's batch (one step each, spec §6)."""
+        self._check(batch, "batch")
+        c = self.config
+        value, _, _ = self._adapt_value(batch, with_target=False)
+        adv = self._advantages(value, batch)
+        w = advantage_weights(adv, c.adaptation_temp, c.exp_advantage_clip)
+        policy, _ = self._adapt_policy(batch, adv, w)
+        return Adapted(value=value, policy=policy)
+
+    def act(self, obs: Tensor, adapted: Adapted | None = None) -> Tensor:
+        """Policy mean for obs (T, B, obs_dim): adapted per task, or the meta-trained policy."""
+        n = self.policy.num_trunk_layers
+        thetas = adapted.policy[:n] if adapted is not None else self.policy.trunk.thetas()
+        return self.policy.mean(thetas, obs)
+
+    # ------------------------------------------------------------------ the meta-step
+    def meta_loss(self, inner: Batch, outer: Batch) -> tuple[Tensor, dict]:
+        """The meta-objective (sum over the task batch of outer losses) / N_train, and metrics.
+
+        inner, outer: per-task batches (T, B, ...) of the same T tasks, in the same order.
+        """
+        self._check(inner, "inner")
+        self._check(outer, "outer")
+        if inner.num_tasks != outer.num_tasks:
+            raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
+                             f"outer has T={outer.num_tasks}")
+        c = self.config
+        # Value function: inner step, target mix, bootstrapped outer regression.
+        v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True)
+        v_out = self.vf.forward_thetas(v_new, outer.obs)
+        with torch.no_grad():
+            target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
+                [t.detach() for t in v_tgt], outer.terminal_obs)
+        lv_out = (v_out - target).pow(2).mean(-1)
+
+        # Policy: advantages from the adapted value function, no gradient into it.
+        adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer)
+        w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
+        w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
+        n_trunk = self.policy.num_trunk_layers
+        p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk)
+        mu_out = self.policy.mean(p_new, outer.obs)
+        lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
+
+        loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
+        metrics = {
+            "loss/value_inner": lv_in.detach().mean().item(),
+            "loss/value_outer": lv_out.detach().mean().item(),
+            "loss/policy_inner": lp_in.detach().mean().item(),
+            "loss/policy_outer": lp_out.detach().mean().item(),
+            "adv/mean": adv_out.mean().item(),
+            "adv/std": adv_out.std().item(),
+            "weight/mean": w_out.mean().item(),
+            "weight/max": w_out.max().item(),
+            "lr/value_inner_mean": self.value_rates().detach().mean().item(),
+            "lr/policy_inner_mean": self.policy_rates().detach().mean().item(),
+            "adv_head_weight": self.head_weight().item(),
+        }
+        return loss, metrics
+
+    def meta_step(self, inner: Batch, outer: Batch) -> dict:
+        """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.meta_loss(inner, outer)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"meta-loss is not finite ({loss.item()}); parameters left unchanged")
+        loss.backward()
+        self.optimizer.step()
+        metrics["loss/meta"] = loss.item()
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild and resume: dims, config, parameters, Adam state."""
+        return {
+            "format": "macaw-fast/meta-learner",
+            "version": 1,
+            "dims": {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "n_train_tasks": self.n_train_tasks},
+            "config": self.config.to_dict(),
+            "vf": self.vf.state_dict(),
+            "policy": self.policy.state_dict(),
+            "vf_lrs": self.vf_lrs.detach().clone(),
+            "policy_lrs": self.policy_lrs.detach().clone(),
+            "adv_coef": self.adv_coef.detach().clone(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a `state_dict`; dims and config must match this learner's."""
+        if state.get("format") != "macaw-fast/meta-learner":
+            raise ValueError("not a macaw-fast MetaLearner state (missing 'format': 'macaw-fast/meta-learner')")
+        dims = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "n_train_tasks": self.n_train_tasks}
+        if state["dims"] != dims:
+            raise ValueError(f"state dims {state['dims']} do not match this learner's {dims}")
+        if state["config"] != self.config.to_dict():
+            diff = {k: v for k, v in state["config"].items() if self.config.to_dict().get(k) != v}
+            raise ValueError(f"state config differs from this learner's in {sorted(diff)}")
+        self.vf.load_state_dict(state["vf"])
+        self.policy.load_state_dict(state["policy"])
+        with torch.no_grad():
+            for name in ("vf_lrs", "policy_lrs", "adv_coef"):
+                dst, src = getattr(self, name), state[name]
+                if dst.shape != src.shape:
+                    raise ValueError(f"state['{name}']: expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+                dst.copy_(src)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False) -> "MetaLearner":
+        """Build a learner from a `state_dict` (dims, config and dtype taken from it)."""
+        dims = state["dims"]
+        learner = cls(dims["obs_dim"], dims["act_dim"], dims["n_train_tasks"],
+                      MacawConfig.from_dict(state["config"]), device=device,
+                      dtype=state["vf_lrs"].dtype, fused=fused)
+        learner.load_state_dict(state)
+        return learner
