@@ -1,0 +1,151 @@
+// The meta-batch sampler's core: a counter-based RNG, the index draws and the row gather.
+//
+// Nothing here knows Python; csrc/sampler.cpp validates the arrays and binds it. The numpy twin in
+// macaw_fast/data/sampler.py implements the same definitions and must produce identical indices.
+//
+// Random numbers. Every draw is a pure function of (key, counter):
+//   mix64(x)                 the SplitMix64 finaliser (a bijection on 64-bit words)
+//   combine(k, v)            = mix64(k * GOLDEN + v + OFFSET)
+//   key(seed, step, task, slot, stream)
+//                            = combine(combine(combine(combine(mix64(seed), step), task), slot), stream)
+//   word(key, c)             = mix64(key + (c + 1) * GOLDEN)   (SplitMix64's output at position c)
+//   below(key, k, n)         uniform integer in [0, n), 1 <= n < 2^32: Lemire's multiply-shift on
+//                            word(key, k + (a << 32)) for attempts a = 0, 1, ... with exact rejection.
+// All arithmetic is modulo 2^64.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace macaw {
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+constexpr uint64_t kOffset = 0x632BE59BD9B4E019ULL;
+constexpr uint64_t kMaxRows = 1ULL << 32;  // exclusive bound on rows per task
+
+// Stream ids: which quantity a key draws.
+enum Stream : uint64_t {
+    kInnerStart = 0,    // the inner window's start
+    kInnerRows = 1,     // the inner batch's rows (uniform mode), Floyd draws
+    kInnerShuffle = 2,  // the inner batch's rows (uniform mode), Fisher-Yates draws
+    kOuterRows = 3,     // the outer batch's rows, Floyd draws
+    kOuterShuffle = 4,  // the outer batch's rows, Fisher-Yates draws
+    kTaskChoice = 5,    // the task batch (drawn in Python only)
+};
+
+inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    x ^= x >> 31;
+    return x;
+}
+
+inline uint64_t combine(uint64_t key, uint64_t v) { return mix64(key * kGolden + v + kOffset); }
+
+inline uint64_t stream_key(uint64_t seed, uint64_t step, uint64_t task, uint64_t slot, uint64_t stream) {
+    return combine(combine(combine(combine(mix64(seed), step), task), slot), stream);
+}
+
+inline uint64_t word(uint64_t key, uint64_t counter) { return mix64(key + (counter + 1) * kGolden); }
+
+// Uniform integer in [0, n) for 1 <= n < 2^32, draw number k < 2^32 of the stream `key`.
+inline uint64_t below(uint64_t key, uint64_t k, uint64_t n) {
+    uint64_t r = word(key, k);
+    unsigned __int128 m = static_cast<unsigned __int128>(r) * n;
+    uint64_t lo = static_cast<uint64_t>(m);
+    if (lo < n) {
+        const uint64_t threshold = (0 - n) % n;  // 2^64 mod n
+        uint64_t attempt = 0;
+        while (lo < threshold) {
+            ++attempt;
+            r = word(key, k + (attempt << 32));
+            m = static_cast<unsigned __int128>(r) * n;
+            lo = static_cast<uint64_t>(m);
+        }
+    }
+    return static_cast<uint64_t>(m >> 64);
+}
+
+// B distinct rows of [0, n), in uniformly random order: Floyd's algorithm (draw k picks from
+// [0, n - b + k]) then a Fisher-Yates shuffle (draw k, k = b-1 .. 1, picks from [0, k]).
+// `table` is scratch space for an open-addressing set; out receives b indices.
+inline void distinct_rows(uint64_t key_rows, uint64_t key_shuffle, uint64_t n, uint64_t b, int64_t* out,
+                          std::vector<uint64_t>& table) {
+    if (b > n) throw std::logic_error("distinct_rows: b > n");
+    size_t cap = 16;
+    while (cap < 2 * b) cap <<= 1;
+    const uint64_t empty = ~0ULL;
+    table.assign(cap, empty);
+    const size_t mask = cap - 1;
+    auto insert = [&](uint64_t x) -> bool {  // true if newly inserted
+        size_t h = static_cast<size_t>(mix64(x)) & mask;
+        while (table[h] != empty) {
+            if (table[h] == x) return false;
+            h = (h + 1) & mask;
+        }
+        table[h] = x;
+        return true;
+    };
+    for (uint64_t k = 0; k < b; ++k) {
+        const uint64_t j = n - b + k;
+        const uint64_t t = below(key_rows, k, j + 1);
+        if (insert(t)) {
+            out[k] = static_cast<int64_t>(t);
+        } else {
+            insert(j);  // j is larger than every earlier candidate, so it is new
+            out[k] = static_cast<int64_t>(j);
+        }
+    }
+    for (uint64_t k = b; k-- > 1;) {
+        const uint64_t s = below(key_shuffle, k, k + 1);
+        const int64_t tmp = out[k];
+        out[k] = out[s];
+        out[s] = tmp;
+    }
+}
+
+// Number of possible window starts: the paper's code draws randint(0, N - B), i.e. [0, N - B).
+inline uint64_t window_starts(uint64_t n, uint64_t b, bool paper_window) { return paper_window ? n - b : n - b + 1; }
+
+// Indices of one task slot's inner batch (b rows) into out.
+inline void inner_indices(uint64_t seed, uint64_t step, uint64_t task, uint64_t slot, uint64_t n, uint64_t b,
+                          bool contiguous, bool paper_window, int64_t* out, std::vector<uint64_t>& table) {
+    if (contiguous) {
+        const uint64_t starts = window_starts(n, b, paper_window);
+        if (starts < 1) throw std::logic_error("inner_indices: no window start");
+        const uint64_t start = below(stream_key(seed, step, task, slot, kInnerStart), 0, starts);
+        for (uint64_t i = 0; i < b; ++i) out[i] = static_cast<int64_t>(start + i);
+    } else {
+        distinct_rows(stream_key(seed, step, task, slot, kInnerRows), stream_key(seed, step, task, slot, kInnerShuffle),
+                      n, b, out, table);
+    }
+}
+
+// Indices of one task slot's outer batch (b distinct rows) into out.
+inline void outer_indices(uint64_t seed, uint64_t step, uint64_t task, uint64_t slot, uint64_t n, uint64_t b,
+                          int64_t* out, std::vector<uint64_t>& table) {
+    distinct_rows(stream_key(seed, step, task, slot, kOuterRows), stream_key(seed, step, task, slot, kOuterShuffle), n, b,
+                  out, table);
+}
+
+// Copy rows idx[0..b) of src (n rows of row_len floats) to dst (b rows). Every index is checked.
+// A contiguous run of indices is copied with one memcpy.
+inline void gather_rows(const float* src, uint64_t n, uint64_t row_len, const int64_t* idx, uint64_t b, float* dst) {
+    const size_t row_bytes = row_len * sizeof(float);
+    uint64_t i = 0;
+    while (i < b) {
+        const int64_t first = idx[i];
+        if (first < 0 || static_cast<uint64_t>(first) >= n) throw std::out_of_range("row index out of range");
+        uint64_t run = 1;
+        while (i + run < b && idx[i + run] == first + static_cast<int64_t>(run)) ++run;
+        if (static_cast<uint64_t>(first) + run > n) throw std::out_of_range("row index out of range");
+        std::memcpy(dst + i * row_len, src + static_cast<uint64_t>(first) * row_len, run * row_bytes);
+        i += run;
+    }
+}
+
+}  // namespace macaw
