@@ -675,15 +675,7 @@ class DatasetWriter:
                   "obs_dim": int(obs_dim), "act_dim": int(act_dim), "gamma": gamma, "generation": 0,
                   "tasks": entries, "split": split_, "created_by": versions}
             _atomic_write_json(os.path.join(tmp, DATASET_MANIFEST), dm)
-            if os.path.exists(path):
-                old = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(path)) + ".", suffix=".old", dir=parent)
-                os.rmdir(old)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-            _fsync_dir(parent)
+            install_dir(tmp, path, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -956,6 +948,33 @@ class DatasetWriter:
             pass
 
 
+def staging_dir(path) -> str:
+    """A new empty directory beside ``path`` to build a dataset in before :func:`install_dir`."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".new", dir=parent)
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def install_dir(tmp: str, path, overwrite: bool) -> None:
+    """Move the finished directory ``tmp`` to ``path`` by rename (replacing ``path`` if ``overwrite``)."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+        old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
+        os.rmdir(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(parent)
+
+
 def _task_manifest(tid, env_id, params, gamma, rows, obs_dim, act_dim, sha, episodes, versions, source) -> dict:
     fields = {}
     for field in FIELDS:
@@ -984,15 +1003,16 @@ def write_task_arrays(writer: DatasetWriter, task_id, arrays: Mapping[str, np.nd
     for field in FIELDS:
         if field not in arrays:
             raise ValueError(f"task {st.task_id}: field {field!r} missing")
-        a = np.asarray(arrays[field])
+        a = arrays[field]
+        shape = tuple(a.shape) if hasattr(a, "shape") else np.asarray(a).shape  # no read for lazy columns
         dim = _field_dim(field, writer.obs_dim, writer.act_dim)
-        want = (a.shape[0],) if dim is None else (a.shape[0], dim)
-        if a.shape != want:
-            raise ValueError(f"task {st.task_id}: {field}: expected shape (N{', ' + str(dim) if dim else ''}), got {a.shape}")
+        want = (shape[0],) if dim is None else (shape[0], dim)
+        if shape != want:
+            raise ValueError(f"task {st.task_id}: {field}: expected shape (N{', ' + str(dim) if dim else ''}), got {shape}")
         if n is None:
-            n = a.shape[0]
-        elif a.shape[0] != n:
-            raise ValueError(f"task {st.task_id}: {field}: {a.shape[0]} rows, other fields have {n}")
+            n = shape[0]
+        elif shape[0] != n:
+            raise ValueError(f"task {st.task_id}: {field}: {shape[0]} rows, other fields have {n}")
     if st.pending_hashers is None:
         st.pending_hashers = {f: h.copy() for f, h in st.hashers.items()}
     tdir = os.path.join(writer.path, st.task_id)
