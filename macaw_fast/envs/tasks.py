@@ -266,6 +266,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): (f"{_NUMPY_CORE}.multiarray", "scalar"),
     ("numpy", "ndarray"): ("numpy", "ndarray"),
     ("numpy", "dtype"): ("numpy", "dtype"),
+    ("_codecs", "encode"): ("_codecs", "encode"),  # bytes in protocol-2 pickles (Python 2 era)
 }
 
 
