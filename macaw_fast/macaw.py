@@ -19,7 +19,12 @@ from torch import Tensor, nn
 
 from .config import MacawConfig
 from .data.batch import Batch
-from .nets import PolicyNet, ValueNet, advantage_weights, gaussian_log_prob
+from .nets import PolicyNet, WLinear, ValueNet, advantage_weights, gaussian_log_prob
+
+
+def _adam_impl(device: torch.device) -> dict:
+    """The fastest Adam implementation for the device (same update rule; fused is ~4x on CPU)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
 @dataclass
@@ -64,7 +69,7 @@ class MetaLearner:
             {"params": list(self.vf.parameters()), "lr": c.outer_value_lr, "name": "value"},
             {"params": list(self.policy.parameters()), "lr": c.outer_policy_lr, "name": "policy"},
             {"params": [self.vf_lrs, self.policy_lrs, self.adv_coef], "lr": c.lrlr, "name": "lrs"},
-        ], foreach=True)
+        ], **_adam_impl(self.vf_lrs.device))
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> list[Tensor]:
@@ -106,7 +111,7 @@ class MetaLearner:
     def _adapt_value(self, inner: Batch, with_target: bool):
         """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters."""
         T = inner.num_tasks
-        thetas = self.vf.thetas()
+        thetas = self.vf.thetas(low_rank_grad=True)
         per_task = [th.expand(T, -1) for th in thetas]
         v = self.vf.forward_thetas(per_task, inner.obs)
         loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
@@ -142,7 +147,8 @@ class MetaLearner:
     def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None):
         """theta'_i for every task; ``layers`` limits the result to the first few layers."""
         T = inner.num_tasks
-        thetas = [layer.theta() for layer in self.policy.layers]
+        thetas = [layer.theta(True) if isinstance(layer, WLinear) else layer.theta()
+                  for layer in self.policy.layers]
         per_task = [th.expand(T, -1) for th in thetas]
         loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
         n = len(thetas) if layers is None else layers

@@ -16,6 +16,89 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+class _LowRankWGrad:
+    """Collects the factors of dL/dW = sum_k u_k v_k^T from every use of one layer's W.
+
+    All of a weight-transform layer's uses of W in the meta-step are matrix products whose
+    gradient with respect to W has rank at most T (spec §5), so instead of letting autograd build
+    and add a dense P x D gradient per use, each use records its factors here and the last node to
+    run backward (the one that generated theta = W z + b) forms dL/dW with ONE GEMM.
+    """
+
+    def __init__(self) -> None:
+        self.u: list[Tensor] = []   # (k, P)
+        self.v: list[Tensor] = []   # (k, D)
+
+
+class _GenerateTheta(torch.autograd.Function):
+    """theta = W z + b; its backward also folds in the W-gradient factors of later uses of W."""
+
+    @staticmethod
+    def forward(weight, bias, z, acc):
+        return torch.addmv(bias, weight, z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, bias, z, acc = inputs
+        ctx.save_for_backward(weight, z)
+        ctx.acc = acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dtheta):
+        weight, z = ctx.saved_tensors
+        acc = ctx.acc
+        u = torch.cat([dtheta.unsqueeze(0)] + acc.u)
+        v = torch.cat([z.unsqueeze(0)] + acc.v)
+        acc.u, acc.v = [], []
+        return u.t() @ v, dtheta, weight.t() @ dtheta, None
+
+
+class _LeftMulW(torch.autograd.Function):
+    """Y = G @ W for G (T, P): dG = dY W^T; dW = G^T dY is recorded as factors."""
+
+    @staticmethod
+    def forward(g, weight, acc):
+        return g @ weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, weight, acc = inputs
+        ctx.save_for_backward(g, weight)
+        ctx.acc = acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        g, weight = ctx.saved_tensors
+        ctx.acc.u.append(g)
+        ctx.acc.v.append(dy)
+        return dy @ weight.t(), None, None
+
+
+class _RightMulWT(torch.autograd.Function):
+    """X = Z @ W^T for Z (T, D): dZ = dX W; dW = dX^T Z is recorded as factors."""
+
+    @staticmethod
+    def forward(z, weight, acc):
+        return z @ weight.t()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, weight, acc = inputs
+        ctx.save_for_backward(z, weight)
+        ctx.acc = acc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dx):
+        z, weight = ctx.saved_tensors
+        ctx.acc.u.append(dx)
+        ctx.acc.v.append(z)
+        return dx @ weight, None, None
 
 
 class WLinear(nn.Module):
@@ -43,9 +126,19 @@ class WLinear(nn.Module):
     def num_generated(self) -> int:
         return self.in_features * self.out_features + self.out_features
 
-    def theta(self) -> Tensor:
-        """Generated parameters, (P,)."""
-        return torch.addmv(self.bias, self.weight, self.z)
+    def theta(self, low_rank_grad: bool = False) -> Tensor:
+        """Generated parameters, (P,).
+
+        With ``low_rank_grad``, theta is made by a node that also gathers the W-gradient of the
+        `adapt` call made with it, so that W's gradient is formed by one GEMM (first-order only:
+        the meta-step never differentiates W's gradient again; misuse raises).
+        """
+        if not low_rank_grad:
+            return torch.addmv(self.bias, self.weight, self.z)
+        acc = _LowRankWGrad()
+        theta = _GenerateTheta.apply(self.weight, self.bias, self.z, acc)
+        theta._macaw_w_grad = acc
+        return theta
 
     def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None):
         """One inner SGD step of every task at once, without copying W (spec §5).
@@ -56,8 +149,13 @@ class WLinear(nn.Module):
         expressed as generated parameters (T, P).
         """
         eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
-        z_new = self.z - eta_z * (grad @ self.weight)                 # (T, D)
-        wz_new = z_new @ self.weight.t()                              # (T, P) = W z'
+        acc = getattr(theta, "_macaw_w_grad", None)
+        if acc is None:
+            z_new = self.z - eta_z * (grad @ self.weight)                 # (T, D)
+            wz_new = z_new @ self.weight.t()                              # (T, P) = W z'
+        else:
+            z_new = self.z - eta_z * _LeftMulW.apply(grad, self.weight, acc)
+            wz_new = _RightMulWT.apply(z_new, self.weight, acc)
         coef = eta_w * (z_new @ self.z) + eta_b                       # (T,)
         theta_new = torch.addcmul(wz_new + self.bias, coef.unsqueeze(-1), grad, value=-1.0)
         if alpha is None:
@@ -114,8 +212,9 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(
             make_layer(i, o, wlinear, dim, **kw) for i, o in zip(self.dims[:-1], self.dims[1:]))
 
-    def thetas(self) -> list[Tensor]:
-        return [layer.theta() for layer in self.layers]
+    def thetas(self, low_rank_grad: bool = False) -> list[Tensor]:
+        return [layer.theta(low_rank_grad) if isinstance(layer, WLinear) else layer.theta()
+                for layer in self.layers]
 
     def layer_dims(self) -> list[tuple[int, int]]:
         return list(zip(self.dims[:-1], self.dims[1:]))

@@ -67,8 +67,8 @@ def _weights(adv: Tensor, temp: float, max_weight: float) -> Tensor:
     return torch.exp(torch.clamp(normalised, max=math.log(max_weight)))
 
 
-def reference_meta_loss(learner: MetaLearner, inner: Batch, outer: Batch) -> Tensor:
-    """Sum over tasks of the outer value and policy losses, divided by N_train."""
+def task_outer_losses(learner: MetaLearner, inner: Batch, outer: Batch, i: int) -> tuple[Tensor, Tensor]:
+    """Task i's outer value loss and outer policy loss, through its own inner step."""
     c = learner.config
     wl = c.wlinear
     vdims = learner.vf.dims
@@ -77,43 +77,62 @@ def reference_meta_loss(learner: MetaLearner, inner: Batch, outer: Batch) -> Ten
     v_rates = F.softplus(learner.vf_lrs)
     p_rates = F.softplus(learner.policy_lrs)
     head_weight = F.softplus(learner.adv_coef)
+    s_in, a_in = inner.obs[i], inner.action[i]
+    s_out, a_out = outer.obs[i], outer.action[i]
+
+    # ---- value function: one SGD step on the Monte-Carlo regression loss
+    phi = _copy(learner.vf.layers)
+    v = _mlp(phi, vdims, s_in, wl)[0].squeeze(-1)
+    loss_v_in = ((v - inner.mc_return[i]) ** 2).mean()
+    phi_new = _sgd(phi, _grads(loss_v_in, phi), v_rates)
+    a = c.target_vf_alpha
+    phi_tgt = [{name: a * p[name] + (1 - a) * q[name] for name in p} for p, q in zip(phi, phi_new)]
+
+    def value(params, s):
+        return _mlp(params, vdims, s, wl)[0].squeeze(-1)
+
+    with torch.no_grad():
+        target = outer.mc_return[i] + outer.terminal_discount[i] * value(phi_tgt, outer.terminal_obs[i])
+    loss_v_out = ((value(phi_new, s_out) - target) ** 2).mean()
+
+    # ---- policy: advantages from the adapted value function (no gradient into it)
+    with torch.no_grad():
+        adv_in = inner.mc_return[i] + inner.terminal_discount[i] * value(phi_new, inner.terminal_obs[i]) - value(phi_new, s_in)
+        adv_out = outer.mc_return[i] + outer.terminal_discount[i] * value(phi_new, outer.terminal_obs[i]) - value(phi_new, s_out)
+    w_in = _weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
+    w_out = _weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
+
+    theta = _copy(learner.policy.layers)
+    out, hidden = _mlp(theta[:n_trunk], tdims, s_in, wl)
+    loss_p_in = (-w_in * _logp(a_in, torch.tanh(out), c.action_sigma)).mean()
+    if learner.policy.head is not None:
+        head_in = torch.relu(torch.cat([hidden, a_in], dim=-1))
+        pred = _mlp(theta[n_trunk:], learner.policy.head.dims, head_in, wl)[0].squeeze(-1)
+        loss_p_in = loss_p_in + head_weight * ((pred - adv_in) ** 2).mean()
+    theta_new = _sgd(theta, _grads(loss_p_in, theta), p_rates)
+    mu_out = torch.tanh(_mlp(theta_new[:n_trunk], tdims, s_out, wl)[0])
+    loss_p_out = (-w_out * _logp(a_out, mu_out, c.action_sigma)).mean()
+    return loss_v_out, loss_p_out
+
+
+def reference_meta_loss(learner: MetaLearner, inner: Batch, outer: Batch) -> Tensor:
+    """Sum over tasks of the outer value and policy losses, divided by N_train (one graph)."""
     total = 0.0
     for i in range(inner.num_tasks):
-        s_in, a_in = inner.obs[i], inner.action[i]
-        s_out, a_out = outer.obs[i], outer.action[i]
-
-        # ---- value function: one SGD step on the Monte-Carlo regression loss
-        phi = _copy(learner.vf.layers)
-        v = _mlp(phi, vdims, s_in, wl)[0].squeeze(-1)
-        loss_v_in = ((v - inner.mc_return[i]) ** 2).mean()
-        phi_new = _sgd(phi, _grads(loss_v_in, phi), v_rates)
-        a = c.target_vf_alpha
-        phi_tgt = [{name: a * p[name] + (1 - a) * q[name] for name in p} for p, q in zip(phi, phi_new)]
-
-        def value(params, s):
-            return _mlp(params, vdims, s, wl)[0].squeeze(-1)
-
-        with torch.no_grad():
-            target = outer.mc_return[i] + outer.terminal_discount[i] * value(phi_tgt, outer.terminal_obs[i])
-        loss_v_out = ((value(phi_new, s_out) - target) ** 2).mean()
-
-        # ---- policy: advantages from the adapted value function (no gradient into it)
-        with torch.no_grad():
-            adv_in = inner.mc_return[i] + inner.terminal_discount[i] * value(phi_new, inner.terminal_obs[i]) - value(phi_new, s_in)
-            adv_out = outer.mc_return[i] + outer.terminal_discount[i] * value(phi_new, outer.terminal_obs[i]) - value(phi_new, s_out)
-        w_in = _weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
-        w_out = _weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
-
-        theta = _copy(learner.policy.layers)
-        out, hidden = _mlp(theta[:n_trunk], tdims, s_in, wl)
-        loss_p_in = (-w_in * _logp(a_in, torch.tanh(out), c.action_sigma)).mean()
-        if learner.policy.head is not None:
-            head_in = torch.relu(torch.cat([hidden, a_in], dim=-1))
-            pred = _mlp(theta[n_trunk:], learner.policy.head.dims, head_in, wl)[0].squeeze(-1)
-            loss_p_in = loss_p_in + head_weight * ((pred - adv_in) ** 2).mean()
-        theta_new = _sgd(theta, _grads(loss_p_in, theta), p_rates)
-        mu_out = torch.tanh(_mlp(theta_new[:n_trunk], tdims, s_out, wl)[0])
-        loss_p_out = (-w_out * _logp(a_out, mu_out, c.action_sigma)).mean()
-
-        total = total + loss_v_out + loss_p_out
+        loss_v, loss_p = task_outer_losses(learner, inner, outer, i)
+        total = total + loss_v + loss_p
     return total / learner.n_train_tasks
+
+
+def reference_backward(learner: MetaLearner, inner: Batch, outer: Batch) -> float:
+    """The paper's way: per task, build its graph and call backward (grads accumulate in .grad).
+
+    Leaves the meta-gradient in every parameter's ``.grad`` and returns the meta-loss value.
+    """
+    total = 0.0
+    for i in range(inner.num_tasks):
+        loss_v, loss_p = task_outer_losses(learner, inner, outer, i)
+        loss = (loss_v + loss_p) / learner.n_train_tasks
+        loss.backward()
+        total += loss.item()
+    return total

@@ -1,0 +1,42 @@
+"""Shared test helpers: random batches and learners, relative-error comparison."""
+
+from __future__ import annotations
+
+import torch
+
+from macaw_fast import Batch, MacawConfig, MetaLearner
+
+
+def random_batch(T: int, B: int, obs_dim: int, act_dim: int, *, seed: int, dtype=torch.float64) -> Batch:
+    """A random Batch with varied terminal discounts (some exactly 0, as after a termination) and dones."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=dtype) * scale
+
+    done = (torch.rand(T, B, generator=g) < 0.2).to(dtype)
+    disc = torch.rand(T, B, generator=g, dtype=dtype)
+    disc = torch.where(done.bool(), torch.zeros_like(disc), disc)
+    return Batch(obs=r(T, B, obs_dim), action=torch.rand(T, B, act_dim, generator=g, dtype=dtype) * 2 - 1,
+                 reward=r(T, B), next_obs=r(T, B, obs_dim), done=done, mc_return=r(T, B, scale=5.0),
+                 terminal_obs=r(T, B, obs_dim), terminal_discount=disc)
+
+
+def make_learner(obs_dim=7, act_dim=3, n_train=9, *, seed=0, dtype=torch.float64, **cfg) -> MetaLearner:
+    torch.manual_seed(seed)
+    return MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / max(||b||, tiny): relative error of a against the reference b."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def grads_of(learner: MetaLearner) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in learner.parameters()]
+
+
+def param_names(learner: MetaLearner) -> list[str]:
+    names = [f"vf.{n}" for n, _ in learner.vf.named_parameters()]
+    names += [f"policy.{n}" for n, _ in learner.policy.named_parameters()]
+    return names + ["vf_lrs", "policy_lrs", "adv_coef"]

@@ -1,0 +1,166 @@
+"""The batched meta-step against the per-task reference loop (float64, relative error <= 1e-10)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from macaw_fast import MetaLearner
+from macaw_fast.reference import reference_backward, reference_meta_loss
+
+from helpers import grads_of, make_learner, param_names, random_batch, rel_err
+
+TOL = 1e-10
+
+CASES = [
+    # T, obs, act, width, depth, D, head_width, B
+    (1, 7, 3, 16, 2, 8, 5, 11),
+    (2, 5, 1, 9, 1, 6, 4, 7),
+    (5, 20, 6, 24, 3, 10, 8, 16),
+    (5, 3, 2, 1, 2, 4, 1, 5),      # hidden width 1
+]
+
+
+@pytest.mark.parametrize("T,obs,act,width,depth,D,hw,B", CASES)
+@pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
+def test_meta_gradient_matches_reference(T, obs, act, width, depth, D, hw, B, wlinear, head):
+    learner = make_learner(obs, act, n_train=T + 4, seed=T + width, net_width=width, net_depth=depth,
+                           wlinear_dim=D, head_width=hw, wlinear=wlinear, advantage_head=head)
+    inner = random_batch(T, B, obs, act, seed=1)
+    outer = random_batch(T, B, obs, act, seed=2)
+
+    loss, _ = learner.meta_loss(inner, outer)
+    loss.backward()
+    batched = grads_of(learner)
+
+    learner.optimizer.zero_grad(set_to_none=True)
+    ref_loss = reference_meta_loss(learner, inner, outer)
+    ref_loss.backward()
+    reference = grads_of(learner)
+
+    assert abs(loss.item() - ref_loss.item()) <= TOL * abs(ref_loss.item())
+    for name, a, b in zip(param_names(learner), batched, reference):
+        assert a.shape == b.shape, name
+        if b.norm() == 0:   # e.g. kappa without a head
+            assert a.norm() == 0, name
+            continue
+        assert rel_err(a, b) <= TOL, f"{name}: relative error {rel_err(a, b):.3e}"
+    # every trained tensor really receives a gradient (kappa only with the head); a width-1 net
+    # can legitimately have all its ReLUs off, so only check the others
+    if width > 1:
+        nonzero = {n for n, g in zip(param_names(learner), reference) if g.norm() > 0}
+        assert ("adv_coef" in nonzero) == head
+        assert {"vf_lrs", "policy_lrs"} <= nonzero
+
+
+def test_paper_style_per_task_backward_matches():
+    learner = make_learner(6, 2, n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4)
+    inner, outer = random_batch(3, 9, 6, 2, seed=5), random_batch(3, 9, 6, 2, seed=6)
+    loss, _ = learner.meta_loss(inner, outer)
+    loss.backward()
+    batched = grads_of(learner)
+    learner.optimizer.zero_grad(set_to_none=True)
+    value = reference_backward(learner, inner, outer)
+    assert abs(value - loss.item()) <= TOL * abs(loss.item())
+    for name, a, b in zip(param_names(learner), batched, grads_of(learner)):
+        assert rel_err(a, b) <= TOL, name
+
+
+@pytest.mark.parametrize("wlinear", [True, False])
+def test_parameters_after_meta_step_match_reference(wlinear):
+    learner = make_learner(5, 2, n_train=4, net_width=10, net_depth=2, wlinear_dim=6, head_width=3, wlinear=wlinear)
+    twin = MetaLearner.from_state_dict(copy.deepcopy(learner.state_dict()))
+    inner, outer = random_batch(2, 8, 5, 2, seed=3), random_batch(2, 8, 5, 2, seed=4)
+    for _ in range(3):   # several steps, so Adam's moments matter
+        learner.meta_step(inner, outer)
+        twin.optimizer.zero_grad(set_to_none=True)
+        reference_backward(twin, inner, outer)
+        twin.optimizer.step()
+    for name, a, b in zip(param_names(learner), learner.parameters(), twin.parameters()):
+        assert rel_err(a.detach(), b.detach()) <= TOL, name
+    # and the step changed every group
+    fresh = make_learner(5, 2, n_train=4, net_width=10, net_depth=2, wlinear_dim=6, head_width=3, wlinear=wlinear)
+    for a, b in zip(learner.parameters(), fresh.parameters()):
+        assert not torch.equal(a, b)
+
+
+def test_adapt_matches_per_task_sgd():
+    """adapt(): every layer's adapted generated parameters (head included) equal explicit per-task SGD."""
+    from macaw_fast.nets import advantage_weights, gaussian_log_prob
+
+    learner = make_learner(4, 2, n_train=3, net_width=8, net_depth=2, wlinear_dim=5, head_width=3)
+    batch = random_batch(3, 10, 4, 2, seed=7)
+    adapted = learner.adapt(batch)
+    c = learner.config
+    for i in range(3):
+        one = batch.task(i)
+        # value: explicit SGD on (z, W, b) of a deep copy
+        vf = copy.deepcopy(learner.vf)
+        v = vf.forward_thetas(vf.thetas(), one.obs)
+        grads = torch.autograd.grad((v - one.mc_return).pow(2).mean(), list(vf.parameters()))
+        rates = learner.value_rates().detach()
+        with torch.no_grad():
+            for k, layer in enumerate(vf.layers):
+                for j, name in enumerate(layer.tensor_names):
+                    p = getattr(layer, name)
+                    p -= rates[k, j] * grads[[q is p for q in vf.parameters()].index(True)]
+            for k, layer in enumerate(vf.layers):
+                assert rel_err(adapted.value[k][i], layer.theta()) <= TOL
+        # policy, from advantages of the adapted value function
+        with torch.no_grad():
+            vals = vf.forward_thetas(vf.thetas(), torch.cat([one.terminal_obs, one.obs], 1))
+            adv = one.mc_return + one.terminal_discount * vals[:, :10] - vals[:, 10:]
+        w = advantage_weights(adv, c.adaptation_temp, c.exp_advantage_clip)
+        pol = copy.deepcopy(learner.policy)
+        mu, h = pol.mean(pol.trunk.thetas(), one.obs, return_hidden=True)
+        loss = (-w * gaussian_log_prob(one.action, mu, c.action_sigma)).mean()
+        loss = loss + learner.head_weight().detach() * (pol.advantage(pol.head.thetas(), h, one.action) - adv).pow(2).mean()
+        params = list(pol.parameters())
+        grads = torch.autograd.grad(loss, params)
+        rates = learner.policy_rates().detach()
+        with torch.no_grad():
+            for k, layer in enumerate(pol.layers):
+                for j, name in enumerate(layer.tensor_names):
+                    p = getattr(layer, name)
+                    p -= rates[k, j] * grads[[q is p for q in params].index(True)]
+            for k, layer in enumerate(pol.layers):
+                assert rel_err(adapted.policy[k][i], layer.theta()) <= TOL, k
+
+
+def test_init_statistics():
+    """z ~ N(0, (1/out)^2); W, b like nn.Linear(D, P): U(-1/sqrt(D), 1/sqrt(D))."""
+    from macaw_fast.nets import WLinear
+
+    torch.manual_seed(0)
+    D = 100
+    layer = WLinear(50, 4, D, dtype=torch.float64)       # out = 4: z std 0.25
+    zs = torch.stack([WLinear(3, 4, D, dtype=torch.float64).z for _ in range(200)]).detach()
+    assert abs(zs.std().item() - 0.25) < 0.01           # 20,000 samples: std error ~0.0013
+    assert abs(zs.mean().item()) < 0.01
+    bound = 1 / D ** 0.5
+    W = layer.weight.detach()
+    assert W.shape == (50 * 4 + 4, D) and layer.bias.shape == (204,)
+    assert W.abs().max().item() <= bound and layer.bias.abs().max().item() <= bound
+    assert abs(W.std().item() - bound / 3 ** 0.5) < 0.002  # uniform std = bound / sqrt(3)
+    assert W.abs().max().item() > 0.99 * bound
+
+
+def test_config_defaults_are_the_papers():
+    from macaw_fast import MacawConfig
+
+    c = MacawConfig()
+    assert (c.net_width, c.net_depth, c.wlinear_dim) == (100, 3, 100)
+    assert (c.outer_value_lr, c.outer_policy_lr, c.lrlr) == (1e-5, 1e-4, 1e-3)
+    assert (c.inner_value_lr, c.inner_policy_lr, c.advantage_head_coef) == (1e-3, 1e-3, 0.01)
+    assert (c.target_vf_alpha, c.action_sigma, c.exp_advantage_clip) == (0.9, 0.2, 20.0)
+    learner = MetaLearner(20, 6, 35, dtype=torch.float64)
+    assert learner.vf_lrs.shape == (4, 3) and learner.policy_lrs.shape == (6, 3)
+    # softplus(log x) = log(1 + x)
+    assert (learner.value_rates() - math.log1p(1e-3)).abs().max() < 1e-15
+    assert (learner.policy_rates() - math.log1p(1e-3)).abs().max() < 1e-15
+    assert abs(learner.head_weight().item() - math.log1p(0.01)) < 1e-15
+    groups = {g["name"]: g["lr"] for g in learner.optimizer.param_groups}
+    assert groups == {"value": 1e-5, "policy": 1e-4, "lrs": 1e-3}
