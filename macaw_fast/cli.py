@@ -13,6 +13,7 @@ import sys
 #: Modules that provide ``register(subparsers)``; each adds its sub-command(s).
 _COMMAND_MODULES = [
     "macaw_fast.demo",
+    "macaw_fast.data.cli",
 ]
 
 
