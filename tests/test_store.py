@@ -439,3 +439,44 @@ def test_kill9_at_random_times(tmp_path):
         assert counts["0"] >= last + seen
         last = counts["0"]
     assert last > 0
+
+
+def test_reader_during_commits(tmp_path):
+    """Opening while a writer commits in another process always yields some complete commit."""
+    p = tmp_path / "d"
+    make(p).close()
+    plan = _plan(300)
+
+    def body(w, pipe_w):
+        for k in range(len(plan["0"])):
+            w.append_trajectory("0", *plan["0"][k])
+            w.commit()
+
+    pid = _fork_writer(p, body)
+    seen = set()
+    try:
+        while len(seen) < 20:
+            ds = open_dataset(p)
+            lens = ds["0"].episode_lengths
+            seen.add(len(lens))
+            assert lens == [len(t[2]) for t in plan["0"][: len(lens)]]
+            if lens:
+                np.testing.assert_allclose(ds["0"]["reward"][-lens[-1]:], plan["0"][len(lens) - 1][2], rtol=1e-6)
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                pid = None
+                break
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_import_is_light():
+    """Importing macaw_fast.data pulls in none of the optional heavy packages."""
+    import subprocess
+    import sys
+
+    code = ("import sys, macaw_fast.data; bad = [m for m in ('h5py', 'minari', 'matplotlib') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -490,9 +490,17 @@ def open_dataset(path: str | os.PathLike, check_finite: bool = False) -> Dataset
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise DatasetError(f"{path}: no such dataset directory")
-    m = _load_json(os.path.join(path, DATASET_MANIFEST), "dataset manifest")
-    _check_dataset_manifest(path, m)
-    task_manifests = {e["id"]: _check_task(path, m, e) for e in m["tasks"]}
+    for attempt in range(10):
+        m = _load_json(os.path.join(path, DATASET_MANIFEST), "dataset manifest")
+        _check_dataset_manifest(path, m)
+        try:
+            task_manifests = {e["id"]: _check_task(path, m, e) for e in m["tasks"]}
+            break
+        except DatasetError:
+            # a writer may have committed (and removed the manifests we were reading) meanwhile
+            again = _load_json(os.path.join(path, DATASET_MANIFEST), "dataset manifest")
+            if attempt == 9 or again.get("generation") == m["generation"]:
+                raise
     ds = Dataset(path, m, task_manifests)
     if check_finite:
         for tid in ds.tasks:
