@@ -1,0 +1,239 @@
+"""`wlinear_adapt`: one inner SGD step of a weight-transform layer for every task at once (spec §5).
+
+For a layer with weight W (P, D), bias b (P,), latent z (D,) and per-task gradients G (T, P) of the
+inner loss w.r.t. the generated parameters theta = W z + b, one step with rates
+(eta_z, eta_W, eta_b) gives, per task t,
+
+    u_t      = G_t W                              (D,)
+    z'_t     = z - eta_z u_t
+    c_t      = eta_W (z . z'_t) + eta_b
+    theta'_t = W z'_t + b - c_t G_t
+
+and, for a parameter-space target mix alpha * phi + (1 - alpha) * phi',
+
+    z^tgt_t     = alpha z + (1 - alpha) z'_t
+    theta^tgt_t = W z^tgt_t + b - (1 - alpha)(eta_W (z . z^tgt_t) + eta_b) G_t
+
+W is read twice (once for U = G W, once for [Z'; Z^tgt] W^T), the minimum: no task ever gets its
+own copy of W. The backward pass is written with differentiable torch operations, so gradients of
+every order are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, next_pow2, resolve_backend, scalar_params
+
+_OP = "wlinear_adapt"
+
+
+def adapt_launch_config(T: int, P: int, D: int, with_target: bool) -> dict:
+    """Block sizes and grids of the three kernels for a layer of shape (P, D) and T tasks.
+
+    Shared by the launcher and the ahead-of-time compile test, so both see the same
+    specialisations. Returns a dict with one entry per kernel: ``grid``, ``constexprs``,
+    ``num_warps``, plus ``P_CHUNK``/``NPART``.
+    """
+    R = 2 * T if with_target else T
+    block_p = 64
+    block_d = min(next_pow2(D), 64)
+    n_blocks = -(-P // block_p)
+    per_prog = -(-n_blocks // 128)                   # at most ~128 programs: enough for one wave
+    p_chunk = per_prog * block_p
+    npart = -(-P // p_chunk)
+    return {
+        "P_CHUNK": p_chunk, "NPART": npart, "R": R,
+        "reduce": {"grid": (npart, -(-D // block_d)), "num_warps": 4,
+                   "constexprs": {"BLOCK_T": max(16, next_pow2(T)), "BLOCK_P": block_p, "BLOCK_D": block_d}},
+        "mix": {"grid": (1,), "num_warps": 4,
+                "constexprs": {"BLOCK_T": next_pow2(T), "BLOCK_D": next_pow2(D), "WITH_TARGET": with_target}},
+        "expand": {"grid": (-(-P // block_p),), "num_warps": 4,
+                   "constexprs": {"BLOCK_R": max(16, next_pow2(R)), "BLOCK_P": block_p, "BLOCK_D": block_d}},
+    }
+
+
+def _forward_torch(W, b, z, G, rates, alpha):
+    eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
+    u = G @ W                                                      # (T, D), first read of W
+    z_new = z - eta_z * u
+    c = eta_w * (z_new @ z) + eta_b
+    if alpha is None:
+        wz = z_new @ W.t()                                         # second read of W
+        return torch.addcmul(wz + b, c.unsqueeze(-1), G, value=-1.0), None, u
+    z_tgt = alpha * z + (1.0 - alpha) * z_new
+    c_tgt = (1.0 - alpha) * (eta_w * (z_tgt @ z) + eta_b)
+    T = G.shape[0]
+    wz = torch.addmm(b, torch.cat([z_new, z_tgt]), W.t())         # (2T, P), second read of W
+    theta_new = torch.addcmul(wz[:T], c.unsqueeze(-1), G, value=-1.0)
+    theta_tgt = torch.addcmul(wz[T:], c_tgt.unsqueeze(-1), G, value=-1.0)
+    return theta_new, theta_tgt, u
+
+
+def _forward_triton(W, b, z, G, rates, alpha):
+    K = load_kernels("_wlinear_adapt_kernels")
+    check_triton_mode(W.device, _OP)
+    P, D = W.shape
+    T = G.shape[0]
+    with_target = alpha is not None
+    cfg = adapt_launch_config(T, P, D, with_target)
+    kw = {"device": W.device, "dtype": W.dtype}
+    part = torch.empty((cfg["NPART"], T, D), **kw)
+    c = cfg["reduce"]
+    K.adapt_reduce_kernel[c["grid"]](G, W, part, T, P, D, cfg["P_CHUNK"], G.stride(0), G.stride(1),
+                                     W.stride(0), W.stride(1), num_warps=c["num_warps"], **c["constexprs"])
+    R = cfg["R"]
+    zc = torch.empty((R, D), **kw)
+    coef = torch.empty((R,), **kw)
+    u = torch.empty((T, D), **kw)
+    alpha_t = scalar_params([alpha if with_target else 0.0], W.dtype, W.device)
+    c = cfg["mix"]
+    K.adapt_mix_kernel[c["grid"]](part, z, rates, alpha_t, zc, coef, u, T, D, cfg["NPART"],
+                                  num_warps=c["num_warps"], **c["constexprs"])
+    out = torch.empty((T, P), **kw)
+    tgt = torch.empty((T, P), **kw) if with_target else None
+    c = cfg["expand"]
+    K.adapt_expand_kernel[c["grid"]](zc, coef, W, b, G, out, tgt if with_target else out, T, R, P, D,
+                                     W.stride(0), W.stride(1), G.stride(0), G.stride(1),
+                                     num_warps=c["num_warps"], **c["constexprs"])
+    return out, tgt, u
+
+
+def _backward_torch(W, z, G, rates, u, alpha, A, At, gu, needs):
+    """Gradients of (theta', theta^tgt, u) w.r.t. (W, b, z, G, rates), in differentiable torch ops."""
+    eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
+    T = G.shape[0]
+    z_new = z - eta_z * u
+    if A is None:
+        A = torch.zeros_like(G)
+    s = -(A * G).sum(-1)                                           # dL/dc_t, (T,)
+    rows, outs = [A], []
+    if At is not None:
+        a1 = 1.0 - alpha
+        z_tgt = alpha * z + a1 * z_new
+        st = -(At * G).sum(-1)
+        rows.append(At)
+    AW = torch.cat(rows) @ W if len(rows) > 1 else A @ W          # (T or 2T, D)
+    g_znew = AW[:T] + eta_w * s.unsqueeze(-1) * z
+    if At is not None:
+        g_zt = AW[T:] + (a1 * eta_w) * st.unsqueeze(-1) * z
+        g_znew = g_znew + a1 * g_zt
+    g_u = -eta_z * g_znew
+    if gu is not None:
+        g_u = g_u + gu
+    gW = gb = gz = gG = grates = None
+    if needs[0]:
+        lhs = [A] + ([At] if At is not None else []) + [G]
+        rhs = [z_new] + ([z_tgt] if At is not None else []) + [g_u]
+        gW = torch.cat(lhs).t() @ torch.cat(rhs)                   # (P, D), one GEMM
+    if needs[1]:
+        gb = A.sum(0) if At is None else A.sum(0) + At.sum(0)
+    if needs[2]:
+        gz = g_znew.sum(0) + eta_w * (s @ z_new)
+        if At is not None:
+            gz = gz + alpha * g_zt.sum(0) + (a1 * eta_w) * (st @ z_tgt)
+    if needs[3]:
+        c = eta_w * (z_new @ z) + eta_b
+        gG = g_u @ W.t() - c.unsqueeze(-1) * A
+        if At is not None:
+            c_t = a1 * (eta_w * (z_tgt @ z) + eta_b)
+            gG = gG - c_t.unsqueeze(-1) * At
+    if needs[4]:
+        g_ez = -(g_znew * u).sum()
+        g_ew = s @ (z_new @ z)
+        g_eb = s.sum()
+        if At is not None:
+            g_ew = g_ew + a1 * (st @ (z_tgt @ z))
+            g_eb = g_eb + a1 * st.sum()
+        grates = torch.stack([g_ez, g_ew, g_eb])
+    return gW, gb, gz, gG, grates
+
+
+class WLinearAdapt(torch.autograd.Function):
+    """Autograd Function of `wlinear_adapt`; outputs (theta', theta^tgt or empty, u = G W)."""
+
+    @staticmethod
+    def forward(W, b, z, G, rates, alpha, backend):
+        fwd = _forward_triton if backend == "triton" else _forward_torch
+        out, tgt, u = fwd(W, b, z, G, rates, alpha)
+        if tgt is None:
+            tgt = out.new_empty((0,) + tuple(out.shape[1:]))
+        return out, tgt, u
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        W, b, z, G, rates, alpha, backend = inputs
+        _, _, u = output
+        ctx.save_for_backward(W, z, G, rates, u)
+        ctx.alpha = alpha
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, g_out, g_tgt, g_u):
+        W, z, G, rates, u = ctx.saved_tensors
+        if ctx.alpha is None:
+            g_tgt = None
+        if g_out is None and g_tgt is None and g_u is None:
+            return (None,) * 7
+        grads = _backward_torch(W, z, G, rates, u, ctx.alpha, g_out, g_tgt, g_u, ctx.needs_input_grad[:5])
+        return (*grads, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, W, b, z, G, rates, alpha, backend):
+        return loop_vmap(lambda *a: WLinearAdapt.apply(*a), info, in_dims, W, b, z, G, rates, alpha, backend)
+
+
+def wlinear_adapt(W: Tensor, b: Tensor, z: Tensor, G: Tensor, rates: Tensor, alpha: float | None = None,
+                  *, backend: str = "auto"):
+    """Adapted generated parameters of one weight-transform layer for T tasks (spec §5).
+
+    Args:
+        W: (P, D) float32/float64, the layer's weight (any strides).
+        b: (P,) same dtype/device, the layer's bias.
+        z: (D,) the layer's latent.
+        G: (T, P) per-task gradients of the inner loss w.r.t. theta = W z + b (any strides).
+        rates: (3,) the step sizes (eta_z, eta_W, eta_b), e.g. softplus of learned rho.
+        alpha: with a float in [0, 1], also return the target mix alpha*phi + (1-alpha)*phi'.
+        backend: 'auto' | 'triton' | 'torch' (see `macaw_fast.ops`).
+
+    Returns:
+        theta' (T, P); with ``alpha``, the pair (theta' (T, P), theta^tgt (T, P)).
+        Differentiable (any order) w.r.t. W, b, z, G and rates.
+    """
+    W = check_tensor(_OP, "W", W, 2)
+    P, D = W.shape
+    kw = {"dtype": W.dtype, "device": W.device}
+    b = check_tensor(_OP, "b", b, 1, shape=(P,), **kw)
+    z = check_tensor(_OP, "z", z, 1, shape=(D,), **kw)
+    G = check_tensor(_OP, "G", G, 2, shape=(None, P), **kw)
+    rates = check_tensor(_OP, "rates", rates, 1, shape=(3,), **kw)
+    if G.shape[0] < 1 or P < 1 or D < 1:
+        raise ValueError(f"{_OP}: empty input (T={G.shape[0]}, P={P}, D={D})")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"{_OP}: alpha must be None or a float in [0, 1], got {alpha!r}")
+        alpha = float(alpha)
+    be = resolve_backend(backend, W.device, _OP)
+    if be == "triton":
+        b, z, rates = b.contiguous(), z.contiguous(), rates.contiguous()
+    out, tgt, _ = WLinearAdapt.apply(W, b, z, G, rates, alpha, be)
+    return out if alpha is None else (out, tgt)
+
+
+def wlinear_adapt_reference(W, b, z, G, rates, alpha=None):
+    """Plain autograd composition of the same step (the float64 oracle for tests and benches)."""
+    eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
+    T = G.shape[0]
+    outs, tgts = [], []
+    for t in range(T):
+        g = G[t]
+        Wn = W - eta_w * torch.outer(g, z)                         # explicit per-task copy of W
+        zn = z - eta_z * (W.t() @ g)
+        bn = b - eta_b * g
+        outs.append(Wn @ zn + bn)
+        if alpha is not None:
+            tgts.append((alpha * W + (1 - alpha) * Wn) @ (alpha * z + (1 - alpha) * zn)
+                        + alpha * b + (1 - alpha) * bn)
+    out = torch.stack(outs)
+    return out if alpha is None else (out, torch.stack(tgts))
