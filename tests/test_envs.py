@@ -622,3 +622,34 @@ def test_golden_trajectories():
             np.testing.assert_allclose(now[key], g[key], rtol=1e-6, atol=1e-6, err_msg=f"{key} differs from golden made with {made_with}")
     # The trajectories are long enough to mean something.
     assert len(now["cheetah_vel/rewards"]) == _GOLDEN_STEPS and len(now["walker_param/rewards"]) >= 20
+
+
+# ------------------------------------------------------------------------------------------------
+# use from a collector: vector envs with one task per sub-env, make by "module:id"
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sync_vector_env_one_task_per_env():
+    fam = envs.FAMILIES["cheetah_vel"]
+    tasks = [fam.paper_tasks()[i] for i in (0, 20, 39)]
+    vec = gym.vector.SyncVectorEnv([lambda t=t: envs.make("cheetah_vel", t) for t in tasks])
+    singles = [_make("cheetah_vel", t) for t in tasks]
+    vec.reset(seed=[10, 11, 12])
+    for i, e in enumerate(singles):
+        e.reset(seed=10 + i)
+    for a in _actions(5, 6, seed=2):
+        acts = np.stack([a, -a, 0.5 * a])
+        _, rew, *_ = vec.step(acts)
+        want = [e.step(x)[1] for e, x in zip(singles, acts)]
+        np.testing.assert_allclose(rew, want, rtol=1e-12)
+    assert [vec.envs[i].unwrapped.task for i in range(3)] == tasks
+
+
+def test_gymnasium_make_with_module_prefix():
+    code = (
+        "import gymnasium as gym; env = gym.make('macaw_fast.envs:macaw_fast/AntDir-v0', task={'goal': 1.0}); "
+        "print(env.unwrapped.task['goal'], env.spec.max_episode_steps)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1.0", "200"]
