@@ -200,7 +200,8 @@ def test_walker_reward_formula():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_cheetah_matches_gymnasium_halfcheetah_v5():
+def test_cheetah_matches_gymnasium_halfcheetah_v5(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the v5 XML's settotalmass warning to ./MUJOCO_LOG.TXT
     ours = _make("cheetah_dir", {"direction": 1.0})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
