@@ -1,0 +1,191 @@
+"""`batched_linear` and `concat_relu_linear`: one linear layer per task from generated parameters.
+
+A layer's generated parameters theta (P,) = [weight (in*out, row-major (in, out)), bias (out)]
+give y = x @ weight + bias (spec §2). With per-task theta (T, P) every task of a meta-batch runs in
+one launch; ReLU on the input (the MLP's ReLU between layers, applied on load so the pre-activation
+need not be stored twice), ReLU on the output, and the advantage head's ReLU(concat(h, a)) input
+are fused. The backward pass is written with differentiable torch operations, so gradients of
+every order are exact (the inner loss is differentiated twice in MACAW).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, next_pow2, resolve_backend
+
+_OP = "batched_linear"
+
+
+def linear_launch_config(T: int, N: int, K: int, OUT: int) -> dict:
+    """Grid, block sizes and warps of `batched_linear_kernel` (shared with the compile test)."""
+    block_n = 32
+    block_k = min(32, max(16, next_pow2(K)))
+    block_o = min(64, max(16, next_pow2(OUT)))
+    return {"grid": (-(-N // block_n), -(-OUT // block_o), T), "num_warps": 4,
+            "constexprs": {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_O": block_o}}
+
+
+def _input(x, a, in_relu):
+    """The layer's effective input: act(x) or act(concat(x, a)) (differentiable torch ops)."""
+    xe = x if a is None else torch.cat([x, a], dim=-1)
+    return torch.relu(xe) if in_relu else xe, xe
+
+
+def _split_theta(theta, K, OUT):
+    n = K * OUT
+    if theta.dim() == 1:
+        return theta[:n].view(K, OUT), theta[n:]
+    return theta[:, :n].view(-1, K, OUT), theta[:, n:].unsqueeze(1)
+
+
+def _forward_torch(x, a, theta, OUT, in_relu, out_relu):
+    xe, _ = _input(x, a, in_relu)
+    K = xe.shape[-1]
+    w, b = _split_theta(theta, K, OUT)
+    if theta.dim() == 1:
+        y = torch.addmm(b, xe.reshape(-1, K), w).view(*xe.shape[:-1], OUT)
+    else:
+        y = torch.baddbmm(b, xe, w)
+    return torch.relu(y) if out_relu else y
+
+
+def _forward_triton(x, a, theta, OUT, in_relu, out_relu):
+    Kmod = load_kernels("_batched_linear_kernels")
+    check_triton_mode(x.device, _OP)
+    T, N, K1 = x.shape
+    K = K1 + (a.shape[-1] if a is not None else 0)
+    y = torch.empty((T, N, OUT), dtype=x.dtype, device=x.device)
+    cfg = linear_launch_config(T, N, K, OUT)
+    aa = a if a is not None else x
+    stt = theta.stride(0) if theta.dim() == 2 else 0
+    Kmod.batched_linear_kernel[cfg["grid"]](
+        x, aa, theta, y, N, K, K1, OUT, x.stride(0), x.stride(1), x.stride(2),
+        aa.stride(0), aa.stride(1), aa.stride(2), stt, theta.stride(-1), y.stride(0), y.stride(1),
+        IN_RELU=in_relu, OUT_RELU=out_relu, CONCAT=a is not None,
+        num_warps=cfg["num_warps"], **cfg["constexprs"])
+    return y
+
+
+class BatchedLinear(torch.autograd.Function):
+    """Autograd Function of `batched_linear` / `concat_relu_linear` (a is None unless concat)."""
+
+    @staticmethod
+    def forward(x, a, theta, OUT, in_relu, out_relu, backend):
+        fwd = _forward_triton if backend == "triton" else _forward_torch
+        return fwd(x, a, theta, OUT, in_relu, out_relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, a, theta, OUT, in_relu, out_relu, backend = inputs
+        ctx.save_for_backward(x, a, theta, output if out_relu else None)
+        ctx.cfg = (OUT, in_relu, out_relu)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, a, theta, y = ctx.saved_tensors
+        OUT, in_relu, out_relu = ctx.cfg
+        if out_relu:
+            gy = torch.where(y > 0, gy, torch.zeros((), dtype=gy.dtype, device=gy.device))
+        xe, pre = _input(x, a, in_relu)
+        K = xe.shape[-1]
+        w, _ = _split_theta(theta, K, OUT)
+        gx = ga = gth = None
+        need_x, need_a, need_th = ctx.needs_input_grad[:3]
+        if need_x or need_a:
+            gxe = gy @ w.transpose(-1, -2)                         # (T, N, K)
+            if in_relu:
+                gxe = torch.where(pre > 0, gxe, torch.zeros((), dtype=gxe.dtype, device=gxe.device))
+            if a is None:
+                gx = gxe
+            else:
+                K1 = x.shape[-1]
+                gx, ga = gxe[..., :K1], gxe[..., K1:]
+        if need_th:
+            if theta.dim() == 1:
+                gw = xe.reshape(-1, K).t() @ gy.reshape(-1, OUT)
+                gth = torch.cat([gw.reshape(-1), gy.reshape(-1, OUT).sum(0)])
+            else:
+                gw = xe.transpose(1, 2) @ gy                       # (T, K, OUT)
+                gth = torch.cat([gw.flatten(1), gy.sum(1)], dim=1)
+        return gx, ga, gth, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, a, theta, OUT, in_relu, out_relu, backend):
+        return loop_vmap(lambda *args: BatchedLinear.apply(*args), info, in_dims,
+                         x, a, theta, OUT, in_relu, out_relu, backend)
+
+
+def _check(x, a, theta, out_features, op):
+    x = check_tensor(op, "x", x, 3)
+    T, N, K = x.shape
+    kw = {"dtype": x.dtype, "device": x.device}
+    if a is not None:
+        a = check_tensor(op, "a", a, 3, shape=(T, N, None), **kw)
+        K = K + a.shape[-1]
+    if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"{op}: out_features must be a positive int, got {out_features!r}")
+    P = K * out_features + out_features
+    if not isinstance(theta, Tensor) or theta.dim() not in (1, 2):
+        raise ValueError(f"{op}: theta must be a (P,) or (T, P) tensor, got "
+                         f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
+    shape = (P,) if theta.dim() == 1 else (T, P)
+    theta = check_tensor(op, "theta", theta, len(shape), shape=shape, **kw)
+    if T < 1 or N < 1 or K < 1:
+        raise ValueError(f"{op}: empty input x of shape {tuple(x.shape)}")
+    return x, a, theta
+
+
+def batched_linear(x: Tensor, theta: Tensor, out_features: int, *, in_relu: bool = False,
+                   out_relu: bool = False, backend: str = "auto") -> Tensor:
+    """y[t] = act(act_in(x[t]) @ weight_t + bias_t) for every task t in one launch.
+
+    Args:
+        x: (T, N, in) float32/float64 (any strides).
+        theta: generated parameters, (T, P) per task or (P,) shared, P = in*out + out, same
+            dtype/device; weight = theta[:in*out].view(in, out) (row-major), bias = theta[in*out:].
+        out_features: out.
+        in_relu: apply ReLU to x first (the MLP's ReLU between layers).
+        out_relu: apply ReLU to the result.
+        backend: 'auto' | 'triton' | 'torch' (see `macaw_fast.ops`).
+
+    Returns:
+        y: (T, N, out), contiguous; differentiable (any order) w.r.t. x and theta.
+    """
+    x, _, theta = _check(x, None, theta, out_features, _OP)
+    be = resolve_backend(backend, x.device, _OP)
+    return BatchedLinear.apply(x, None, theta, out_features, bool(in_relu), bool(out_relu), be)
+
+
+def concat_relu_linear(h: Tensor, a: Tensor, theta: Tensor, out_features: int, *, out_relu: bool = False,
+                       backend: str = "auto") -> Tensor:
+    """y[t] = act(ReLU(concat(h[t], a[t])) @ weight_t + bias_t): the advantage head's first layer.
+
+    Args:
+        h: (T, N, H) the policy's last hidden pre-activation; a: (T, N, A) actions (same dtype/device).
+        theta: (T, P) or (P,), P = (H + A)*out + out.
+        out_features: out. out_relu: apply ReLU to the result. backend: as in `batched_linear`.
+
+    Returns:
+        y: (T, N, out); differentiable (any order) w.r.t. h, a and theta.
+    """
+    h, a, theta = _check(h, a, theta, out_features, "concat_relu_linear")
+    be = resolve_backend(backend, h.device, "concat_relu_linear")
+    return BatchedLinear.apply(h, a, theta, out_features, True, bool(out_relu), be)
+
+
+def batched_linear_reference(x, theta, out_features, in_relu=False, out_relu=False, a=None):
+    """Unfused autograd composition (the oracle for tests and the baseline for benches)."""
+    if a is not None:
+        x = torch.cat([x, a], dim=-1)
+        in_relu = True
+    if in_relu:
+        x = torch.relu(x)
+    K = x.shape[-1]
+    n = K * out_features
+    if theta.dim() == 1:
+        y = x @ theta[:n].view(K, out_features) + theta[n:]
+    else:
+        y = torch.bmm(x, theta[:, :n].reshape(-1, K, out_features)) + theta[:, n:].unsqueeze(1)
+    return torch.relu(y) if out_relu else y
