@@ -291,17 +291,29 @@ py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t
     int64_t* po = outer_idx.mutable_data();
     {
         py::gil_scoped_release release;
-        draw_indices(task_ids, rows, B, seed, step, contiguous, paper_window, pi, po, threads);
-        // One work item per (batch, slot, field).
-        parallel_for(2 * T * kNumFields, threads, [&](size_t i) {
-            const size_t f = i % kNumFields;
-            const size_t slot = (i / kNumFields) % T;
-            const bool is_outer = i / (kNumFields * T) == 1;
+        // One work item per (slot, batch): draw its indices, then copy its rows of all 8 fields.
+        // A thread costs tens of microseconds to start, so each one gets at least ~1 MiB to copy.
+        uint64_t row_bytes = 0;
+        for (int f = 0; f < kNumFields; ++f) row_bytes += sizeof(float) * (kFieldKind[f] == 0 ? 1 : (kFieldKind[f] == 1 ? obs_dim : act_dim));
+        const uint64_t total = 2 * T * B * row_bytes;
+        const int useful = static_cast<int>(std::min<uint64_t>(threads, 1 + total / (1u << 20)));
+        parallel_for(2 * T, useful, [&](size_t i) {
+            std::vector<uint64_t> table;
+            const size_t slot = i / 2;
+            const bool is_outer = i % 2 == 1;
             const TaskView& v = views[slot];
-            const uint64_t len = v.fields[f].row_len;
-            const int64_t* idx = (is_outer ? po : pi) + slot * B;
-            float* dst = (is_outer ? outer_ptr[f] : inner_ptr[f]) + slot * B * len;
-            macaw::gather_rows(v.fields[f].data, v.n, len, idx, B, dst);
+            const uint64_t task = static_cast<uint64_t>(task_ids[slot]);
+            int64_t* idx = (is_outer ? po : pi) + slot * B;
+            if (is_outer) {
+                macaw::outer_indices(seed, step, task, slot, v.n, B, idx, table);
+            } else {
+                macaw::inner_indices(seed, step, task, slot, v.n, B, contiguous, paper_window, idx, table);
+            }
+            for (int f = 0; f < kNumFields; ++f) {
+                const uint64_t len = v.fields[f].row_len;
+                float* dst = (is_outer ? outer_ptr[f] : inner_ptr[f]) + slot * B * len;
+                macaw::gather_rows(v.fields[f].data, v.n, len, idx, B, dst);
+            }
         });
     }
     return py::make_tuple(inner_idx, outer_idx);

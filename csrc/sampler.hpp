@@ -132,19 +132,40 @@ inline void outer_indices(uint64_t seed, uint64_t step, uint64_t task, uint64_t 
                   out, table);
 }
 
-// Copy rows idx[0..b) of src (n rows of row_len floats) to dst (b rows). Every index is checked.
-// A contiguous run of indices is copied with one memcpy.
+// Copy rows idx[0..b) of src (n rows of row_len floats) to dst (b rows). Every index is checked
+// before any row is read. Runs of consecutive indices (a window) are copied with one memcpy; random
+// rows are copied one by one with the source rows of kAhead draws later prefetched, so the cache
+// and TLB misses of up to kAhead rows overlap instead of being paid one after another.
 inline void gather_rows(const float* src, uint64_t n, uint64_t row_len, const int64_t* idx, uint64_t b, float* dst) {
+    for (uint64_t i = 0; i < b; ++i) {
+        if (idx[i] < 0 || static_cast<uint64_t>(idx[i]) >= n) throw std::out_of_range("row index out of range");
+    }
+    if (b > 0 && static_cast<uint64_t>(idx[b - 1] - idx[0]) == b - 1) {
+        bool run = true;
+        for (uint64_t i = 1; i < b && run; ++i) run = idx[i] == idx[i - 1] + 1;
+        if (run) {
+            std::memcpy(dst, src + static_cast<uint64_t>(idx[0]) * row_len, b * row_len * sizeof(float));
+            return;
+        }
+    }
+    constexpr uint64_t kAhead = 16;
     const size_t row_bytes = row_len * sizeof(float);
-    uint64_t i = 0;
-    while (i < b) {
-        const int64_t first = idx[i];
-        if (first < 0 || static_cast<uint64_t>(first) >= n) throw std::out_of_range("row index out of range");
-        uint64_t run = 1;
-        while (i + run < b && idx[i + run] == first + static_cast<int64_t>(run)) ++run;
-        if (static_cast<uint64_t>(first) + run > n) throw std::out_of_range("row index out of range");
-        std::memcpy(dst + i * row_len, src + static_cast<uint64_t>(first) * row_len, run * row_bytes);
-        i += run;
+    auto prefetch = [&](uint64_t i) {
+        const char* p = reinterpret_cast<const char*>(src + static_cast<uint64_t>(idx[i]) * row_len);
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + row_bytes - 1);
+    };
+    for (uint64_t i = 0; i < b && i < kAhead; ++i) prefetch(i);
+    if (row_len == 1) {
+        for (uint64_t i = 0; i < b; ++i) {
+            if (i + kAhead < b) prefetch(i + kAhead);
+            dst[i] = src[idx[i]];
+        }
+        return;
+    }
+    for (uint64_t i = 0; i < b; ++i) {
+        if (i + kAhead < b) prefetch(i + kAhead);
+        std::memcpy(dst + i * row_len, src + static_cast<uint64_t>(idx[i]) * row_len, row_bytes);
     }
 }
 
