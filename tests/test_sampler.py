@@ -97,6 +97,7 @@ def test_rng_rejection_path(n):
     assert ref_below(key, k, n) == want
     assert C.uniform_below(key, k, n) == want
     assert S.uniform_below(key, k, n) == want
+    assert S._below_int(key, k, n) == want  # the twin's scalar path (few draws)
 
 
 def test_rng_argument_checks():

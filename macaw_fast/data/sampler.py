@@ -97,10 +97,18 @@ def _u64(name: str, value: Any) -> int:
 
 def stream_key(seed: int, step: int, task: int, slot: int, stream: int) -> int:
     """The RNG key of (seed, step, task, slot, stream): every draw of that stream derives from it."""
-    key = _mix64_int(_u64("seed", seed))
-    for name, v in (("step", step), ("task", task), ("slot", slot), ("stream", stream)):
-        key = _mix64_int(key * _GOLDEN + _u64(name, v) + _OFFSET)
-    return key
+    for name, v in (("seed", seed), ("step", step), ("task", task), ("slot", slot), ("stream", stream)):
+        _u64(name, v)
+    return _key(int(seed), int(step), int(task), int(slot), int(stream))
+
+
+def _key(seed: int, step: int, task: int, slot: int, stream: int) -> int:
+    """``stream_key`` for arguments already known to be integers in [0, 2^64)."""
+    key = _mix64_int(seed)
+    key = _mix64_int(key * _GOLDEN + step + _OFFSET)
+    key = _mix64_int(key * _GOLDEN + task + _OFFSET)
+    key = _mix64_int(key * _GOLDEN + slot + _OFFSET)
+    return _mix64_int(key * _GOLDEN + stream + _OFFSET)
 
 
 def _below(key: int, ks: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -129,6 +137,17 @@ def _below(key: int, ks: np.ndarray, ns: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def _below_int(key: int, k: int, n: int) -> int:
+    """Scalar ``below`` with Python integers (faster than numpy for a handful of draws)."""
+    threshold = (1 << 64) % n
+    attempt = 0
+    while True:
+        m = _mix64_int(key + (k + (attempt << 32) + 1) * _GOLDEN) * n
+        if (m & _M64) >= threshold:
+            return m >> 64
+        attempt += 1
+
+
 def uniform_below(key: int, k: int, n: int) -> int:
     """Draw number k (< 2^32) of the stream ``key``: a uniform integer in [0, n), 1 <= n < 2^32."""
     if not 1 <= n < _MAX_ROWS:
@@ -140,8 +159,12 @@ def uniform_below(key: int, k: int, n: int) -> int:
 
 def _distinct_rows(key_rows: int, key_shuffle: int, n: int, b: int) -> np.ndarray:
     """b distinct rows of [0, n) in uniformly random order (Floyd, then Fisher-Yates)."""
-    ks = np.arange(b, dtype=np.uint64)
-    t = _below(key_rows, ks, ks + np.uint64(n - b + 1)).tolist()
+    small = b <= 16
+    if small:
+        t = [_below_int(key_rows, k, n - b + 1 + k) for k in range(b)]
+    else:
+        ks = np.arange(b, dtype=np.uint64)
+        t = _below(key_rows, ks, ks + np.uint64(n - b + 1)).tolist()
     seen: set[int] = set()
     out = []
     j = n - b
@@ -150,9 +173,12 @@ def _distinct_rows(key_rows: int, key_shuffle: int, n: int, b: int) -> np.ndarra
         seen.add(x)
         out.append(x)
         j += 1
-    if b > 1:
+    if small:
+        s = [_below_int(key_shuffle, k, k + 1) for k in range(1, b)]
+    else:
         kk = np.arange(1, b, dtype=np.uint64)
         s = _below(key_shuffle, kk, kk + np.uint64(1)).tolist()
+    if b > 1:
         for k in range(b - 1, 0, -1):
             sk = s[k - 1]
             out[k], out[sk] = out[sk], out[k]
@@ -208,14 +234,14 @@ def sample_indices_numpy(
             raise ValueError(f"task {task}: has {n} rows; expected {need} <= N < 2^32 for batch size {B}")
         if inner_mode == "contiguous":
             starts = n - B if paper_window else n - B + 1
-            start = int(_below(stream_key(seed, step, task, slot, _INNER_START), np.zeros(1), np.array([starts]))[0])
+            start = _below_int(_key(seed, step, task, slot, _INNER_START), 0, starts)
             inner[slot] = np.arange(start, start + B)
         else:
             inner[slot] = _distinct_rows(
-                stream_key(seed, step, task, slot, _INNER_ROWS), stream_key(seed, step, task, slot, _INNER_SHUFFLE), n, B
+                _key(seed, step, task, slot, _INNER_ROWS), _key(seed, step, task, slot, _INNER_SHUFFLE), n, B
             )
         outer[slot] = _distinct_rows(
-            stream_key(seed, step, task, slot, _OUTER_ROWS), stream_key(seed, step, task, slot, _OUTER_SHUFFLE), n, B
+            _key(seed, step, task, slot, _OUTER_ROWS), _key(seed, step, task, slot, _OUTER_SHUFFLE), n, B
         )
     return inner, outer
 
@@ -415,7 +441,8 @@ def choose_tasks(task_ids: Sequence[int], k: int, seed: int, step: int) -> list[
         raise ValueError("task_ids: expected at least one task")
     if len(ids) <= k:
         return ids
-    pos = _distinct_rows(stream_key(seed, step, 0, 0, _TASK_CHOICE), stream_key(seed, step, 0, 1, _TASK_CHOICE), len(ids), k)
+    seed, step = _u64("seed", seed), _u64("step", step)
+    pos = _distinct_rows(_key(seed, step, 0, 0, _TASK_CHOICE), _key(seed, step, 0, 1, _TASK_CHOICE), len(ids), k)
     return [ids[p] for p in pos.tolist()]
 
 

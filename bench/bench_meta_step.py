@@ -1,0 +1,80 @@
+"""One MACAW meta-step (loss, backward, Adam) at the paper's config: per-task loop vs batched vs fused.
+
+Run: ``pytest bench/bench_meta_step.py --benchmark-only`` (one table per T; 2 torch threads).
+``paper_loop`` is `macaw_fast.reference.reference_backward` (per task: copy every parameter, inner
+step with create_graph, outer losses, backward — what the paper's code does with `higher`) followed
+by the same Adam step; ``batched`` is `MetaLearner.meta_step`; ``fused`` the same with ``fused=True``.
+Each row's ``extra_info`` has the peak memory of one step, measured in a fresh subprocess.
+Paper config: width 100, depth 3, D 100, batch 256, obs 20, act 6, N_train 35.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+OBS, ACT, B, N_TRAIN = 20, 6, 256, 35
+IMPLS = ["paper_loop", "batched", "fused"]
+
+
+def make_step(impl: str, T: int, dtype=torch.float32):
+    """(callable running one full meta-step, learner) for an implementation."""
+    from macaw_fast import MetaLearner
+    from macaw_fast.demo import synthetic_batch
+    from macaw_fast.reference import reference_backward
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    learner = MetaLearner(OBS, ACT, N_TRAIN, dtype=dtype, fused=(impl == "fused"))
+    inner = synthetic_batch(T, B, OBS, ACT, g, dtype)
+    outer = synthetic_batch(T, B, OBS, ACT, g, dtype)
+    if impl == "paper_loop":
+        def step():
+            learner.optimizer.zero_grad(set_to_none=True)
+            reference_backward(learner, inner, outer)
+            learner.optimizer.step()
+    else:
+        def step():
+            learner.meta_step(inner, outer)
+    return step, learner
+
+
+def peak_memory_mb(impl: str, T: int) -> float:
+    """Peak RSS growth (MB) over two meta-steps, in a fresh process (after building nets and data)."""
+    code = f"""
+import json, resource, torch
+torch.set_num_threads(2)
+import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+from bench_meta_step import make_step
+step, _ = make_step({impl!r}, {T})
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+base = rss_mb()
+step(); step()
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("T", [5, 35])
+def test_meta_step(benchmark, impl, T):
+    torch.set_num_threads(2)
+    if impl == "fused":
+        from macaw_fast.macaw import fused_available
+        if not fused_available():
+            pytest.skip("fused meta-step not available")
+    step, learner = make_step(impl, T)
+    benchmark.group = f"meta-step T={T} (paper config, fp32, 2 threads)"
+    benchmark.extra_info.update({"impl": impl, "T": T, "torch": torch.__version__,
+                                 "threads": torch.get_num_threads(),
+                                 "peak_mem_mb": round(peak_memory_mb(impl, T), 1)})
+    slow = impl == "paper_loop" and T == 35
+    benchmark.pedantic(step, rounds=3 if slow else 15, warmup_rounds=1 if slow else 3)
