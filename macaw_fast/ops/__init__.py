@@ -1,0 +1,87 @@
+"""Fused MACAW ops with exact autograd of every order: Triton kernels plus torch twins.
+
+Public ops (each a `torch.autograd.Function` with ``setup_context`` and a ``vmap`` rule, so
+``torch.func.grad`` works; backward passes are made of differentiable torch operations, so
+``create_graph=True`` / second-order meta-gradients are exact):
+
+* `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5).
+* `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
+  with fused ReLUs.
+* `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
+
+Dispatch (every op takes ``backend='auto' | 'triton' | 'torch'``): CUDA tensors run the Triton
+kernels; CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1`` is set
+(before Triton's first import); otherwise the torch twin runs. Triton is imported only when a
+kernel runs, so this package imports and works without it. `available()` says what runs where.
+This package depends on torch (and optionally triton) only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .awr_loss import awr_loss
+from .batched_linear import batched_linear, concat_relu_linear
+from .wlinear_adapt import wlinear_adapt
+
+__all__ = ["available", "awr_loss", "batched_linear", "concat_relu_linear", "wlinear_adapt"]
+
+
+def _probe(device: torch.device, backend: str) -> None:
+    """Run every op once on a tiny case and compare with the torch twin; raise on mismatch."""
+    g = torch.Generator().manual_seed(0)
+    kw = {"dtype": torch.float32}
+    r = lambda *s: torch.randn(*s, generator=g, **kw).to(device)  # noqa: E731
+    checks = []
+    W, b, z, G, rates = r(6, 3), r(6), r(3), r(2, 6), r(3).abs()
+    checks.append((wlinear_adapt, (W, b, z, G, rates, 0.9), {}))
+    checks.append((batched_linear, (r(2, 5, 2), r(2, 6), 2), {"in_relu": True}))
+    checks.append((concat_relu_linear, (r(2, 5, 2), r(2, 5, 1), r(2, 8), 2), {}))
+    checks.append((awr_loss, (r(2, 5, 2), r(2, 5, 2), r(2, 5)), {"pred": r(2, 5), "head_weight": 0.1}))
+    for fn, args, kwargs in checks:
+        got = fn(*args, backend=backend, **kwargs)
+        want = fn(*args, backend="torch", **kwargs)
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        for a, b_ in zip(got, want):
+            if not torch.allclose(a, b_, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(f"{fn.__name__}: {backend} on {device} disagrees with the torch twin")
+
+
+def available() -> dict:
+    """What runs where, found by actually running a tiny case of every op.
+
+    Returns a dict: ``"torch"`` (always True), ``"triton_cuda"`` and ``"triton_interpreter"``
+    (True, or a string saying why not), and ``"auto_cpu"`` / ``"auto_cuda"``: the backend that
+    ``backend='auto'`` picks for CPU / CUDA tensors right now.
+    """
+    from ._common import interpreter_requested, resolve_backend, triton_importable
+    out: dict = {}
+    try:
+        _probe(torch.device("cpu"), "torch")
+        out["torch"] = True
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        out["torch"] = f"failed: {e}"
+    has_triton = triton_importable()
+    if not has_triton:
+        out["triton_cuda"] = out["triton_interpreter"] = "triton is not installed"
+    else:
+        if torch.cuda.is_available():
+            try:
+                _probe(torch.device("cuda"), "triton")
+                out["triton_cuda"] = True
+            except Exception as e:  # noqa: BLE001
+                out["triton_cuda"] = f"failed: {e}"
+        else:
+            out["triton_cuda"] = "no CUDA device"
+        if interpreter_requested():
+            try:
+                _probe(torch.device("cpu"), "triton")
+                out["triton_interpreter"] = True
+            except Exception as e:  # noqa: BLE001
+                out["triton_interpreter"] = f"failed: {e}"
+        else:
+            out["triton_interpreter"] = "TRITON_INTERPRET=1 is not set"
+    out["auto_cpu"] = resolve_backend("auto", torch.device("cpu"), "available")
+    out["auto_cuda"] = resolve_backend("auto", torch.device("cuda"), "available") if has_triton else "torch"
+    return out

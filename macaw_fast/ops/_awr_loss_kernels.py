@@ -1,0 +1,79 @@
+"""Triton kernel of `awr_loss` (imported lazily: needs triton)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def awr_loss_kernel(mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, par_ptr, loss_ptr, w_ptr, N, A,
+                    stride_mt, stride_mn, stride_ma, stride_at, stride_an, stride_aa,
+                    stride_vt, stride_vn, stride_pt, stride_pn,
+                    BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr):
+    """Per-task advantage-weighted Gaussian log-likelihood loss (one program per task).
+
+    Three passes over the task's N rows: mean of the advantages, their unbiased variance, then the
+    weights w = exp(min((adv - mean) / (std * temp), log_max_w)), the log-probabilities and the
+    weighted mean (plus the head's mean squared error when HEAD).
+
+    Grid: (T,).
+
+    Args:
+        mu_ptr: policy means, shape (T, N, A). act_ptr: actions, shape (T, N, A).
+        adv_ptr: advantages, shape (T, N). pred_ptr: predicted advantages, shape (T, N) (HEAD only).
+        hw_ptr: head weight softplus(kappa), (1,) (HEAD only).
+        par_ptr: constants (half_inv_var = 0.5 / sigma^2, log_norm = A (log sigma + log(2 pi) / 2),
+            temp, log_max_w), contiguous (4,) in the kernel dtype.
+        loss_ptr: output per-task losses, contiguous (T,).
+        w_ptr: output weights, contiguous (T, N).
+        N, A: rows per task and action dims.
+        stride_mt, stride_mn, stride_ma: strides of mu along tasks, rows, action dims.
+        stride_at, stride_an, stride_aa: strides of the actions along tasks, rows, action dims.
+        stride_vt, stride_vn: strides of adv along tasks and rows.
+        stride_pt, stride_pn: strides of pred along tasks and rows.
+        BLOCK_N: rows per step. BLOCK_A: >= A (all action dims in one tile).
+        HEAD: add softplus(kappa) * mean((pred - adv)^2).
+    """
+    t = tl.program_id(0)
+    half_inv_var = tl.load(par_ptr)
+    log_norm = tl.load(par_ptr + 1)
+    temp = tl.load(par_ptr + 2)
+    log_max_w = tl.load(par_ptr + 3)
+    dt = mu_ptr.dtype.element_ty
+    s = tl.zeros((BLOCK_N,), dtype=dt)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        s += tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=n < N, other=0.0)
+    mean = tl.sum(s, axis=0) / N
+    s2 = tl.zeros((BLOCK_N,), dtype=dt)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        v = tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=n < N, other=0.0)
+        dv = tl.where(n < N, v - mean, 0.0)
+        s2 += dv * dv
+    std = tl.sqrt(tl.sum(s2, axis=0) / (N - 1))
+    scale = 1.0 / (std * temp)
+    acc = tl.zeros((BLOCK_N,), dtype=dt)
+    mse = tl.zeros((BLOCK_N,), dtype=dt)
+    k = tl.arange(0, BLOCK_A)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nm = n < N
+        v = tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=nm, other=0.0)
+        w = tl.exp(tl.minimum((v - mean) * scale, log_max_w))
+        m2 = nm[:, None] & (k[None, :] < A)
+        mu = tl.load(mu_ptr + t * stride_mt + n[:, None] * stride_mn + k[None, :] * stride_ma, mask=m2, other=0.0)
+        a = tl.load(act_ptr + t * stride_at + n[:, None] * stride_an + k[None, :] * stride_aa, mask=m2, other=0.0)
+        d = a - mu
+        logp = -half_inv_var * tl.sum(d * d, axis=1) - log_norm
+        acc += tl.where(nm, -w * logp, 0.0)
+        tl.store(w_ptr + t * N + n, w, mask=nm)
+        if HEAD:
+            pr = tl.load(pred_ptr + t * stride_pt + n * stride_pn, mask=nm, other=0.0)
+            e = pr - v
+            mse += e * e
+    loss = tl.sum(acc, axis=0) / N
+    if HEAD:
+        loss += tl.load(hw_ptr) * (tl.sum(mse, axis=0) / N)
+    tl.store(loss_ptr + t, loss)

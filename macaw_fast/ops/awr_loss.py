@@ -1,0 +1,176 @@
+"""`awr_loss`: MACAW's advantage-weighted policy loss per task, in one op (spec §4).
+
+Per task t, over its N rows:
+
+    w_n    = exp(min((A_n - mean A) / (std A * temp), log max_weight))   (std unbiased; no gradient)
+    logp_n = sum_k log N(a_nk; mu_nk, sigma^2)
+    loss_t = mean_n(-w_n logp_n) [+ head_weight * mean_n((pred_n - A_n)^2)]
+
+The bracketed advantage-head term is the inner loss's (raw A, not normalised). The weights are
+computed from the advantages as constants (MACAW's advantages carry no gradient); the head term
+is differentiable in pred, A and head_weight. The backward pass is written with differentiable
+torch operations, so gradients of every order are exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, next_pow2, resolve_backend, scalar_params
+
+_OP = "awr_loss"
+
+
+def awr_launch_config(T: int, N: int, A: int, head: bool) -> dict:
+    """Grid, block sizes and warps of `awr_loss_kernel` (shared with the compile test)."""
+    return {"grid": (T,), "num_warps": 4,
+            "constexprs": {"BLOCK_N": 128, "BLOCK_A": next_pow2(A), "HEAD": head}}
+
+
+def _constants(sigma, temp, max_weight, A):
+    return (0.5 / sigma**2, A * (math.log(sigma) + 0.5 * math.log(2 * math.pi)), float(temp), math.log(max_weight))
+
+
+def _weights_torch(adv, temp, max_weight):
+    mean = adv.mean(-1, keepdim=True)
+    std = adv.std(-1, keepdim=True)
+    return ((adv - mean) / (std * temp)).clamp(max=math.log(max_weight)).exp()
+
+
+def _forward_torch(mu, action, adv, pred, hw, sigma, temp, max_weight):
+    c_half, c_norm, _, _ = _constants(sigma, temp, max_weight, mu.shape[-1])
+    w = _weights_torch(adv, temp, max_weight)
+    logp = -c_half * (action - mu).pow(2).sum(-1) - c_norm
+    loss = (-w * logp).mean(-1)
+    if pred is not None:
+        loss = loss + hw * (pred - adv).pow(2).mean(-1)
+    return loss, w
+
+
+def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight):
+    K = load_kernels("_awr_loss_kernels")
+    check_triton_mode(mu.device, _OP)
+    T, N, A = mu.shape
+    par = scalar_params(_constants(sigma, temp, max_weight, A), mu.dtype, mu.device)
+    loss = torch.empty((T,), dtype=mu.dtype, device=mu.device)
+    w = torch.empty((T, N), dtype=mu.dtype, device=mu.device)
+    head = pred is not None
+    pr = pred if head else adv
+    hwt = hw.reshape(1) if head else par
+    cfg = awr_launch_config(T, N, A, head)
+    K.awr_loss_kernel[cfg["grid"]](
+        mu, action, adv, pr, hwt, par, loss, w, N, A,
+        mu.stride(0), mu.stride(1), mu.stride(2), action.stride(0), action.stride(1), action.stride(2),
+        adv.stride(0), adv.stride(1), pr.stride(0), pr.stride(1),
+        num_warps=cfg["num_warps"], **cfg["constexprs"])
+    return loss, w
+
+
+class AWRLoss(torch.autograd.Function):
+    """Autograd Function of `awr_loss`; outputs (loss (T,), weights (T, N), not differentiable)."""
+
+    @staticmethod
+    def forward(mu, action, adv, pred, hw, sigma, temp, max_weight, backend):
+        fwd = _forward_triton if backend == "triton" else _forward_torch
+        return fwd(mu, action, adv, pred, hw, sigma, temp, max_weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mu, action, adv, pred, hw, sigma, temp, max_weight, backend = inputs
+        _, w = output
+        ctx.mark_non_differentiable(w)
+        ctx.save_for_backward(mu, action, adv, pred, hw, w)
+        ctx.half_inv_var = 0.5 / sigma**2
+
+    @staticmethod
+    def backward(ctx, g, _gw):
+        mu, action, adv, pred, hw, w = ctx.saved_tensors
+        N = mu.shape[1]
+        need_mu, need_act, need_adv, need_pred, need_hw = ctx.needs_input_grad[:5]
+        gmu = gact = gadv = gpred = ghw = None
+        if need_mu or need_act:
+            # d(-w logp / N)/d mu = -(w / N) * 2 c (a - mu), with c = 0.5 / sigma^2
+            gmu = ((-2.0 * ctx.half_inv_var / N) * g.view(-1, 1, 1)) * w.unsqueeze(-1) * (action - mu)
+            gact = -gmu if need_act else None
+            gmu = gmu if need_mu else None
+        if pred is not None and (need_pred or need_adv or need_hw):
+            e = pred - adv
+            if need_pred or need_adv:
+                gp = (2.0 / N) * (g * hw).unsqueeze(-1) * e
+                gpred = gp if need_pred else None
+                gadv = -gp if need_adv else None
+            if need_hw:
+                ghw = (g * e.pow(2).mean(-1)).sum().reshape(hw.shape)
+        return gmu, gact, gadv, gpred, ghw, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, mu, action, adv, pred, hw, sigma, temp, max_weight, backend):
+        return loop_vmap(lambda *a: AWRLoss.apply(*a), info, in_dims,
+                         mu, action, adv, pred, hw, sigma, temp, max_weight, backend)
+
+
+def awr_loss(mu: Tensor, action: Tensor, adv: Tensor, *, sigma: float = 0.2, temp: float = 1.0,
+             max_weight: float = 20.0, pred: Tensor | None = None, head_weight: Tensor | float | None = None,
+             return_weights: bool = False, backend: str = "auto"):
+    """Per-task advantage-weighted Gaussian log-likelihood loss of MACAW's policy.
+
+    Args:
+        mu: (T, N, A) float32/float64 policy means (any strides).
+        action: (T, N, A) dataset actions, same dtype/device.
+        adv: (T, N) advantages; the weights use them as constants (N >= 2: unbiased std).
+        sigma: the fixed policy standard deviation. temp: temperature tau of the weights.
+        max_weight: weights are clamped at this value (normalised advantages at its log).
+        pred: (T, N) the advantage head's predictions; with ``head_weight`` adds the inner loss's
+            head_weight * mean((pred - adv)^2) (raw advantages).
+        head_weight: 0-d tensor (e.g. softplus(kappa), differentiable) or float.
+        return_weights: also return the weights (T, N) (no gradient).
+        backend: 'auto' | 'triton' | 'torch' (see `macaw_fast.ops`).
+
+    Returns:
+        loss (T,) (and weights (T, N) with ``return_weights``). Differentiable (any order) w.r.t.
+        mu, action, pred, head_weight, and adv through the head term only.
+    """
+    mu = check_tensor(_OP, "mu", mu, 3)
+    T, N, A = mu.shape
+    kw = {"dtype": mu.dtype, "device": mu.device}
+    action = check_tensor(_OP, "action", action, 3, shape=(T, N, A), **kw)
+    adv = check_tensor(_OP, "adv", adv, 2, shape=(T, N), **kw)
+    if N < 2:
+        raise ValueError(f"{_OP}: advantage weights need at least 2 rows per task (unbiased std), got N={N}")
+    if T < 1 or A < 1:
+        raise ValueError(f"{_OP}: empty input mu of shape {tuple(mu.shape)}")
+    for name, v in (("sigma", sigma), ("temp", temp), ("max_weight", max_weight)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{_OP}: {name} must be a positive finite float, got {v!r}")
+    if (pred is None) != (head_weight is None):
+        raise ValueError(f"{_OP}: pred and head_weight go together (the advantage-head term); got only one")
+    hw = None
+    if pred is not None:
+        pred = check_tensor(_OP, "pred", pred, 2, shape=(T, N), **kw)
+        if isinstance(head_weight, Tensor):
+            hw = check_tensor(_OP, "head_weight", head_weight, **kw)
+            if hw.numel() != 1:
+                raise ValueError(f"{_OP}: head_weight must hold one number, got shape {tuple(hw.shape)}")
+        elif isinstance(head_weight, (int, float)) and not isinstance(head_weight, bool):
+            hw = torch.tensor(float(head_weight), **kw)
+        else:
+            raise TypeError(f"{_OP}: head_weight must be a tensor or a float, got {type(head_weight).__name__}")
+    be = resolve_backend(backend, mu.device, _OP)
+    loss, w = AWRLoss.apply(mu, action, adv, pred, hw, float(sigma), float(temp), float(max_weight), be)
+    return (loss, w) if return_weights else loss
+
+
+def awr_loss_reference(mu, action, adv, sigma=0.2, temp=1.0, max_weight=20.0, pred=None, head_weight=None):
+    """Unfused autograd composition, as in the paper's code (the oracle and the bench baseline)."""
+    adv_c = adv.detach()
+    w = ((adv_c - adv_c.mean(-1, keepdim=True)) / (adv_c.std(-1, keepdim=True) * temp)).clamp(
+        max=math.log(max_weight)).exp()
+    k = action.shape[-1]
+    logp = (-0.5 / sigma**2) * (action - mu).pow(2).sum(-1) - k * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    loss = (-w * logp).mean(-1)
+    if pred is not None:
+        loss = loss + head_weight * (pred - adv).pow(2).mean(-1)
+    return loss
