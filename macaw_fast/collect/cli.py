@@ -1,0 +1,115 @@
+"""`macaw-fast collect`: make an offline dataset with batched per-task SAC (parses and calls)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _utd(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 64], got {text!r}") from None
+    if not (0 < v <= 64):
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 64], got {v}")
+    return v
+
+
+def _tasks(text: str) -> list[int]:
+    """``0,3,5`` or ``0-9`` or a mix (``0-4,7``)."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected task indices like '0,3,5' or '0-9', got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected at least one task index, got {text!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a collection from parsed arguments; prints the dataset path and per-task final returns."""
+    import json
+    import os
+
+    from .collector import LOG, collect
+
+    path = collect(args.env, args.out, steps_per_task=args.steps_per_task, seed=args.seed, tasks=args.tasks,
+                   progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, warmup=args.warmup,
+                   utd=args.utd, width=args.width, batch_size=args.batch_size, eval_interval=args.eval_interval,
+                   checkpoint_interval=args.checkpoint_interval, threads=args.threads,
+                   tensorboard=not args.no_tensorboard)
+    final = None
+    log = os.path.join(args.out, LOG)
+    if os.path.exists(log):
+        with open(log) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("final"):
+                    final = rec
+    print(f"dataset: {path}")
+    if final:
+        rets = " ".join(f"{r:.1f}" for r in final["eval_return"])
+        print(f"final evaluation returns per task (mean action): {rets}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``collect`` sub-command."""
+    p = sub.add_parser(
+        "collect", help="make an offline dataset with batched per-task SAC",
+        description="Train one SAC agent per task from scratch (all tasks of the family in one process, one "
+                    "batched agent) and store each task's whole replay buffer as its offline data in "
+                    "OUT/dataset. Checkpoints at intervals; --resume continues an interrupted run. Writes "
+                    "OUT/log.jsonl (evaluations), OUT/tb (TensorBoard) and OUT/collect_report.png.")
+    p.add_argument("--env", required=True, choices=["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"],
+                   help="task family")
+    p.add_argument("--out", required=True, help="run directory (created; holds dataset/, checkpoint, logs)")
+    p.add_argument("--steps-per-task", type=_positive_int, default=30_000,
+                   help="env steps = dataset rows per task (default 30000; see docs/collect.md for budgets)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of agents, RNG and envs (default 0)")
+    p.add_argument("--tasks", type=_tasks, default=None,
+                   help="task indices into the paper task set, e.g. '0,3' or '0-9' (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in OUT and start over")
+    p.add_argument("--utd", type=_utd, default=1.0, help="SAC updates per env step (default 1; 0.5 = every 2nd step)")
+    p.add_argument("--width", type=_positive_int, default=256, help="hidden units of actor and critics (default 256)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="transitions per task per update (default 256)")
+    p.add_argument("--warmup", type=_nonneg_int, default=5_000,
+                   help="initial uniform-random steps before updates start (default 5000)")
+    p.add_argument("--eval-interval", type=_nonneg_int, default=5_000,
+                   help="env steps between evaluations, 0 = only at the end (default 5000)")
+    p.add_argument("--checkpoint-interval", type=_positive_int, default=5_000,
+                   help="env steps between checkpoints and dataset commits (default 5000)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1; see docs/collect.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
+    p.set_defaults(func=run)
