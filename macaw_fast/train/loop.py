@@ -1,0 +1,411 @@
+"""The training loop of `macaw-fast train`: data -> meta-steps -> evaluation, logs, checkpoints.
+
+Run directory layout::
+
+    RUN/
+      config.json            data path, presets, MacawConfig, TrainConfig, family, task split
+      metrics.jsonl          one JSON object per line: {"kind": "train"|"eval"|"error", "step", ...}
+      checkpoints/latest.pt  overwritten every latest_interval steps (atomically)
+      checkpoints/step_NNNNNNN.pt   kept every numbered_interval steps
+      tb/                    TensorBoard events (when tensorboard is installed)
+
+Step convention: "step s" is the state after s meta-steps. The evaluation logged at step s
+evaluates that state, the checkpoint of step s holds it, and the training record of step s
+describes meta-step number s (the update that takes the state from s to s + 1).
+
+Determinism: the meta-batch of step s is a pure function of (seed, s) (counter-based sampler),
+the networks are initialised from ``torch.manual_seed(seed)``, and evaluation draws from its own
+(seed, step)-keyed generators. A checkpoint therefore needs only the learner's state (parameters,
+rates, kappa, Adam moments and step counts) and the step to continue bit-exactly; it also stores
+the torch/numpy/python RNG states, restored on resume for anything else that might draw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import MacawConfig
+from .config import TrainConfig
+from .evaluate import Evaluator, check_dataset_env, family_of
+
+CHECKPOINT_FORMAT = "macaw-fast/checkpoint"
+
+
+# ------------------------------------------------------------------------------------------------
+# small I/O helpers
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, write) -> None:
+    """Create ``path`` atomically: ``write(file)`` into a temporary file, fsync, rename, fsync the directory."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(d)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file; a torn last line (a killed writer) is ignored."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return str(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# run setup
+
+
+class RunSetup:
+    """Everything a run derives from (dataset, configs): family, task ids, samplers, evaluators."""
+
+    def __init__(self, data: str, mc: MacawConfig, tc: TrainConfig) -> None:
+        from ..data.store import open_dataset
+
+        self.data = os.path.abspath(os.fspath(data))
+        if not os.path.exists(self.data):
+            raise FileNotFoundError(f"dataset not found: {self.data}")
+        self.ds = ds = open_dataset(self.data)
+        self.family = family_of(ds)
+        if tc.family and tc.family != self.family:
+            raise ValueError(f"{self.data}: the preset/config expects a {tc.family} dataset, "
+                             f"but this dataset is {self.family} ({ds.env_id})")
+        check_dataset_env(ds, self.family)
+        self.train_ids = self._ids(tc.train_tasks, ds.train_tasks, "train_tasks")
+        self.test_ids = self._ids(tc.test_tasks, ds.test_tasks, "test_tasks")
+        if not self.test_ids:
+            raise ValueError(f"{self.data}: the dataset has no test tasks (split 'test' is empty)")
+        self.mc, self.tc = mc, tc
+
+    def _ids(self, given, default, name) -> list[str]:
+        ds = self.ds
+        if given is None:
+            missing = [t for t in default if t not in ds]
+            if missing:
+                raise ValueError(f"{self.data}: split tasks {missing} are missing from the dataset")
+            return list(default)
+        bad = [i for i in given if i >= len(ds.tasks)]
+        if bad:
+            raise ValueError(f"{self.data}: train.{name} holds task indices {bad} but the dataset has only "
+                             f"{len(ds.tasks)} tasks (indices 0..{len(ds.tasks) - 1}); missing test/train tasks")
+        return [ds.tasks[i] for i in given]
+
+    def _arrays(self, tid: str, part: str) -> dict:
+        td = self.ds[tid]
+        arrays = td.arrays()
+        if part == "all":
+            return arrays
+        n, k = td.num_rows, min(self.tc.inner_data_rows, td.num_rows)
+        a = {"start": 0, "middle": (n - k) // 2, "end": n - k}[part]
+        return {f: v[a:a + k] for f, v in arrays.items()}
+
+    def samplers(self):
+        """(inner sampler, outer sampler): the same object unless inner_data restricts the inner rows."""
+        from ..data.sampler import MetaBatchSampler
+
+        tc = self.tc
+        outer = MetaBatchSampler([self._arrays(t, "all") for t in self.train_ids], tc.batch_size,
+                                 inner_mode=tc.inner_mode, seed=tc.seed)
+        if tc.inner_data == "all":
+            return outer, outer
+        inner = MetaBatchSampler([self._arrays(t, tc.inner_data) for t in self.train_ids], tc.batch_size,
+                                 inner_mode=tc.inner_mode, seed=tc.seed)
+        return inner, outer
+
+    def evaluator(self, train_tasks: bool = False) -> Evaluator:
+        """Evaluator on the test tasks (or on the first eval_train_tasks training tasks)."""
+        ids = self.train_ids[:self.tc.eval_train_tasks] if train_tasks else self.test_ids
+        return Evaluator(self.ds, ids, self.family, self.tc.batch_size, self.tc.seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; otherwise torch.device(name)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"train.device: {e}") from None
+
+
+def make_learner(setup: RunSetup):
+    """A freshly initialised MetaLearner for the run (seeded from train.seed)."""
+    from ..macaw import MetaLearner
+
+    tc = setup.tc
+    torch.manual_seed(tc.seed)
+    return MetaLearner(setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids), setup.mc,
+                       device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype), fused=tc.fused)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "cached": float(cached)},
+          "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(path: str, learner, step: int, setup: RunSetup) -> None:
+    """Write a resumable checkpoint atomically (tmp + fsync + rename)."""
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "step": int(step), "learner": learner.state_dict(),
+             "macaw": setup.mc.to_dict(), "train": setup.tc.to_dict(), "data": setup.data,
+             "family": setup.family, "train_ids": setup.train_ids, "test_ids": setup.test_ids,
+             "rng": _rng_state()}
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (safe loader: tensors and plain types only)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        st = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a macaw-fast checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+    return st
+
+
+def params_finite(learner) -> bool:
+    """True when every trained tensor is finite (one reduction per tensor)."""
+    with torch.no_grad():
+        return bool(torch.isfinite(torch.stack([p.sum() for p in learner.parameters()])).all())
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+class _Logger:
+    def __init__(self, run: str, tensorboard: bool) -> None:
+        self.path = os.path.join(run, "metrics.jsonl")
+        self.f = open(self.path, "a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(run, "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard missing or broken: JSONL only
+                self.tb = None
+
+    def write(self, rec: dict) -> None:
+        self.f.write(json.dumps(_jsonable(rec)) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            step = rec.get("step", 0)
+            prefix = rec.get("kind", "train")
+            for k, v in rec.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+                elif isinstance(v, dict) and k in ("adapted", "unadapted"):
+                    for tid, r in v.items():
+                        self.tb.add_scalar(f"{prefix}/{k}/task_{tid}", r, step)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Keep only records of steps before ``step`` (they are redone after a resume)."""
+    recs = [r for r in read_jsonl(path) if r.get("step", 0) < step]
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in recs).encode()))
+
+
+def _eval_record(step: int, res: dict, prefix: str = "") -> dict:
+    keys = ("mean_adapted", "mean_unadapted", "mean_normalised_adapted", "mean_normalised_unadapted",
+            "adapted", "unadapted", "normalised_adapted", "normalised_unadapted", "adapted_all")
+    return {"kind": prefix + "eval", "step": step, **{k: res[k] for k in keys if k in res}}
+
+
+def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: list[str] | None = None,
+          resume: bool = False, stop_after: int | None = None) -> dict:
+    """Meta-train on ``data`` into run directory ``out`` (or continue it with ``resume``).
+
+    Everything is validated before anything is written; an existing run is never overwritten
+    (FileExistsError: use ``resume``). ``stop_after``: return after this many meta-steps of this
+    call (tests). Returns the last evaluation record (or {}).
+    """
+    out = os.path.abspath(out)
+    cfg_path = os.path.join(out, "config.json")
+    ckpt_dir = os.path.join(out, "checkpoints")
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    if resume:
+        if not os.path.isfile(latest):
+            raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/latest.pt)")
+        state = load_checkpoint(latest)
+    else:
+        if os.path.exists(cfg_path) or os.path.exists(latest):
+            raise FileExistsError(f"{out}: a run already exists here (use --resume {out}, or another --out)")
+        state = None
+    setup = RunSetup(data, mc, tc)
+    inner_sampler, outer_sampler = setup.samplers()
+    evaluator = setup.evaluator() if tc.eval_interval else None
+    train_evaluator = setup.evaluator(train_tasks=True) if tc.eval_interval and tc.eval_train_tasks else None
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    learner = make_learner(setup)
+    start = 0
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        start = int(state["step"])
+        _set_rng_state(state["rng"])
+        _truncate_log(os.path.join(out, "metrics.jsonl"), start)
+    else:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
+                                     "family": setup.family, "train_ids": setup.train_ids,
+                                     "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict()})
+        save_checkpoint(latest, learner, 0, setup)
+    log = _Logger(out, tc.tensorboard)
+    bar = None
+    if tc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=start, desc=os.path.basename(out), unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=1.0)
+    it = _batches(setup, inner_sampler, outer_sampler, start)
+    last_eval: dict = {}
+    t_last, s_last = time.perf_counter(), start
+    dtype, device = learner.dtype, learner.device
+    try:
+        for step in range(start, tc.steps + 1):
+            if step != start or state is None and step == 0:
+                if step != 0 and (step % tc.latest_interval == 0 or step == tc.steps):
+                    save_checkpoint(latest, learner, step, setup)
+                if tc.numbered_interval and step % tc.numbered_interval == 0 and step != 0:
+                    save_checkpoint(os.path.join(ckpt_dir, f"step_{step:07d}.pt"), learner, step, setup)
+            if evaluator is not None and (step % tc.eval_interval == 0 or step == tc.steps):
+                res = evaluator.evaluate(learner, step, tc.eval_batches, tc.eval_rollouts,
+                                         random_episodes=tc.random_episodes)
+                last_eval = _eval_record(step, res)
+                log.write(last_eval)
+                if train_evaluator is not None:
+                    log.write(_eval_record(step, train_evaluator.evaluate(
+                        learner, step, tc.eval_batches, tc.eval_rollouts, random_episodes=0), "train_"))
+                if bar is not None:
+                    bar.set_postfix_str(f"adapted {res['mean_adapted']:.1f} unadapted {res.get('mean_unadapted', float('nan')):.1f}")
+            if step == tc.steps or (stop_after is not None and step - start >= stop_after):
+                break
+            inner, outer = next(it)
+            inner, outer = inner.to(device=device, dtype=dtype), outer.to(device=device, dtype=dtype)
+            try:
+                metrics = learner.meta_step(inner, outer)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"step {step}: {e}. Stopped; the last good checkpoint is {latest}") from None
+            if not params_finite(learner):
+                raise FloatingPointError(f"step {step}: a parameter became NaN/inf after the meta-step. "
+                                         f"Stopped; the last good checkpoint is {latest} (not overwritten)")
+            if step % tc.log_interval == 0:
+                now = time.perf_counter()
+                rate = (step - s_last) / (now - t_last) if step > s_last else None
+                t_last, s_last = now, step
+                log.write({"kind": "train", "step": step, "steps_per_s": rate, **metrics})
+            if bar is not None:
+                bar.update(1)
+    except FloatingPointError as e:
+        log.write({"kind": "error", "step": step, "error": str(e)})
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+        it.close()
+        if evaluator is not None:
+            evaluator.close()
+    return last_eval
+
+
+def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int):
+    """Yield (inner, outer) of steps start, start + 1, ... (prefetched when possible)."""
+    from ..data.loader import MetaBatchLoader
+    from ..data.sampler import choose_tasks
+
+    tc = setup.tc
+    train_idx = list(range(len(setup.train_ids)))
+    if inner_sampler is outer_sampler:
+        loader = MetaBatchLoader(outer_sampler, train_idx, tc.tasks_per_step, start_step=start, prefetch=tc.prefetch)
+        for ms in loader:
+            yield ms.inner, ms.outer
+        return
+    step = start
+    while True:
+        ids = choose_tasks(train_idx, tc.tasks_per_step, tc.seed, step)
+        inner, _ = inner_sampler.sample(step, ids)
+        _, outer = outer_sampler.sample(step, ids)
+        yield inner, outer
+        step += 1
