@@ -105,7 +105,7 @@ def check_tensor(op: str, name: str, t, ndim: int | None = None, *, dtype=None, 
     if shape is not None:
         for i, s in enumerate(shape):
             if s is not None and t.shape[i] != s:
-                want = tuple("?" if x is None else x for x in shape)
+                want = "(" + ", ".join("?" if x is None else str(x) for x in shape) + ("," if len(shape) == 1 else "") + ")"
                 raise ValueError(f"{op}: {name} must have shape {want}, got {tuple(t.shape)}")
     return t
 
