@@ -1,0 +1,142 @@
+"""`macaw_fast.ops.awr_loss` vs the float64 unfused composition (the paper's loss, spec §4).
+
+Torch twin in the normal suite; Triton kernel through the interpreter when marked ``triton``.
+"""
+
+import math
+
+import pytest
+import torch
+
+from macaw_fast.ops import awr_loss
+from macaw_fast.ops._common import interpreter_requested, triton_importable
+from macaw_fast.ops.awr_loss import awr_loss_reference
+
+F64 = torch.float64
+
+
+@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def backend(request):
+    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
+    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
+        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
+    return request.param
+
+
+def make(T, N, A, seed=0, dtype=F64):
+    """mu, actions, advantages (spread wide enough that some weights hit the clamp), predictions."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(T, N, A, generator=g, dtype=dtype).tanh()
+    act = torch.randn(T, N, A, generator=g, dtype=dtype)
+    adv = torch.randn(T, N, generator=g, dtype=dtype) * 3
+    adv[:, 0] = 40.0 if N > 2 else adv[:, 0]       # an outlier: its normalised value exceeds log 20 only if N > 2
+    pred = torch.randn(T, N, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (mu, act, adv, pred)]
+
+
+# (T, N, A): T=1, N=2 (smallest with an unbiased std), N not a multiple of the 128-row block, A=1.
+SHAPES = [(1, 2, 1), (2, 129, 6), (3, 37, 3), (5, 256, 6)]
+
+
+@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("T,N,A", SHAPES)
+def test_forward_and_grads_match_oracle(backend, T, N, A, head):
+    mu, act, adv, pred = make(T, N, A)
+    hw = torch.tensor(0.37, dtype=F64, requires_grad=True)
+    kw = {"pred": pred, "head_weight": hw} if head else {}
+    got, w = awr_loss(mu, act, adv, sigma=0.2, temp=0.7, max_weight=20.0, return_weights=True,
+                      backend=backend, **kw)
+    want = awr_loss_reference(mu, act, adv, 0.2, 0.7, 20.0, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not w.requires_grad and w.shape == (T, N)
+    if N > 2:
+        assert torch.isclose(w.max(), torch.tensor(20.0, dtype=F64))   # the clamp is exercised
+    inputs = (mu, act, adv) + ((pred, hw) if head else ())
+    cot = torch.linspace(0.5, 1.5, T, dtype=F64)
+    ga = torch.autograd.grad(got, inputs, cot, allow_unused=True)
+    gb = torch.autograd.grad(want, inputs, cot, allow_unused=True)
+    for name, a, b in zip(("mu", "action", "adv", "pred", "head_weight"), ga, gb):
+        if b is None:
+            assert a is None or torch.count_nonzero(a) == 0, name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_gradcheck_and_gradgradcheck(backend):
+    mu, act, adv, pred = make(2, 4, 2, seed=1)
+    hw = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    adv = adv.detach()        # the weights are piecewise smooth in adv; gradcheck holds adv fixed
+    fn = lambda mu, act, pred, hw: awr_loss(mu, act, adv, pred=pred, head_weight=hw, backend=backend)  # noqa: E731
+    fast = backend == "triton"
+    assert torch.autograd.gradcheck(fn, (mu, act, pred, hw), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (mu, act, pred, hw), fast_mode=fast)
+    # adv enters the head term only (weights are constants): check that derivative alone
+    fa = lambda adv_: awr_loss(mu.detach(), act.detach(), adv_, pred=pred.detach(), head_weight=0.5,  # noqa: E731
+                               backend=backend) - awr_loss(mu.detach(), act.detach(), adv_, backend=backend).detach()
+    a0 = adv.clone().requires_grad_()
+    ga, = torch.autograd.grad(fa(a0).sum(), a0)
+    torch.testing.assert_close(ga, -2 * 0.5 * (pred.detach() - adv) / 4)
+
+
+def test_second_order_inner_loss(backend):
+    """MACAW's use: grad of the inner loss w.r.t. mu (create_graph), then its grad w.r.t. kappa."""
+    mu, act, adv, pred = make(2, 9, 3, seed=2)
+    kappa = torch.tensor(math.log(0.01), dtype=F64, requires_grad=True)
+    def meta(loss_fn):
+        hw = torch.nn.functional.softplus(kappa)
+        loss = loss_fn(mu, act, adv.detach(), pred, hw).sum()
+        gmu, gpred = torch.autograd.grad(loss, (mu, pred), create_graph=True)
+        return torch.autograd.grad(gmu.pow(2).sum() + gpred.pow(2).sum(), (kappa, mu, pred, act))
+    got = meta(lambda m, a, v, p, h: awr_loss(m, a, v, pred=p, head_weight=h, backend=backend))
+    want = meta(lambda m, a, v, p, h: awr_loss_reference(m, a, v, pred=p, head_weight=h))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_func_grad_and_vmap(backend):
+    mu, act, adv, pred = [t.detach() for t in make(2, 6, 2, seed=3)]
+    f = lambda mu: awr_loss(mu, act, adv, backend=backend).sum()  # noqa: E731
+    r = lambda mu: awr_loss_reference(mu, act, adv).sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(f)(mu), torch.func.grad(r)(mu), rtol=1e-12, atol=1e-12)
+    got = torch.func.vmap(lambda m: awr_loss(m, act, adv, backend=backend))(torch.stack([mu, -mu]))
+    torch.testing.assert_close(got[1], awr_loss_reference(-mu, act, adv), rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_inputs(backend):
+    mu, act, adv, pred = [t.detach() for t in make(3, 10, 4, seed=4)]
+    mu_nc = mu.transpose(0, 1).contiguous().transpose(0, 1)
+    act_nc = torch.stack([act, act], -1)[..., 0]
+    adv_nc = adv.t().contiguous().t()
+    pred_nc = torch.stack([pred, pred], -1)[..., 1]
+    assert not any(t.is_contiguous() for t in (mu_nc, act_nc, adv_nc, pred_nc))
+    torch.testing.assert_close(awr_loss(mu_nc, act_nc, adv_nc, pred=pred_nc, head_weight=0.2, backend=backend),
+                               awr_loss_reference(mu, act, adv, pred=pred, head_weight=0.2), rtol=1e-12, atol=1e-12)
+
+
+def test_float32_close_to_float64():
+    mu, act, adv, pred = make(5, 256, 6, seed=5)
+    want = awr_loss_reference(mu, act, adv, pred=pred, head_weight=0.01).detach()
+    got = awr_loss(*(t.detach().float() for t in (mu, act, adv)), pred=pred.detach().float(),
+                   head_weight=0.01, backend="torch")
+    # losses are O(100) (1/sigma^2 = 25 times squared errors, weights up to 20): fp32 relative rounding
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_bad_inputs():
+    mu, act, adv, pred = [t.detach() for t in make(2, 5, 3)]
+    with pytest.raises(ValueError, match=r"action must have shape \(2, 5, 3\)"):
+        awr_loss(mu, act[:, :, :2], adv)
+    with pytest.raises(ValueError, match=r"adv must have shape \(2, 5\)"):
+        awr_loss(mu, act, adv[:, :4])
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        awr_loss(mu[:, :1], act[:, :1], adv[:, :1])
+    with pytest.raises(ValueError, match="pred and head_weight go together"):
+        awr_loss(mu, act, adv, pred=pred)
+    with pytest.raises(ValueError, match="sigma"):
+        awr_loss(mu, act, adv, sigma=0.0)
+    with pytest.raises(TypeError, match="dtype"):
+        awr_loss(mu, act.float(), adv)
+    with pytest.raises(ValueError, match="head_weight must hold one number"):
+        awr_loss(mu, act, adv, pred=pred, head_weight=torch.ones(2, dtype=F64))
+    with pytest.raises(ValueError, match="is on meta"):
+        awr_loss(mu, act, adv.to("meta"))
