@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = [
     "macaw_fast.demo",
     "macaw_fast.data.cli",
+    "macaw_fast.train.cli",
     "macaw_fast.collect.cli",
 ]
 

@@ -1,0 +1,87 @@
+"""Learning curves: adapted vs unadapted test return over meta-steps, per task and mean, seeds aggregated."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .loop import read_jsonl
+
+
+def seed_dirs(run: str) -> list[str]:
+    """The run directories holding metrics.jsonl: ``run`` itself, or its ``seed_*`` sub-directories."""
+    if os.path.isfile(os.path.join(run, "metrics.jsonl")):
+        return [run]
+    subs = sorted(os.path.join(run, d) for d in os.listdir(run) if d.startswith("seed_")) if os.path.isdir(run) else []
+    subs = [d for d in subs if os.path.isfile(os.path.join(d, "metrics.jsonl"))]
+    if not subs:
+        raise FileNotFoundError(f"{run}: no metrics.jsonl (not a run directory, and no seed_* runs inside)")
+    return subs
+
+
+def eval_curves(run: str) -> dict:
+    """{"steps": (S,), "adapted": {task|"mean": (seeds, S)}, "unadapted": {...}} on the steps all seeds share."""
+    per_seed = []
+    for d in seed_dirs(run):
+        recs = {r["step"]: r for r in read_jsonl(os.path.join(d, "metrics.jsonl")) if r.get("kind") == "eval"}
+        per_seed.append(recs)
+    steps = sorted(set.intersection(*[set(r) for r in per_seed]))
+    if not steps:
+        raise ValueError(f"{run}: no evaluation step common to all seeds")
+    out = {"steps": np.array(steps), "seeds": len(per_seed)}
+    for kind in ("adapted", "unadapted"):
+        if kind not in per_seed[0][steps[0]]:
+            continue
+        tasks = list(per_seed[0][steps[0]][kind])
+        cur = {t: np.array([[r[s][kind][t] for s in steps] for r in per_seed]) for t in tasks}
+        cur["mean"] = np.array([[r[s][f"mean_{kind}"] for s in steps] for r in per_seed])
+        out[kind] = cur
+    return out
+
+
+def plot_runs(runs: list[str], out: str, per_task: bool = True) -> str:
+    """Write a PNG: one panel for the task mean and (with ``per_task``) one per task; mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {r: eval_curves(r) for r in runs}
+    tasks = ["mean"]
+    if per_task:
+        first = next(iter(curves.values()))
+        tasks += [t for t in first["adapted"] if t != "mean"]
+    n = len(tasks)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, task in enumerate(tasks):
+        ax = axes[i // cols][i % cols]
+        for j, (run, c) in enumerate(curves.items()):
+            label = os.path.basename(os.path.normpath(run))
+            for kind, style in (("adapted", "-"), ("unadapted", "--")):
+                if kind not in c or task not in c[kind]:
+                    continue
+                y = c[kind][task]
+                m, s = y.mean(0), y.std(0)
+                col = colors[j % len(colors)]
+                ax.plot(c["steps"], m, style, color=col, label=f"{label} {kind} ({c['seeds']} seed{'s' * (c['seeds'] > 1)})")
+                if y.shape[0] > 1:
+                    ax.fill_between(c["steps"], m - s, m + s, color=col, alpha=0.15 if kind == "adapted" else 0.07)
+        ax.set_title("mean over test tasks" if task == "mean" else f"test task {task}")
+        ax.set_xlabel("meta-step")
+        ax.set_ylabel("return")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
