@@ -28,6 +28,7 @@ not one), so targets bootstrap through truncation.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -239,8 +240,11 @@ class BatchedSAC:
                 "critic": [t.detach().clone() for t in self.critic_params()],
                 "critic_target": [t.clone() for t in self.target_params()],
                 "log_alpha": self.log_alpha.detach().clone(),
-                "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "alpha_opt": self.alpha_opt.state_dict()}
+                # deep copies: Optimizer.state_dict() returns the live moment tensors, and
+                # load_state_dict would alias them into the other optimizer
+                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
+                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
+                "alpha_opt": copy.deepcopy(self.alpha_opt.state_dict())}
 
     def load_state_dict(self, sd: Mapping) -> None:
         """Restore :meth:`state_dict` (shapes must match)."""
