@@ -1,0 +1,191 @@
+"""Training loop: bit-exact resume after kill -9, NaN guard, bad configuration values."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from macaw_fast.cli import main
+from macaw_fast.train.config import resolve_config
+from macaw_fast.train.loop import load_checkpoint, read_jsonl, train
+
+TINY = ["--net-width", "16", "--wlinear-dim", "8", "--head-width", "8", "--batch-size", "16", "--threads", "1",
+        "--progress", "false", "--tensorboard", "false", "--eval-interval", "0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    return make_scripted_dataset(tmp_path_factory.mktemp("data") / "ds", "cheetah_dir", episodes_per_task=2,
+                                 episode_steps=60, seed=1)
+
+
+def tiny(**train):
+    return resolve_config(["cheetah_dir"], {"net_width": 16, "wlinear_dim": 8, "head_width": 8},
+                          {"batch_size": 16, "threads": 1, "progress": False, "tensorboard": False,
+                           "eval_interval": 0, **train})
+
+
+def _state(path):
+    return load_checkpoint(path)["learner"]
+
+
+def _assert_same(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, where
+
+
+def test_resume_after_kill9_is_bit_exact(dataset, tmp_path):
+    N = 14
+    mc, tc = tiny(steps=N, latest_interval=4)
+    train(dataset, tmp_path / "full", mc, tc)
+    full = _state(tmp_path / "full" / "checkpoints" / "latest.pt")
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "macaw_fast", "train", "--data", str(dataset), "--out", str(run),
+           "--preset", "cheetah_dir", "--head-width", "8", "--steps", "100000", "--latest-interval", "4", *TINY]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if latest.exists() and load_checkpoint(latest)["step"] >= 4:
+                break
+            assert p.poll() is None, p.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint at step >= 4 within 120 s")
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    k = load_checkpoint(latest)["step"]
+    assert 4 <= k < N, k
+    assert main(["train", "--resume", str(run), "--steps", str(N), "--progress", "false"]) == 0
+    resumed = _state(latest)
+    assert load_checkpoint(latest)["step"] == N
+    _assert_same(resumed, full)
+    # The log holds each training record once, in order, after the resume.
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == sorted(set(steps))
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    from macaw_fast.macaw import MetaLearner
+
+    orig = MetaLearner.meta_step
+    calls = {"n": 0}
+
+    def poisoned(self, inner, outer):
+        m = orig(self, inner, outer)
+        calls["n"] += 1
+        if calls["n"] == 7:  # meta-step number 6 produces an inf weight
+            with torch.no_grad():
+                self.policy.layers[0].z[0] = float("inf")
+        return m
+
+    monkeypatch.setattr(MetaLearner, "meta_step", poisoned)
+    mc, tc = tiny(steps=20, latest_interval=4, log_interval=1)
+    with pytest.raises(FloatingPointError, match=r"step 6: .*NaN/inf.*latest\.pt"):
+        train(dataset, tmp_path / "run", mc, tc)
+    st = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert st["step"] == 4
+    assert all(torch.isfinite(v).all() for v in st["learner"]["policy"].values())
+    recs = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert recs[-1]["kind"] == "error" and "NaN/inf" in recs[-1]["error"]
+
+
+def test_nonfinite_loss_is_reported(dataset, tmp_path):
+    # Inf rewards -> the sampler or meta-step refuses; the run must stop with a clear error.
+    mc, tc = tiny(steps=5, latest_interval=2)
+    mc.outer_value_lr = 1e30
+    mc.outer_policy_lr = 1e30
+    mc.lrlr = 1e30
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train(dataset, tmp_path / "run", mc, tc)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] in (0, 2, 4)
+
+
+def _cli(capsys, *argv):
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def test_bad_config_values_are_clear_errors_and_overwrite_nothing(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(dataset), "--out", str(out), "--steps", "2", *TINY]
+    rc, err = _cli(capsys, *base, "--outer-policy-lr", "-1")
+    assert rc == 1 and "outer_policy_lr" in err and "non-negative" in err
+    rc, err = _cli(capsys, *base, "--preset", "nope")
+    assert rc == 1 and "unknown preset 'nope'" in err and "cheetah_vel" in err
+    rc, err = _cli(capsys, *base, "--test-tasks", "0,7")
+    assert rc == 1 and "indices [7]" in err
+    rc, err = _cli(capsys, *base, "--preset", "cheetah_vel")
+    assert rc == 1 and "expects a cheetah_vel dataset" in err
+    rc, err = _cli(capsys, *base, "--inner-mode", "sideways")
+    assert rc == 1 and "inner_mode" in err
+    assert not out.exists()  # nothing was created by the failures
+    assert _cli(capsys, *base)[0] == 0
+    cfg = (out / "config.json").read_bytes()
+    ck = (out / "checkpoints" / "latest.pt").read_bytes()
+    rc, err = _cli(capsys, *base, "--seed", "3")
+    assert rc == 1 and "already exists" in err
+    assert (out / "config.json").read_bytes() == cfg and (out / "checkpoints" / "latest.pt").read_bytes() == ck
+
+
+def test_dataset_whose_obs_dim_does_not_match_the_env(tmp_path, capsys):
+    from macaw_fast.data.store import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter.create(tmp_path / "bad", "macaw_fast/CheetahDir-v0", {"0": {"direction": 1.0}},
+                              {"train": ["0"], "test": ["0"]}, obs_dim=5, act_dim=6) as w:
+        w.append_trajectory("0", rng.normal(size=(40, 5)), rng.uniform(-1, 1, (40, 6)), rng.normal(size=40),
+                            rng.normal(size=(40, 5)), False)
+        w.commit()
+    rc, err = _cli(capsys, "train", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "r"), *TINY)
+    assert rc == 1 and "obs_dim=5" in err and "obs_dim=20" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_presets_cover_the_paper_ablations():
+    mc, tc = resolve_config(["cheetah_vel", "no_wlinear"])
+    assert not mc.wlinear and tc.family == "cheetah_vel"
+    assert not resolve_config(["no_adv"])[0].advantage_head
+    for q in ("start", "middle", "end"):
+        assert resolve_config([f"data_{q}"])[1].inner_data == q
+    for n in (3, 5, 10, 20):
+        tc = resolve_config([f"vel_{n}tasks"])[1]
+        assert len(tc.train_tasks) == n and sorted(tc.train_tasks + tc.test_tasks) == list(range(40))
+
+
+def test_inner_data_ablation_restricts_inner_rows(dataset):
+    from macaw_fast.train.loop import RunSetup, _batches
+
+    mc, tc = tiny(inner_data="end", inner_data_rows=40)
+    setup = RunSetup(dataset, mc, tc)
+    inner_s, outer_s = setup.samplers()
+    it = _batches(setup, inner_s, outer_s, 0)
+    inner, outer = next(it)
+    ends = [setup.ds[t]["obs"][-40:] for t in setup.train_ids]
+    for k in range(inner.num_tasks):
+        rows = inner.obs[k].numpy()
+        assert any(np.isin(rows[:, 0], e[:, 0]).all() for e in ends)
+    it.close()
