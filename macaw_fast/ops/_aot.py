@@ -1,0 +1,111 @@
+"""Ahead-of-time compilation of every kernel specialisation the ops use (needs triton, no GPU).
+
+`kernel_specs` lists, for a model configuration, each kernel with the constexprs and warps its
+launcher would use (taken from the same launch-config functions the launchers call);
+`compile_spec` compiles one for a CUDA compute capability with ``triton.compile`` and returns the
+compiled metadata (shared memory, warps). Used by tests/test_triton_compile.py and the benches.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .awr_loss import awr_launch_config
+from .batched_linear import linear_launch_config
+from .wlinear_adapt import adapt_launch_config
+
+_TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def paper_layer_shapes(obs: int = 20, act: int = 6, width: int = 100, depth: int = 3, head: int = 32):
+    """(in, out, kind) of every layer of the paper's value net and policy (trunk then head).
+
+    kind: 'first' (no input ReLU), 'hidden' (input ReLU), 'concat' (the head's ReLU(concat(h, a))).
+    """
+    dims = [obs] + [width] * depth
+    trunk = [(dims[0], width, "first")] + [(width, width, "hidden")] * (depth - 1)
+    value = trunk + [(width, 1, "hidden")]
+    policy = trunk + [(width, act, "hidden")]
+    head_layers = [(width + act, head, "concat"), (head, 1, "hidden")]
+    return {"value": value, "policy": policy, "head": head_layers}
+
+
+def _raw(kernel):
+    """The plain Python function behind a triton.jit (or interpreted) kernel."""
+    return getattr(kernel, "fn", kernel)
+
+
+def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, torch.float64), **shape_kw):
+    """Unique (kernel, dtype, constexprs, num_warps) specialisations used by a MACAW meta-step.
+
+    Returns a list of dicts: name, fn (Python function), dtype (torch), constexprs, num_warps.
+    """
+    from . import _awr_loss_kernels as ka
+    from . import _batched_linear_kernels as kl
+    from . import _wlinear_adapt_kernels as kw
+    shapes = paper_layer_shapes(**shape_kw)
+    specs: dict = {}
+
+    def add(name, kernel, dtype, cfg, extra=None):
+        const = dict(cfg["constexprs"], **(extra or {}))
+        key = (name, dtype, tuple(sorted(const.items())), cfg["num_warps"])
+        specs.setdefault(key, {"name": name, "fn": _raw(kernel), "dtype": dtype,
+                               "constexprs": const, "num_warps": cfg["num_warps"]})
+
+    for dtype in dtypes:
+        for net, layers in shapes.items():
+            for i, o, kind in layers:
+                flags = {"IN_RELU": kind != "first", "OUT_RELU": False, "CONCAT": kind == "concat"}
+                add("batched_linear_kernel", kl.batched_linear_kernel, dtype, linear_launch_config(T, N, i, o), flags)
+                a = adapt_launch_config(T, i * o + o, D, with_target=(net == "value"))
+                add("adapt_reduce_kernel", kw.adapt_reduce_kernel, dtype, a["reduce"])
+                add("adapt_mix_kernel", kw.adapt_mix_kernel, dtype, a["mix"])
+                add("adapt_expand_kernel", kw.adapt_expand_kernel, dtype, a["expand"])
+        # the output-ReLU flag is part of the public op: compile it once per dtype too
+        add("batched_linear_kernel", kl.batched_linear_kernel, dtype,
+            linear_launch_config(T, N, shape_kw.get("width", 100), shape_kw.get("width", 100)),
+            {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
+        act = shape_kw.get("act", 6)
+        for head in (False, True):
+            add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head))
+    return list(specs.values())
+
+
+def signature(fn, dtype: torch.dtype, constexprs: dict) -> dict:
+    """Triton signature of ``fn``: pointers (``*_ptr``) in ``dtype``, other runtime args i32."""
+    import inspect
+    sig = {}
+    for name in inspect.signature(fn).parameters:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + _TRITON_DTYPE[dtype]
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_spec(spec: dict, capability: int) -> dict:
+    """Compile one spec for ``cuda`` sm_<capability> (warp size 32) without a GPU.
+
+    Returns name, dtype, capability, constexprs, num_warps, shared (bytes), seconds, and the
+    sizes of the PTX and cubin produced.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = JITFunction(spec["fn"])            # a GPU JIT function even under TRITON_INTERPRET=1
+    src = ASTSource(fn=fn, signature=signature(spec["fn"], spec["dtype"], spec["constexprs"]),
+                    constexprs=spec["constexprs"])
+    t0 = time.perf_counter()
+    compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                              options={"num_warps": spec["num_warps"]})
+    seconds = time.perf_counter() - t0
+    md = compiled.metadata
+    return {"name": spec["name"], "dtype": _TRITON_DTYPE[spec["dtype"]], "capability": capability,
+            "constexprs": spec["constexprs"], "num_warps": md.num_warps, "shared": md.shared,
+            "seconds": seconds, "ptx_bytes": len(compiled.asm["ptx"]), "cubin_bytes": len(compiled.asm["cubin"])}
