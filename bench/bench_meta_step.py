@@ -25,7 +25,7 @@ IMPLS = ["paper_loop", "batched", "fused"]
 def make_step(impl: str, T: int, dtype=torch.float32):
     """(callable running one full meta-step, learner) for an implementation."""
     from macaw_fast import MetaLearner
-    from macaw_fast.demo import synthetic_batch
+    from macaw_fast.data.synthetic import synthetic_batch
     from macaw_fast.reference import reference_backward
 
     torch.manual_seed(0)

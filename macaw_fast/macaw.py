@@ -22,6 +22,21 @@ from .data.batch import Batch
 from .nets import PolicyNet, WLinear, ValueNet, advantage_weights, gaussian_log_prob
 
 
+#: Names of the metrics `MetaLearner.meta_loss` returns, in order.
+METRIC_NAMES = ("loss/value_inner", "loss/value_outer", "loss/policy_inner", "loss/policy_outer",
+                "adv/mean", "adv/std", "weight/mean", "weight/max",
+                "lr/value_inner_mean", "lr/policy_inner_mean", "adv_head_weight")
+
+
+def fused_available() -> bool:
+    """Whether ``MetaLearner(..., fused=True)`` can run here (the fused ops import and run)."""
+    try:
+        from . import ops
+    except ImportError:
+        return False
+    return hasattr(ops, "available") and bool(getattr(ops, "FUSED_META_STEP", False))
+
+
 def _adam_impl(device: torch.device) -> dict:
     """The fastest Adam implementation for the device (same update rule; fused is ~4x on CPU)."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
@@ -203,30 +218,26 @@ class MetaLearner:
         lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
         loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
-        metrics = {
-            "loss/value_inner": lv_in.detach().mean().item(),
-            "loss/value_outer": lv_out.detach().mean().item(),
-            "loss/policy_inner": lp_in.detach().mean().item(),
-            "loss/policy_outer": lp_out.detach().mean().item(),
-            "adv/mean": adv_out.mean().item(),
-            "adv/std": adv_out.std().item(),
-            "weight/mean": w_out.mean().item(),
-            "weight/max": w_out.max().item(),
-            "lr/value_inner_mean": self.value_rates().detach().mean().item(),
-            "lr/policy_inner_mean": self.policy_rates().detach().mean().item(),
-            "adv_head_weight": self.head_weight().item(),
-        }
+        # All metrics in one tensor: a single host sync however many there are.
+        with torch.no_grad():
+            values = torch.stack([
+                lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
+                adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
+                self.value_rates().mean(), self.policy_rates().mean(), self.head_weight(),
+            ]).tolist()
+        metrics = dict(zip(METRIC_NAMES, values))
         return loss, metrics
 
     def meta_step(self, inner: Batch, outer: Batch) -> dict:
         """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         loss, metrics = self.meta_loss(inner, outer)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"meta-loss is not finite ({loss.item()}); parameters left unchanged")
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"meta-loss is not finite ({value}); parameters left unchanged")
         loss.backward()
         self.optimizer.step()
-        metrics["loss/meta"] = loss.item()
+        metrics["loss/meta"] = value
         return metrics
 
     # ------------------------------------------------------------------ state

@@ -77,6 +77,11 @@ class Batch:
         if len(dtypes) != 1:
             raise TypeError(f"{name}: all fields must share one dtype, got {sorted(map(str, dtypes))}")
         if check_finite:
-            for k, v in self:
-                if not bool(torch.isfinite(v).all()):
-                    raise ValueError(f"{name}.{k}: contains NaN or inf")
+            # One fused reduction for all fields (a NaN or inf anywhere makes its field's norm
+            # non-finite), one host sync; only on failure look for the field to name.
+            names, tensors = zip(*self)
+            norms = torch.stack(torch._foreach_norm(list(tensors)))
+            if not bool(torch.isfinite(norms).all()):
+                for k, v in zip(names, tensors):
+                    if not bool(torch.isfinite(v).all()):
+                        raise ValueError(f"{name}.{k}: contains NaN or inf")
