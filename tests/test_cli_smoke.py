@@ -1,0 +1,56 @@
+"""Smoke tests: the real `macaw-fast` CLI in subprocesses with tiny budgets (train, resume, eval, plot, demo --fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["--net-width", "16", "--wlinear-dim", "8", "--head-width", "8", "--batch-size", "16", "--threads", "1",
+        "--progress", "false", "--random-episodes", "1"]
+
+
+def cli(*args, cwd=None, env=None):
+    p = subprocess.run([sys.executable, "-m", "macaw_fast", *map(str, args)], capture_output=True, text=True,
+                       timeout=300, cwd=cwd, env=env)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    return make_scripted_dataset(tmp_path_factory.mktemp("data") / "ds", "cheetah_dir", episodes_per_task=2,
+                                 episode_steps=60, seed=3)
+
+
+def test_train_resume_eval_plot(dataset, tmp_path):
+    run = tmp_path / "run"
+    out = cli("train", "--data", dataset, "--out", run, "--preset", "cheetah_dir", "--steps", 6, "--eval-interval", 3,
+              "--latest-interval", 3, "--fused", *TINY)
+    assert "mean adapted return" in out
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    out = cli("train", "--resume", run, "--steps", 9, "--progress", "false")
+    assert "step 9" in out
+    out = cli("eval", run, "--batches", 1, "--episodes", 1, "--batch-size", 16, "--random-episodes", 1)
+    assert "mean" in out and "adapted" in out
+    png = tmp_path / "c.png"
+    cli("plot", run, "-o", png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_fast(tmp_path):
+    out = cli("demo", "--fast", "--out", tmp_path / "demo", "--cache", tmp_path / "cache", "--eval-batches", 2,
+              "--eval-rollouts", 1)
+    assert "forward (+1)" in out and "backward (-1)" in out and "mean" in out
+    assert (tmp_path / "demo" / "curves.png").exists()
+    # A second run reuses the cached data and makes a new run directory.
+    out2 = cli("demo", "--fast", "--out", tmp_path / "demo", "--cache", tmp_path / "cache", "--eval-batches", 2,
+               "--eval-rollouts", 1)
+    assert "Data 0 s" in out2
+    assert len([d for d in os.listdir(tmp_path) if d.startswith("demo")]) == 2
