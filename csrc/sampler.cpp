@@ -339,6 +339,18 @@ void register_sampler(py::module_& m) {
             return macaw::below(key, k, n);
         },
         py::arg("key"), py::arg("k"), py::arg("n"), "Draw k of stream `key`: a uniform integer in [0, n).");
+    m.def(
+        "distinct_rows",
+        [](uint64_t key_rows, uint64_t key_shuffle, int64_t n, int64_t b) {
+            if (n < 1 || static_cast<uint64_t>(n) >= macaw::kMaxRows) throw py::value_error("n: expected 1 <= n < 2^32, got " + std::to_string(n));
+            if (b < 1 || b > n) throw py::value_error("b: expected 1 <= b <= n, got " + std::to_string(b));
+            py::array_t<int64_t> out(static_cast<py::ssize_t>(b));
+            std::vector<uint64_t> table;
+            macaw::distinct_rows(key_rows, key_shuffle, static_cast<uint64_t>(n), static_cast<uint64_t>(b), out.mutable_data(), table);
+            return out;
+        },
+        py::arg("key_rows"), py::arg("key_shuffle"), py::arg("n"), py::arg("b"),
+        "b distinct rows of [0, n) in uniformly random order (Floyd's algorithm, then a Fisher-Yates shuffle).");
 #if defined(__SANITIZE_ADDRESS__)
     m.attr("_asan") = true;
 #else

@@ -42,3 +42,6 @@ def stream_key(seed: int, step: int, task: int, slot: int, stream: int) -> int:
 
 def uniform_below(key: int, k: int, n: int) -> int:
     """Draw k of stream `key`: a uniform integer in [0, n)."""
+
+def distinct_rows(key_rows: int, key_shuffle: int, n: int, b: int) -> npt.NDArray[np.int64]:
+    """b distinct rows of [0, n) in uniformly random order (Floyd's algorithm, then a Fisher-Yates shuffle)."""

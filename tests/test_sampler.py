@@ -100,6 +100,17 @@ def test_rng_rejection_path(n):
     assert S._below_int(key, k, n) == want  # the twin's scalar path (few draws)
 
 
+def test_distinct_rows_cpp_matches_twin():
+    rng = np.random.default_rng(5)
+    for n, b in [(1, 1), (5, 5), (17, 16), (17, 17), (1000, 3), (40, 39), (2**32 - 1, 300), (300, 256)]:
+        kr, ks = (int(x) for x in rng.integers(0, 2**63, 2, dtype=np.int64))
+        got = C.distinct_rows(kr, ks, n, b)
+        np.testing.assert_array_equal(got, S._distinct_rows(kr, ks, n, b))
+        assert len(set(got.tolist())) == b and got.min() >= 0 and got.max() < n
+    with pytest.raises(ValueError, match="b: expected"):
+        C.distinct_rows(1, 2, 5, 6)
+
+
 def test_rng_argument_checks():
     with pytest.raises(ValueError, match="n: expected"):
         C.uniform_below(1, 0, 0)
@@ -261,6 +272,13 @@ def test_choose_tasks():
         np.add.at(counts, np.array(got) - 100, 1)
     assert chi2(counts) < chi2_bound(34)
     assert choose_tasks([3, 1], 5, 0, 0) == [3, 1]
+    # The C++ draw and the numpy twin's choose the same tasks.
+    with_cpp = [choose_tasks(ids, 5, 9, step) for step in range(20)]
+    S._CPP_STATUS, saved = (False, "disabled by the test"), S._CPP_STATUS
+    try:
+        assert [choose_tasks(ids, 5, 9, step) for step in range(20)] == with_cpp
+    finally:
+        S._CPP_STATUS = saved
     assert choose_tasks(ids, 5, 1, 0) != choose_tasks(ids, 5, 2, 0)
 
 
@@ -288,6 +306,13 @@ def test_sampler_returns_batches_in_buffers(tasks, backend):
     a = s.sample(11, [1, 2, 3])
     b = s.sample(12, [1, 2, 3])
     assert a[0].obs.data_ptr() == b[0].obs.data_ptr()
+    # A field replaced in a buffer is written, not the old tensor.
+    out[0].obs = torch.zeros_like(out[0].obs)
+    _, _, ii, _ = s.sample(13, [4, 0, 2], out=out, return_indices=True)
+    np.testing.assert_array_equal(out[0].obs[1].numpy(), tasks[0]["obs"][ii[1]])
+    out[0].obs = torch.zeros(3, 64, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float32"):
+        s.sample(13, [4, 0, 2], out=out)
 
 
 def test_sampler_backends_identical_and_deterministic(tasks):

@@ -442,8 +442,9 @@ def choose_tasks(task_ids: Sequence[int], k: int, seed: int, step: int) -> list[
     if len(ids) <= k:
         return ids
     seed, step = _u64("seed", seed), _u64("step", step)
-    pos = _distinct_rows(_key(seed, step, 0, 0, _TASK_CHOICE), _key(seed, step, 0, 1, _TASK_CHOICE), len(ids), k)
-    return [ids[p] for p in pos.tolist()]
+    keys = _key(seed, step, 0, 0, _TASK_CHOICE), _key(seed, step, 0, 1, _TASK_CHOICE)
+    draw = _cpp_module().distinct_rows if cpp_sampler_available() else _distinct_rows
+    return [ids[p] for p in draw(*keys, len(ids), k).tolist()]
 
 
 def _task_arrays(task: Any, index: int) -> list:
@@ -514,6 +515,7 @@ class MetaBatchSampler:
         self.backend = _resolve_backend(backend)
         self._fn = _cpp_module().sample_meta_batch if self.backend == "cpp" else sample_meta_batch_numpy
         self._buffers: dict[int, tuple[Batch, Batch]] = {}
+        self._views: dict[int, tuple] = {}  # id(inner) -> ((inner, outer), numpy views of their fields)
 
     @property
     def num_tasks(self) -> int:
@@ -552,7 +554,18 @@ class MetaBatchSampler:
                 self._buffers[len(ids)] = self.allocate(len(ids))
             out = self._buffers[len(ids)]
         inner, outer = out
-        arrays = [[getattr(b, k).numpy() for k in FIELDS] for b in (inner, outer)]
+        tensors = [getattr(inner, k) for k in FIELDS] + [getattr(outer, k) for k in FIELDS]
+        cached = self._views.get(id(inner))
+        if cached is None or any(a is not b for a, b in zip(cached[0], tensors)):
+            for t in tensors:
+                if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+                    raise ValueError("out: expected contiguous float32 CPU tensors (see MetaBatchSampler.allocate)")
+            views = [t.numpy() for t in tensors]
+            cached = (tensors, [views[: len(FIELDS)], views[len(FIELDS) :]])
+            if len(self._views) > 16:
+                self._views.clear()
+            self._views[id(inner)] = cached  # holds the tensors, so their ids cannot be reused meanwhile
+        arrays = cached[1]
         idx = self._fn(
             self._tasks, ids, self.batch_size, self.seed, _u64("step", step), self.inner_mode, self.paper_window,
             arrays[0], arrays[1], self.num_threads,

@@ -1,0 +1,223 @@
+"""Op-level benchmarks of `macaw_fast.ops`: each op vs its unfused torch composition.
+
+Workload per op: forward, backward with ``create_graph=True`` (as MACAW's inner step), then a
+double backward, at the paper's shapes (T=5 tasks, N=256 rows, width 100, D=100, obs 20, act 6).
+
+Run as a script for a table (CPU time, torch twin vs unfused; kernel-launch counts; with
+TRITON_INTERPRET=1 also the Triton launch counts)::
+
+    python bench/bench_ops.py [--reps 20] [--markdown out.md]
+
+or with pytest-benchmark (one group per op, fused and unfused side by side)::
+
+    pytest bench/bench_ops.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from macaw_fast.ops import awr_loss, batched_linear, concat_relu_linear, wlinear_adapt
+from macaw_fast.ops._common import interpreter_requested, triton_importable
+
+# ------------------------------------------------------------------ launch counting
+
+#: aten ops that only make views, metadata or allocations: they launch no device kernel.
+NO_KERNEL = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "select", "slice",
+    "unsqueeze", "squeeze", "as_strided", "alias", "detach", "empty", "empty_strided", "empty_like",
+    "split", "split_with_sizes", "unbind", "lift_fresh", "lift_fresh_copy", "_reshape_alias",
+    "new_empty", "new_empty_strided", "numpy_T", "_local_scalar_dense", "is_same_size", "sym_size",
+}
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NO_KERNEL:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _count_triton():
+    """Count Triton kernel launches (JIT or interpreted) made inside the block."""
+    counts = Counter()
+    patched = []
+    if triton_importable():
+        from triton.runtime import interpreter, jit
+        for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+            orig = cls.run
+
+            def run(self, *a, _orig=orig, **k):
+                counts[getattr(self, "__name__", None) or self.fn.__name__] += 1
+                return _orig(self, *a, **k)
+            cls.run = run
+            patched.append((cls, orig))
+    try:
+        yield counts
+    finally:
+        for cls, orig in patched:
+            cls.run = orig
+
+
+def count_launches(fn, *args, **kwargs) -> dict:
+    """Device kernels launched by ``fn(*args, **kwargs)``: torch ops (dispatch-mode count of
+    non-view aten ops) plus Triton launches. Returns {'torch', 'triton', 'total', 'ops'}."""
+    with _count_triton() as tri, _Counter() as c:
+        fn(*args, **kwargs)
+    n_torch, n_tri = sum(c.ops.values()), sum(tri.values())
+    return {"torch": n_torch, "triton": n_tri, "total": n_torch + n_tri, "ops": c.ops + tri}
+
+
+# ------------------------------------------------------------------ workloads
+
+def _adapt_unfused(W, b, z, G, rates, alpha):
+    eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
+    z_new = z - eta_z * (G @ W)
+    wz = z_new @ W.t()
+    theta_new = wz + b - (eta_w * (z_new @ z) + eta_b).unsqueeze(-1) * G
+    z_tgt = alpha * z + (1 - alpha) * z_new
+    theta_tgt = (alpha * (W @ z + b) + (1 - alpha) * (wz + b)
+                 - ((1 - alpha) * (eta_w * (z_tgt @ z) + eta_b)).unsqueeze(-1) * G)
+    return theta_new, theta_tgt
+
+
+def _linear_unfused(x, theta, out, in_relu):
+    x = torch.relu(x) if in_relu else x
+    K = x.shape[-1]
+    return torch.baddbmm(theta[:, K * out:].unsqueeze(1), x, theta[:, :K * out].view(-1, K, out))
+
+
+def _concat_unfused(h, a, theta, out):
+    return _linear_unfused(torch.cat([h, a], -1), theta, out, True)
+
+
+def _awr_unfused(mu, act, adv, pred, hw, sigma=0.2, temp=1.0, max_weight=20.0):
+    w = ((adv - adv.mean(-1, keepdim=True)) / (adv.std(-1, keepdim=True) * temp)).clamp(max=math.log(max_weight)).exp()
+    k = act.shape[-1]
+    logp = (-0.5 / sigma**2) * (act - mu).pow(2).sum(-1) - k * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    return (-w * logp).mean(-1) + hw * (pred - adv).pow(2).mean(-1)
+
+
+def make_cases(T=5, N=256, width=100, D=100, obs=20, act=6, head=32, dtype=torch.float32, seed=0):
+    """name -> (fused callable, unfused callable, differentiable inputs) at the given shapes."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    P = width * width + width
+    W, b, z, G, rates = r(P, D), r(P), r(D), r(T, P), torch.rand(3, generator=g, dtype=dtype).requires_grad_()
+    x, th = r(T, N, width), r(T, P)
+    h, a, th_h = r(T, N, width), r(T, N, act), r(T, (width + act) * head + head)
+    mu, ac, adv, pred, hw = r(T, N, act), r(T, N, act), r(T, N).detach(), r(T, N), r(())
+    return {
+        "wlinear_adapt": (lambda be: (lambda W, b, z, G, rt: wlinear_adapt(W, b, z, G, rt, 0.9, backend=be)),
+                          lambda W, b, z, G, rt: _adapt_unfused(W, b, z, G, rt, 0.9), (W, b, z, G, rates)),
+        "batched_linear": (lambda be: (lambda x, th: batched_linear(x, th, width, in_relu=True, backend=be)),
+                           lambda x, th: _linear_unfused(x, th, width, True), (x, th)),
+        "concat_relu_linear": (lambda be: (lambda h, a, th: concat_relu_linear(h, a, th, head, backend=be)),
+                               lambda h, a, th: _concat_unfused(h, a, th, head), (h, a, th_h)),
+        "awr_loss": (lambda be: (lambda mu, ac, pred, hw: awr_loss(mu, ac, adv, pred=pred, head_weight=hw, backend=be)),
+                     lambda mu, ac, pred, hw: _awr_unfused(mu, ac, adv, pred, hw), (mu, ac, pred, hw)),
+    }
+
+
+def full_pass(fn, inputs):
+    """Forward, first-order grads with create_graph, then a double backward (grad of |grad|^2)."""
+    out = fn(*inputs)
+    out = out if isinstance(out, tuple) else (out,)
+    loss = sum((o * o).sum() for o in out)
+    grads = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+    gg = sum((gr * gr).sum() for gr in grads if gr is not None and gr.requires_grad)
+    return torch.autograd.grad(gg, inputs, allow_unused=True)
+
+
+def forward_only(fn, inputs):
+    """Forward pass only (no graph)."""
+    with torch.no_grad():
+        return fn(*inputs)
+
+
+def time_it(f, reps: int) -> float:
+    """Median wall time of ``f()`` in milliseconds over ``reps`` runs after 2 warm-ups."""
+    for _ in range(2):
+        f()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+# ------------------------------------------------------------------ pytest-benchmark entry points
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("impl", ["fused_torch_twin", "unfused"])
+@pytest.mark.parametrize("op", ["wlinear_adapt", "batched_linear", "concat_relu_linear", "awr_loss"])
+def test_bench_op(benchmark, op, impl):
+    """Forward + backward + double backward at the paper's shapes on CPU."""
+    fused, unfused, inputs = make_cases()[op]
+    fn = fused("torch") if impl == "fused_torch_twin" else unfused
+    benchmark.group = op
+    benchmark.extra_info.update({"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads()})
+    benchmark(lambda: full_pass(fn, inputs))
+
+
+# ------------------------------------------------------------------ script
+
+def main(argv=None) -> int:
+    """Print (and optionally write as markdown) times and launch counts of every op."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    args = p.parse_args(argv)
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, "
+             "T=5 N=256 width=100 D=100 act=6 head=32; median of %d runs" % args.reps, "",
+             "| op | fused (torch twin) fwd ms | unfused fwd ms | fused fwd+bwd+2nd ms | unfused fwd+bwd+2nd ms | ratio |",
+             "|---|---|---|---|---|---|"]
+    cases = make_cases()
+    for name, (fused, unfused, inputs) in cases.items():
+        f = fused("torch")
+        tf = time_it(lambda: forward_only(f, inputs), args.reps)
+        tu = time_it(lambda: forward_only(unfused, inputs), args.reps)
+        ff = time_it(lambda: full_pass(f, inputs), args.reps)
+        fu = time_it(lambda: full_pass(unfused, inputs), args.reps)
+        lines.append(f"| {name} | {tf:.3f} | {tu:.3f} | {ff:.2f} | {fu:.2f} | {fu / ff:.2f}x |")
+    backends = ["torch"] + (["triton"] if interpreter_requested() and triton_importable() else [])
+    small = make_cases(T=2, N=40, width=20, D=8, act=3, head=8, dtype=torch.float64)   # counts do not depend on shapes
+    lines += ["", "Kernel launches (torch aten ops that compute + Triton launches), forward / "
+              "forward+backward+double backward:", "",
+              "| op | unfused | " + " | ".join(f"fused ({b})" for b in backends) + " |",
+              "|---|---|" + "---|" * len(backends)]
+    for name, (fused, unfused, inputs) in small.items():
+        cells = []
+        for fn in [unfused] + [fused(b) for b in backends]:
+            fw = count_launches(forward_only, fn, inputs)["total"]
+            fb = count_launches(full_pass, fn, inputs)["total"]
+            cells.append(f"{fw} / {fb}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
