@@ -101,50 +101,62 @@ def _forward_triton(W, b, z, G, rates, alpha):
 
 
 def _backward_torch(W, z, G, rates, u, alpha, A, At, gu, needs):
-    """Gradients of (theta', theta^tgt, u) w.r.t. (W, b, z, G, rates), in differentiable torch ops."""
+    """Gradients of (theta', theta^tgt, u) w.r.t. (W, b, z, G, rates), in differentiable torch ops.
+
+    A, At, gu are the incoming gradients of theta', theta^tgt and u; any may be None (zero), and
+    the terms they feed are then skipped (the double-backward pass reaches this node through u only).
+    """
     eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
     T = G.shape[0]
     z_new = z - eta_z * u
-    if A is None:
-        A = torch.zeros_like(G)
-    s = -(A * G).sum(-1)                                           # dL/dc_t, (T,)
-    rows, outs = [A], []
+    zz_new = z_new @ z                                             # (T,) z . z'_t
     if At is not None:
         a1 = 1.0 - alpha
         z_tgt = alpha * z + a1 * z_new
-        st = -(At * G).sum(-1)
-        rows.append(At)
-    AW = torch.cat(rows) @ W if len(rows) > 1 else A @ W          # (T or 2T, D)
-    g_znew = AW[:T] + eta_w * s.unsqueeze(-1) * z
+        zz_tgt = z_tgt @ z
+    rows = [m for m in (A, At) if m is not None]
+    AW = (torch.cat(rows) @ W if len(rows) == 2 else rows[0] @ W) if rows else None   # one GEMM
+    g_znew = g_zt = None
+    if A is not None:
+        s = -(A * G).sum(-1)                                       # dL/dc_t
+        g_znew = AW[:T] + eta_w * s.unsqueeze(-1) * z
     if At is not None:
-        g_zt = AW[T:] + (a1 * eta_w) * st.unsqueeze(-1) * z
-        g_znew = g_znew + a1 * g_zt
-    g_u = -eta_z * g_znew
+        st = -(At * G).sum(-1)                                     # dL/dc^tgt_t / (1 - alpha)
+        g_zt = AW[-T:] + (a1 * eta_w) * st.unsqueeze(-1) * z
+        g_znew = a1 * g_zt if g_znew is None else g_znew + a1 * g_zt
+    g_u = None if g_znew is None else -eta_z * g_znew
     if gu is not None:
-        g_u = g_u + gu
+        g_u = gu if g_u is None else g_u + gu
     gW = gb = gz = gG = grates = None
     if needs[0]:
-        lhs = [A] + ([At] if At is not None else []) + [G]
-        rhs = [z_new] + ([z_tgt] if At is not None else []) + [g_u]
-        gW = torch.cat(lhs).t() @ torch.cat(rhs)                   # (P, D), one GEMM
-    if needs[1]:
-        gb = A.sum(0) if At is None else A.sum(0) + At.sum(0)
-    if needs[2]:
-        gz = g_znew.sum(0) + eta_w * (s @ z_new)
+        pairs = [(m, v) for m, v in ((A, z_new), (At, z_tgt if At is not None else None), (G, g_u))
+                 if m is not None and v is not None]
+        if pairs:
+            gW = torch.cat([m for m, _ in pairs]).t() @ torch.cat([v for _, v in pairs])   # (P, D), one GEMM
+    if needs[1] and rows:
+        gb = sum(m.sum(0) for m in rows)
+    if needs[2] and g_znew is not None:
+        gz = g_znew.sum(0)
+        if A is not None:
+            gz = gz + eta_w * (s @ z_new)
         if At is not None:
             gz = gz + alpha * g_zt.sum(0) + (a1 * eta_w) * (st @ z_tgt)
     if needs[3]:
-        c = eta_w * (z_new @ z) + eta_b
-        gG = g_u @ W.t() - c.unsqueeze(-1) * A
+        terms = []
+        if g_u is not None:
+            terms.append(g_u @ W.t())
+        if A is not None:
+            terms.append(-(eta_w * zz_new + eta_b).unsqueeze(-1) * A)
         if At is not None:
-            c_t = a1 * (eta_w * (z_tgt @ z) + eta_b)
-            gG = gG - c_t.unsqueeze(-1) * At
+            terms.append(-(a1 * (eta_w * zz_tgt + eta_b)).unsqueeze(-1) * At)
+        gG = sum(terms[1:], terms[0]) if terms else None
     if needs[4]:
-        g_ez = -(g_znew * u).sum()
-        g_ew = s @ (z_new @ z)
-        g_eb = s.sum()
+        zero = torch.zeros((), dtype=G.dtype, device=G.device)
+        g_ez = -(g_znew * u).sum() if g_znew is not None else zero
+        g_ew = s @ zz_new if A is not None else zero
+        g_eb = s.sum() if A is not None else zero
         if At is not None:
-            g_ew = g_ew + a1 * (st @ (z_tgt @ z))
+            g_ew = g_ew + a1 * (st @ zz_tgt)
             g_eb = g_eb + a1 * st.sum()
         grates = torch.stack([g_ez, g_ew, g_eb])
     return gW, gb, gz, gG, grates
