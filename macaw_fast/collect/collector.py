@@ -507,10 +507,15 @@ class Collector:
 
     # ---- the run
 
-    def run(self) -> str:
-        """Collect until ``steps_per_task``; returns the dataset path. Safe to interrupt at any moment."""
+    def run(self, stop_at: int | None = None) -> str:
+        """Collect until ``steps_per_task``; returns the dataset path. Safe to interrupt at any moment.
+
+        ``stop_at`` (for tests) stops after that many steps per task without finishing the run, as
+        if the process had been killed there.
+        """
         cfg = self.cfg
         N = cfg.steps_per_task
+        stop = N if stop_at is None else min(stop_at, N)
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -519,7 +524,7 @@ class Collector:
                        dynamic_ncols=True, file=sys.stderr)
         t_start, pos_start = time.perf_counter(), self.pos
         try:
-            while self.pos < N:
+            while self.pos < stop:
                 self.step()
                 if bar is not None:
                     bar.update(1)
@@ -529,7 +534,7 @@ class Collector:
                     self._eval_and_log(t_start, pos_start)
                 if self.pos % cfg.checkpoint_interval == 0 and self.pos < N:
                     self.checkpoint()
-            if not os.path.exists(os.path.join(self.out_dir, REPORT)) or pos_start < N:
+            if self.pos == N and (not os.path.exists(os.path.join(self.out_dir, REPORT)) or pos_start < N):
                 self._finish(t_start, pos_start)
         finally:
             if bar is not None:

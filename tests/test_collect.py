@@ -1,0 +1,190 @@
+"""The collector: the whole replay buffer lands in the store, terminations are kept apart from
+time limits, and a killed run resumes without losing or duplicating anything."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from macaw_fast import envs
+from macaw_fast.collect import CollectConfig, Collector, collect
+from macaw_fast.data.store import open_dataset, verify_dataset
+
+# tiny agents so that a few hundred updates take a second or two
+TINY = dict(warmup=100, width=16, batch_size=16, eval_interval=150, checkpoint_interval=150, progress=False,
+            tensorboard=False)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _arrays(path):
+    ds = open_dataset(path)
+    return {t: {k: np.array(v) for k, v in ds[t].arrays().items()} for t in ds.tasks}
+
+
+def test_collect_writes_whole_buffer_with_tasks_and_split(tmp_path):
+    path = collect("cheetah_vel", tmp_path / "run", steps_per_task=450, seed=1, tasks=[2, 5, 7], **TINY)
+    ds = open_dataset(path)
+    assert ds.tasks == ["2", "5", "7"]
+    assert ds.split == {"train": ["5"], "test": ["2", "7"]}  # the paper's split restricted to these tasks
+    vgoal = np.linspace(0.075, 3.0, 40)
+    for t in ds.tasks:
+        td = ds[t]
+        assert td.num_rows == 450  # every env step, the final partial episode included
+        assert td.episode_lengths == [200, 200, 50]
+        assert td.params["velocity"] == pytest.approx(vgoal[int(t)])
+        # transitions chain inside an episode; episodes are truncations (discount gamma^(T-t), done 0)
+        obs, nxt = td["obs"], td["next_obs"]
+        assert np.array_equal(obs[1:200], nxt[:199])
+        assert not np.array_equal(obs[200], nxt[199])  # reset between episodes
+        assert float(td["done"].max()) == 0.0
+        assert td["terminal_discount"][199] == pytest.approx(0.99)
+        assert np.abs(td["action"]).max() <= 1.0
+    verify_dataset(path)
+    logs = [json.loads(ln) for ln in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["step"] for r in logs] == [150, 300, 450] and logs[-1]["final"]
+    assert len(logs[-1]["velocity_error"]) == 3 and logs[-1]["rows"] == [450, 450, 450]
+    assert os.path.getsize(tmp_path / "run" / "collect_report.png") > 1000
+    # a finished run is returned at once; a different budget is refused without --resume
+    t0 = time.perf_counter()
+    assert collect("cheetah_vel", tmp_path / "run", steps_per_task=450, seed=1, tasks=[2, 5, 7], **TINY) == path
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(FileExistsError):
+        collect("cheetah_vel", tmp_path / "run", steps_per_task=450, seed=1, tasks=[2, 5, 7], resume=False, **TINY)
+
+
+def test_rewards_match_env_and_terminations_are_stored(tmp_path):
+    """Walker falls under random actions: terminated trajectories get done=1 and discount 0;
+    rewards in the store are the env's rewards for the stored (obs, action)."""
+    path = collect("walker_param", tmp_path / "w", steps_per_task=300, seed=0, tasks=[0, 1], warmup=300,
+                   width=8, batch_size=8, eval_interval=0, checkpoint_interval=100, progress=False, tensorboard=False)
+    ds = open_dataset(path)
+    for t in ds.tasks:
+        td = ds[t]
+        lengths = td.episode_lengths
+        assert sum(lengths) == 300 and len(lengths) >= 2
+        ends = np.cumsum(lengths) - 1
+        done = np.asarray(td["done"])
+        assert set(np.flatnonzero(done)) <= set(ends)
+        assert done[ends[:-1]].all()  # random walkers fall long before 200 steps
+        disc = np.asarray(td["terminal_discount"])
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        for s, e in zip(starts, ends):  # discount 0 on the whole of a terminated trajectory, gamma^(T-t) else
+            if done[e]:
+                assert (disc[s:e + 1] == 0).all()
+            else:  # only the last one can be cut by the end of the run (a truncation)
+                assert e == ends[-1] and disc[e] == pytest.approx(0.99)
+    # replay the first episode of task 0 in a fresh env from the same state: same rewards
+    td = ds["0"]
+    env = envs.make("walker_param", envs.FAMILIES["walker_param"].paper_tasks()[0], disable_env_checker=True).unwrapped
+    from macaw_fast.collect.collector import _env_seed
+
+    obs, _ = env.reset(seed=_env_seed(0, 0))
+    assert np.allclose(obs, td["obs"][0], atol=1e-6)
+    for k in range(td.episode_lengths[0]):
+        obs, r, term, _, _ = env.step(np.asarray(td["action"][k], dtype=np.float64))
+        assert r == pytest.approx(float(td["reward"][k]), rel=1e-5, abs=1e-4)
+    assert term
+
+
+def _run_collector(out, stop_at=None, **kw):
+    cfg = CollectConfig(family="cheetah_dir", steps_per_task=600, seed=3, **{**TINY, **kw})
+    c = Collector(cfg, out, resume=True)
+    c.run(stop_at=stop_at)
+    c.close()  # an abandoned run: uncommitted rows are discarded like after a crash
+
+
+def test_resume_after_interruption_gives_identical_data(tmp_path):
+    _run_collector(tmp_path / "a")
+    _run_collector(tmp_path / "b", stop_at=380)  # last checkpoint at 300, mid-episode
+    assert open_dataset(tmp_path / "b" / "dataset").num_rows == 2 * 200  # committed at 300: one episode each
+    _run_collector(tmp_path / "b")
+    a, b = _arrays(tmp_path / "a" / "dataset"), _arrays(tmp_path / "b" / "dataset")
+    for t in a:
+        for k in a[t]:
+            assert np.array_equal(a[t][k], b[t][k]), (t, k)
+    la = [json.loads(x) for x in open(tmp_path / "a" / "log.jsonl")]
+    lb = [json.loads(x) for x in open(tmp_path / "b" / "log.jsonl")]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    assert la[-1]["eval_return"] == lb[-1]["eval_return"]
+
+
+def test_resume_when_killed_between_checkpoint_and_commit(tmp_path, monkeypatch):
+    _run_collector(tmp_path / "a")
+    from macaw_fast.data import store
+
+    real = store.DatasetWriter.commit
+    calls = {"n": 0}
+
+    def dying_commit(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (pos 300) is written, its commit never happens
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(store.DatasetWriter, "commit", dying_commit)
+    with pytest.raises(KeyboardInterrupt):
+        _run_collector(tmp_path / "b")
+    monkeypatch.setattr(store.DatasetWriter, "commit", real)
+    assert open_dataset(tmp_path / "b" / "dataset").num_rows == 0  # the first checkpoint (150) had no full episode
+    _run_collector(tmp_path / "b")
+    a, b = _arrays(tmp_path / "a" / "dataset"), _arrays(tmp_path / "b" / "dataset")
+    assert all(np.array_equal(a[t][k], b[t][k]) for t in a for k in a[t])
+
+
+def test_kill_9_then_resume_loses_nothing(tmp_path):
+    out = tmp_path / "k"
+    args = [sys.executable, "-m", "macaw_fast", "collect", "--env", "cheetah_dir", "--out", str(out),
+            "--steps-per-task", "650", "--seed", "4", "--warmup", "100", "--width", "16", "--batch-size", "16",
+            "--eval-interval", "300", "--checkpoint-interval", "150", "--no-progress", "--no-tensorboard"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    ckpt = out / "checkpoint.pt"
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(np.random.default_rng().uniform(0.0, 1.5))  # somewhere after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ds = open_dataset(out / "dataset")
+    assert [ds[t].num_rows for t in ds.tasks] == [650, 650]
+    assert [ds[t].episode_lengths for t in ds.tasks] == [[200, 200, 200, 50]] * 2
+    verify_dataset(out / "dataset")
+    # and it is the data of an uninterrupted run
+    r = subprocess.run(args[:args.index("--out") + 1] + [str(tmp_path / "ref")] + args[args.index("--out") + 2:],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _arrays(out / "dataset"), _arrays(tmp_path / "ref" / "dataset")
+    assert all(np.array_equal(a[t][k], b[t][k]) for t in a for k in a[t])
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="family"):
+        collect("cheetah", tmp_path / "x")
+    with pytest.raises(ValueError, match="tasks"):
+        collect("cheetah_vel", tmp_path / "x", tasks=[40])
+    with pytest.raises(ValueError, match="utd"):
+        collect("cheetah_dir", tmp_path / "x", utd=0)
+    with pytest.raises(ValueError, match="steps_per_task"):
+        collect("cheetah_dir", tmp_path / "x", steps_per_task=0)
+    _run_collector(tmp_path / "r", stop_at=150)
+    cfg = CollectConfig(family="cheetah_dir", steps_per_task=600, seed=4, **TINY)
+    with pytest.raises(ValueError, match="seed"):
+        Collector(cfg, tmp_path / "r", resume=True)
+    r = subprocess.run([sys.executable, "-m", "macaw_fast", "collect", "--env", "cheetah_dir", "--out", str(tmp_path / "y"),
+                        "--width", "-3"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--width" in r.stderr and "positive integer" in r.stderr
