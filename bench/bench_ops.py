@@ -40,6 +40,9 @@ NO_KERNEL = {
 }
 
 
+_IN_TRITON = [0]     # > 0 while a Triton launch runs: the interpreter's own tensor copies are not counted
+
+
 class _Counter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -47,7 +50,7 @@ class _Counter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name not in NO_KERNEL:
+        if name not in NO_KERNEL and not _IN_TRITON[0]:
             self.ops[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -64,7 +67,11 @@ def _count_triton():
 
             def run(self, *a, _orig=orig, **k):
                 counts[getattr(self, "__name__", None) or self.fn.__name__] += 1
-                return _orig(self, *a, **k)
+                _IN_TRITON[0] += 1
+                try:
+                    return _orig(self, *a, **k)
+                finally:
+                    _IN_TRITON[0] -= 1
             cls.run = run
             patched.append((cls, orig))
     try:
@@ -178,6 +185,22 @@ def test_bench_op(benchmark, op, impl):
     benchmark(lambda: full_pass(fn, inputs))
 
 
+# ------------------------------------------------------------------ ahead-of-time compile metadata
+
+def compile_table() -> list[str]:
+    """Markdown rows: every kernel specialisation compiled for sm_80 and sm_90 (no GPU needed)."""
+    from macaw_fast.ops._aot import compile_spec, kernel_specs
+    rows = ["Ahead-of-time compile (triton.compile, GPUTarget('cuda', cc, 32)), paper config T=5 N=256 D=100:", "",
+            "| kernel | dtype | constexprs | warps | shared bytes sm_80 | shared bytes sm_90 | compile s (sm_80 / sm_90) |",
+            "|---|---|---|---|---|---|---|"]
+    for spec in kernel_specs():
+        a, b = compile_spec(spec, 80), compile_spec(spec, 90)
+        flags = ", ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in spec["constexprs"].items())
+        rows.append(f"| {spec['name']} | {a['dtype']} | {flags} | {a['num_warps']} | {a['shared']} | {b['shared']} "
+                    f"| {a['seconds']:.2f} / {b['seconds']:.2f} |")
+    return rows
+
+
 # ------------------------------------------------------------------ script
 
 def main(argv=None) -> int:
@@ -185,12 +208,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    p.add_argument("--no-times", action="store_true", help="skip the CPU timings (launch counts only)")
+    p.add_argument("--compile", action="store_true",
+                   help="also compile every kernel for sm_80/sm_90 and tabulate shared memory and warps")
     args = p.parse_args(argv)
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, "
              "T=5 N=256 width=100 D=100 act=6 head=32; median of %d runs" % args.reps, "",
              "| op | fused (torch twin) fwd ms | unfused fwd ms | fused fwd+bwd+2nd ms | unfused fwd+bwd+2nd ms | ratio |",
              "|---|---|---|---|---|---|"]
-    cases = make_cases()
+    cases = {} if args.no_times else make_cases()
     for name, (fused, unfused, inputs) in cases.items():
         f = fused("torch")
         tf = time_it(lambda: forward_only(f, inputs), args.reps)
@@ -211,6 +237,8 @@ def main(argv=None) -> int:
             fb = count_launches(full_pass, fn, inputs)["total"]
             cells.append(f"{fw} / {fb}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if args.compile:
+        lines += ["", *compile_table()]
     text = "\n".join(lines)
     print(text)
     if args.markdown:
