@@ -140,3 +140,12 @@ def test_bad_inputs():
         wlinear_adapt(W, b, z, G, rates, backend="cuda")
     with pytest.raises(TypeError, match="torch.Tensor"):
         wlinear_adapt(W.numpy(), b, z, G, rates)
+
+
+def test_float32_backend_close_to_float64(backend):
+    """The float32 path of each backend (mid-size, several P blocks) agrees with float64."""
+    inputs = make(3, 200, 40)
+    want = wlinear_adapt_reference(*inputs, 0.9)
+    got = wlinear_adapt(*[t.detach().float() for t in inputs], 0.9, backend=backend)
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a.double(), c.detach(), rtol=1e-5, atol=1e-5)

@@ -140,3 +140,12 @@ def test_bad_inputs():
         awr_loss(mu, act, adv, pred=pred, head_weight=torch.ones(2, dtype=F64))
     with pytest.raises(ValueError, match="is on meta"):
         awr_loss(mu, act, adv.to("meta"))
+
+
+def test_float32_backend_close_to_float64(backend):
+    """The float32 path of each backend agrees with float64 (N over one 128-row block)."""
+    mu, act, adv, pred = make(2, 200, 6, seed=6)
+    want = awr_loss_reference(mu, act, adv, pred=pred, head_weight=0.05).detach()
+    got = awr_loss(*(t.detach().float() for t in (mu, act, adv)), pred=pred.detach().float(),
+                   head_weight=0.05, backend=backend)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)

@@ -145,3 +145,11 @@ def test_bad_inputs():
     if not interpreter_requested():
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             batched_linear(x, theta, 5, backend="triton")
+
+
+def test_float32_backend_close_to_float64(backend):
+    """The float32 path of each backend agrees with float64 (blocks in N, K and out all partial)."""
+    x, theta = rand(2, 45, 50, seed=24), rand(2, 50 * 70 + 70, seed=25)
+    want = batched_linear_reference(x, theta, 70, True).detach()
+    got = batched_linear(x.detach().float(), theta.detach().float(), 70, in_relu=True, backend=backend)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
