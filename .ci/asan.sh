@@ -30,6 +30,7 @@ export LD_PRELOAD="$("$CXX" -print-file-name=libasan.so) $("$CXX" -print-file-na
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0"
 export MACAW_FAST_ASAN_PKG="$work/pkg"
 python - "$@" <<'PY'
+import glob
 import os
 import sys
 
@@ -43,5 +44,5 @@ if not (C._asan and C.__file__.startswith(os.environ["MACAW_FAST_ASAN_PKG"])):
 print(f"asan.sh: testing {C.__file__}", flush=True)
 import pytest  # noqa: E402
 
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_sampler.py", "tests/test_sampler_fuzz.py", *sys.argv[1:]]))
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sorted(glob.glob("tests/test_sampler*.py")), *sys.argv[1:]]))
 PY
