@@ -93,14 +93,16 @@ def register(sub) -> None:
     p.add_argument("--env", required=True, choices=["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"],
                    help="task family")
     p.add_argument("--out", required=True, help="run directory (created; holds dataset/, checkpoint, logs)")
-    p.add_argument("--steps-per-task", type=_positive_int, default=30_000,
-                   help="env steps = dataset rows per task (default 30000; see docs/collect.md for budgets)")
+    p.add_argument("--steps-per-task", type=_positive_int, default=None,
+                   help="env steps = dataset rows per task (default per family: cheetah_dir 30000, others 60000; "
+                        "see docs/collect.md for budgets)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of agents, RNG and envs (default 0)")
     p.add_argument("--tasks", type=_tasks, default=None,
                    help="task indices into the paper task set, e.g. '0,3' or '0-9' (default: all)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in OUT and start over")
-    p.add_argument("--utd", type=_utd, default=1.0, help="SAC updates per env step (default 1; 0.5 = every 2nd step)")
+    p.add_argument("--utd", type=_utd, default=None,
+                   help="SAC updates per env step, 0.5 = every 2nd step (default per family: cheetah_dir 1, others 0.5)")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden units of actor and critics (default 256)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="transitions per task per update (default 256)")
     p.add_argument("--warmup", type=_nonneg_int, default=5_000,

@@ -45,7 +45,7 @@ import torch
 
 from .sac import BatchedSAC, SACConfig
 
-__all__ = ["CollectConfig", "collect", "Collector", "DATASET_DIR", "CHECKPOINT", "LOG", "REPORT"]
+__all__ = ["CollectConfig", "collect", "FAMILY_DEFAULTS", "Collector", "DATASET_DIR", "CHECKPOINT", "LOG", "REPORT"]
 
 DATASET_DIR = "dataset"
 CHECKPOINT = "checkpoint.pt"
@@ -53,6 +53,16 @@ LOG = "log.jsonl"
 REPORT = "collect_report.png"
 CONFIG = "config.json"
 _CKPT_VERSION = 1
+
+#: Per-family defaults of the budget (docs/collect.md explains the choice with measurements).
+#: Cheetah-Dir: the demo budget (2 tasks). Cheetah-Vel: 40 tasks within ~2 h of 2 idle cores.
+#: Ant-Dir and Walker-Params: the Cheetah-Vel settings (50 tasks: ~25% longer).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cheetah_dir": {"steps_per_task": 30_000, "utd": 1.0},
+    "cheetah_vel": {"steps_per_task": 60_000, "utd": 0.5},
+    "ant_dir": {"steps_per_task": 60_000, "utd": 0.5},
+    "walker_param": {"steps_per_task": 60_000, "utd": 0.5},
+}
 
 #: Fields that may differ between the original run and a resumed one.
 _RESUMABLE_CHANGES = ("steps_per_task", "progress", "tensorboard", "threads", "eval_interval",
@@ -579,16 +589,22 @@ def _returns_str(rets: list[float | None], show: int = 4) -> str:
     return f"ret {head}{more}"
 
 
-def collect(family: str, out_dir, steps_per_task: int = 30_000, seed: int = 0, tasks: Sequence[int] | None = None,
+def collect(family: str, out_dir, steps_per_task: int | None = None, seed: int = 0, tasks: Sequence[int] | None = None,
             progress: bool = True, resume: bool = True, overwrite: bool = False, **kwargs) -> str:
     """Make an offline dataset for ``family`` in ``out_dir`` with batched per-task SAC; returns the
     dataset path (``out_dir/dataset``).
 
-    ``tasks`` are indices into the family's paper task set (default: all). With ``resume`` (the
+    ``tasks`` are indices into the family's paper task set (default: all). ``steps_per_task`` and
+    ``utd`` default to :data:`FAMILY_DEFAULTS` of the family. With ``resume`` (the
     default) an interrupted run in ``out_dir`` continues from its checkpoint and a finished one
     returns at once; ``overwrite`` starts over. Other keyword arguments are fields of
     :class:`CollectConfig` (``warmup``, ``utd``, ``width``, ``batch_size``, ``eval_interval``, ...).
     """
+    fam_defaults = FAMILY_DEFAULTS.get(family, {})
+    if steps_per_task is None:
+        steps_per_task = fam_defaults.get("steps_per_task", CollectConfig.steps_per_task)
+    if kwargs.get("utd") is None:
+        kwargs["utd"] = fam_defaults.get("utd", CollectConfig.utd)
     cfg = CollectConfig(family=family, steps_per_task=steps_per_task, seed=seed,
                         tasks=None if tasks is None else list(tasks), progress=progress, **kwargs)
     done = _finished(out_dir, cfg) if resume and not overwrite else None
