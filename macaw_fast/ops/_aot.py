@@ -14,7 +14,7 @@ import torch
 
 from .awr_loss import awr_launch_config
 from .batched_linear import linear_launch_config
-from .wlinear_adapt import adapt_launch_config
+from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
 
@@ -63,6 +63,10 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
                 add("adapt_reduce_kernel", kw.adapt_reduce_kernel, dtype, a["reduce"])
                 add("adapt_mix_kernel", kw.adapt_mix_kernel, dtype, a["mix"])
                 add("adapt_expand_kernel", kw.adapt_expand_kernel, dtype, a["expand"])
+                a = adapt_backward_launch_config(T, i * o + o, D, with_target=(net == "value"))
+                add("adapt_bwd_reduce_kernel", kw.adapt_bwd_reduce_kernel, dtype, a["reduce"])
+                add("adapt_bwd_mix_kernel", kw.adapt_bwd_mix_kernel, dtype, a["mix"])
+                add("adapt_bwd_expand_kernel", kw.adapt_bwd_expand_kernel, dtype, a["expand"])
         # the output-ReLU flag is part of the public op: compile it once per dtype too
         add("batched_linear_kernel", kl.batched_linear_kernel, dtype,
             linear_launch_config(T, N, shape_kw.get("width", 100), shape_kw.get("width", 100)),

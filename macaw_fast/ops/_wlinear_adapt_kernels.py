@@ -135,3 +135,190 @@ def adapt_expand_kernel(zc_ptr, coef_ptr, w_ptr, b_ptr, g_ptr, out_ptr, tgt_ptr,
     pm = p[None, :] < P
     tl.store(out_ptr + trow[:, None] * P + p[None, :], res, mask=(r[:, None] < T) & pm)
     tl.store(tgt_ptr + trow[:, None] * P + p[None, :], res, mask=(r[:, None] >= T) & (r[:, None] < R) & pm)
+
+
+# ---------------------------------------------------------------------------- backward pass
+# Three launches again: reduce over P (A W, At W and the rank-1 sums s), one small program for the
+# latent-space gradients, then one pass over W's rows writing gW, gG and gb.
+
+
+@triton.jit
+def adapt_bwd_reduce_kernel(a_ptr, at_ptr, g_ptr, w_ptr, part_ptr, spart_ptr, T, R, P, D, P_CHUNK,
+                            stride_at_, stride_ap, stride_tt, stride_tp, stride_gt, stride_gp,
+                            stride_wp, stride_wd,
+                            BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Partial sums over one chunk of W's rows of [A; At] W and s_r = -sum_p [A; At]_rp G_(r mod T)p.
+
+    Grid: (cdiv(P, P_CHUNK), cdiv(D, BLOCK_D)). Row r < T reads A[r], T <= r < R reads At[r - T].
+
+    Args:
+        a_ptr: A = dL/dtheta', shape (T, P). at_ptr: At = dL/dtheta^tgt, shape (T, P) (if R == 2T).
+        g_ptr: G, shape (T, P). w_ptr: W, shape (P, D).
+        part_ptr: output partial [A; At] W, contiguous (NPART, R, D).
+        spart_ptr: output partial s, contiguous (NPART, R) (written by the programs with column block 0).
+        T, R, P, D: tasks, rows (T or 2T), generated parameters, latent size. P_CHUNK: rows of W per program.
+        stride_at_, stride_ap: strides of A (tasks, parameters); stride_tt, stride_tp: of At;
+        stride_gt, stride_gp: of G; stride_wp, stride_wd: of W (parameters, latent dims).
+        BLOCK_R: >= R and >= 16. BLOCK_P: rows of W per step. BLOCK_D: latent columns per program.
+    """
+    pid_k = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    r = tl.arange(0, BLOCK_R)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    trow = tl.where(r < T, r, r - T)
+    trow = tl.where(r < R, trow, 0)
+    acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=w_ptr.dtype.element_ty)
+    sacc = tl.zeros((BLOCK_R,), dtype=w_ptr.dtype.element_ty)
+    start = pid_k * P_CHUNK
+    for p0 in range(0, P_CHUNK, BLOCK_P):
+        p = start + p0 + tl.arange(0, BLOCK_P)
+        pm = p[None, :] < P
+        am = tl.load(a_ptr + trow[:, None] * stride_at_ + p[None, :] * stride_ap,
+                     mask=(r[:, None] < T) & pm, other=0.0)
+        am += tl.load(at_ptr + trow[:, None] * stride_tt + p[None, :] * stride_tp,
+                      mask=(r[:, None] >= T) & (r[:, None] < R) & pm, other=0.0)
+        g = tl.load(g_ptr + trow[:, None] * stride_gt + p[None, :] * stride_gp,
+                    mask=(r[:, None] < R) & pm, other=0.0)
+        sacc -= tl.sum(am * g, axis=1)
+        w = tl.load(w_ptr + p[:, None] * stride_wp + d[None, :] * stride_wd,
+                    mask=(p[:, None] < P) & (d[None, :] < D), other=0.0)
+        acc += tl.dot(am, w, input_precision="ieee")
+    tl.store(part_ptr + pid_k * R * D + r[:, None] * D + d[None, :], acc, mask=(r[:, None] < R) & (d[None, :] < D))
+    r_lim = tl.where(pid_d == 0, R, 0)                 # only column block 0 writes s
+    tl.store(spart_ptr + pid_k * R + r, sacc, mask=r < r_lim)
+
+
+@triton.jit
+def adapt_bwd_mix_kernel(part_ptr, spart_ptr, z_ptr, rates_ptr, alpha_ptr, u_ptr, gu_ptr,
+                         v_ptr, coef_ptr, gz_ptr, grates_ptr, T, D, NPART,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                         WITH_TARGET: tl.constexpr, HAS_GU: tl.constexpr):
+    """Latent-space gradients of the inner step (one program).
+
+    With z' = z - eta_z u, z^tgt = alpha z + (1 - alpha) z', s = -rowsum(A * G), st = -rowsum(At * G):
+    g_z' = A W + eta_W s z [+ (1 - alpha) g_zt], g_zt = At W + (1 - alpha) eta_W st z,
+    g_u = -eta_z g_z' [+ gu], and the gradients of z and of the three rates.
+
+    Args:
+        part_ptr, spart_ptr: partials from `adapt_bwd_reduce_kernel`, (NPART, R, D) and (NPART, R).
+        z_ptr: z (D,). rates_ptr: (eta_z, eta_W, eta_b) (3,). alpha_ptr: alpha (1,).
+        u_ptr: u = G W saved by the forward, contiguous (T, D). gu_ptr: incoming dL/du (T, D) (HAS_GU).
+        v_ptr: output rows for the gW product, contiguous (2T or 3T, D): [z'; (z^tgt;) g_u].
+        coef_ptr: output coefficients, contiguous (R,): c_t, then c^tgt_t (WITH_TARGET).
+        gz_ptr: output dL/dz, (D,). grates_ptr: output dL/drates, (3,).
+        T, D, NPART: tasks, latent size, partial blocks.
+        BLOCK_T: >= T. BLOCK_D: >= D. WITH_TARGET: At was given. HAS_GU: gu was given.
+    """
+    t = tl.arange(0, BLOCK_T)
+    d = tl.arange(0, BLOCK_D)
+    tm = t < T
+    m = tm[:, None] & (d[None, :] < D)
+    R = 2 * T if WITH_TARGET else T
+    aw = tl.load(part_ptr + t[:, None] * D + d[None, :], mask=m, other=0.0)
+    s = tl.load(spart_ptr + t, mask=tm, other=0.0)
+    for k in range(1, NPART):
+        aw += tl.load(part_ptr + k * R * D + t[:, None] * D + d[None, :], mask=m, other=0.0)
+        s += tl.load(spart_ptr + k * R + t, mask=tm, other=0.0)
+    z = tl.load(z_ptr + d, mask=d < D, other=0.0)
+    eta_z = tl.load(rates_ptr)
+    eta_w = tl.load(rates_ptr + 1)
+    eta_b = tl.load(rates_ptr + 2)
+    u = tl.load(u_ptr + t[:, None] * D + d[None, :], mask=m, other=0.0)
+    zn = z[None, :] - eta_z * u
+    zz = tl.sum(zn * z[None, :], axis=1)
+    g_zn = aw + eta_w * s[:, None] * z[None, :]
+    gz = tl.sum(tl.where(m, g_zn + eta_w * s[:, None] * zn, 0.0), axis=0)
+    g_ew = tl.sum(tl.where(tm, s * zz, 0.0), axis=0)
+    g_eb = tl.sum(tl.where(tm, s, 0.0), axis=0)
+    tl.store(coef_ptr + t, eta_w * zz + eta_b, mask=tm)
+    tl.store(v_ptr + t[:, None] * D + d[None, :], zn, mask=m)
+    nrow = T
+    if WITH_TARGET:
+        alpha = tl.load(alpha_ptr)
+        a1 = 1.0 - alpha
+        awt = tl.load(part_ptr + (T + t[:, None]) * D + d[None, :], mask=m, other=0.0)
+        st = tl.load(spart_ptr + T + t, mask=tm, other=0.0)
+        for k in range(1, NPART):
+            awt += tl.load(part_ptr + k * R * D + (T + t[:, None]) * D + d[None, :], mask=m, other=0.0)
+            st += tl.load(spart_ptr + k * R + T + t, mask=tm, other=0.0)
+        zt = alpha * z[None, :] + a1 * zn
+        zzt = tl.sum(zt * z[None, :], axis=1)
+        g_zt = awt + (a1 * eta_w) * st[:, None] * z[None, :]
+        g_zn += a1 * g_zt
+        gz += tl.sum(tl.where(m, alpha * g_zt + (a1 * eta_w) * st[:, None] * zt + a1 * g_zt, 0.0), axis=0)
+        g_ew += a1 * tl.sum(tl.where(tm, st * zzt, 0.0), axis=0)
+        g_eb += a1 * tl.sum(tl.where(tm, st, 0.0), axis=0)
+        tl.store(coef_ptr + T + t, a1 * (eta_w * zzt + eta_b), mask=tm)
+        tl.store(v_ptr + (T + t[:, None]) * D + d[None, :], zt, mask=m)
+        nrow = 2 * T
+    g_u = -eta_z * g_zn
+    if HAS_GU:
+        g_u += tl.load(gu_ptr + t[:, None] * D + d[None, :], mask=m, other=0.0)
+    g_ez = -tl.sum(tl.sum(tl.where(m, g_zn * u, 0.0), axis=1), axis=0)
+    tl.store(v_ptr + (nrow + t[:, None]) * D + d[None, :], g_u, mask=m)
+    tl.store(gz_ptr + d, gz, mask=d < D)
+    tl.store(grates_ptr, g_ez)
+    tl.store(grates_ptr + 1, g_ew)
+    tl.store(grates_ptr + 2, g_eb)
+
+
+@triton.jit
+def adapt_bwd_expand_kernel(a_ptr, at_ptr, g_ptr, w_ptr, v_ptr, coef_ptr, gw_ptr, gg_ptr, gb_ptr,
+                            T, R, P, D, stride_at_, stride_ap, stride_tt, stride_tp, stride_gt, stride_gp,
+                            stride_wp, stride_wd,
+                            BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                            BLOCK_D: tl.constexpr, WITH_TARGET: tl.constexpr):
+    """gW = [A; At; G]^T V, gG = g_u W^T - c A - c^tgt At and gb = sum_t (A + At) for one P block.
+
+    Grid: (cdiv(P, BLOCK_P),). V = [z'; (z^tgt;) g_u] has M = R + T rows.
+
+    Args:
+        a_ptr, at_ptr, g_ptr: A, At (if R == 2T) and G, each shape (T, P).
+        w_ptr: W, shape (P, D). v_ptr: V from `adapt_bwd_mix_kernel`, contiguous (R + T, D).
+        coef_ptr: (c; c^tgt), contiguous (R,).
+        gw_ptr: output dL/dW, contiguous (P, D). gg_ptr: output dL/dG, contiguous (T, P).
+        gb_ptr: output dL/db, contiguous (P,).
+        T, R, P, D: tasks, rows of [A; At], generated parameters, latent size.
+        stride_*: strides of A, At, G (tasks, parameters) and W (parameters, latent dims).
+        BLOCK_M: >= R + T, >= 16. BLOCK_T: >= T, >= 16. BLOCK_P: parameters per program.
+        BLOCK_D: latent dims per step. WITH_TARGET: R == 2T (At given).
+    """
+    pid = tl.program_id(0)
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = p < P
+    M = R + T
+    # M^T tile (BLOCK_P, BLOCK_M): column m is A[m], At[m - T] or G[m - R]
+    mm = tl.arange(0, BLOCK_M)
+    ra = tl.where(mm < T, mm, 0)
+    rt = tl.where((mm >= T) & (mm < R), mm - T, 0)
+    rg = tl.where((mm >= R) & (mm < M), mm - R, 0)
+    mt = tl.load(a_ptr + ra[None, :] * stride_at_ + p[:, None] * stride_ap,
+                 mask=pm[:, None] & (mm[None, :] < T), other=0.0)
+    mt += tl.load(at_ptr + rt[None, :] * stride_tt + p[:, None] * stride_tp,
+                  mask=pm[:, None] & (mm[None, :] >= T) & (mm[None, :] < R), other=0.0)
+    mt += tl.load(g_ptr + rg[None, :] * stride_gt + p[:, None] * stride_gp,
+                  mask=pm[:, None] & (mm[None, :] >= R) & (mm[None, :] < M), other=0.0)
+    t = tl.arange(0, BLOCK_T)
+    acc = tl.zeros((BLOCK_T, BLOCK_P), dtype=w_ptr.dtype.element_ty)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        dm = d < D
+        v = tl.load(v_ptr + mm[:, None] * D + d[None, :], mask=(mm[:, None] < M) & dm[None, :], other=0.0)
+        tl.store(gw_ptr + p[:, None] * D + d[None, :], tl.dot(mt, v, input_precision="ieee"),
+                 mask=pm[:, None] & dm[None, :])
+        gu = tl.load(v_ptr + (R + t[:, None]) * D + d[None, :], mask=(t[:, None] < T) & dm[None, :], other=0.0)
+        wt = tl.load(w_ptr + p[None, :] * stride_wp + d[:, None] * stride_wd, mask=pm[None, :] & dm[:, None], other=0.0)
+        acc += tl.dot(gu, wt, input_precision="ieee")
+    tm = (t[:, None] < T) & pm[None, :]
+    tt = tl.where(t < T, t, 0)
+    a = tl.load(a_ptr + tt[:, None] * stride_at_ + p[None, :] * stride_ap, mask=tm, other=0.0)
+    c = tl.load(coef_ptr + t, mask=t < T, other=0.0)
+    acc -= c[:, None] * a
+    gb = tl.sum(a, axis=0)
+    if WITH_TARGET:
+        at = tl.load(at_ptr + tt[:, None] * stride_tt + p[None, :] * stride_tp, mask=tm, other=0.0)
+        ct = tl.load(coef_ptr + T + t, mask=t < T, other=0.0)
+        acc -= ct[:, None] * at
+        gb += tl.sum(at, axis=0)
+    tl.store(gg_ptr + t[:, None] * P + p[None, :], acc, mask=tm)
+    tl.store(gb_ptr + p, gb, mask=pm)

@@ -54,6 +54,26 @@ def adapt_launch_config(T: int, P: int, D: int, with_target: bool) -> dict:
     }
 
 
+def adapt_backward_launch_config(T: int, P: int, D: int, with_target: bool, has_gu: bool = False) -> dict:
+    """Block sizes and grids of the three backward kernels (shared with the compile test)."""
+    R = 2 * T if with_target else T
+    block_p, block_d = 64, min(next_pow2(D), 64)
+    n_blocks = -(-P // block_p)
+    p_chunk = -(-n_blocks // 128) * block_p
+    npart = -(-P // p_chunk)
+    return {
+        "P_CHUNK": p_chunk, "NPART": npart, "R": R,
+        "reduce": {"grid": (npart, -(-D // block_d)), "num_warps": 4,
+                   "constexprs": {"BLOCK_R": max(16, next_pow2(R)), "BLOCK_P": block_p, "BLOCK_D": block_d}},
+        "mix": {"grid": (1,), "num_warps": 4,
+                "constexprs": {"BLOCK_T": next_pow2(T), "BLOCK_D": next_pow2(D), "WITH_TARGET": with_target,
+                               "HAS_GU": has_gu}},
+        "expand": {"grid": (n_blocks,), "num_warps": 4,
+                   "constexprs": {"BLOCK_M": max(16, next_pow2(R + T)), "BLOCK_T": max(16, next_pow2(T)),
+                                  "BLOCK_P": block_p, "BLOCK_D": block_d, "WITH_TARGET": with_target}},
+    }
+
+
 def _forward_torch(W, b, z, G, rates, alpha):
     eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
     u = G @ W                                                      # (T, D), first read of W
@@ -162,6 +182,87 @@ def _backward_torch(W, z, G, rates, u, alpha, A, At, gu, needs):
     return gW, gb, gz, gG, grates
 
 
+def _backward_triton(W, z, G, rates, u, alpha, A, At, gu):
+    """First-order gradients (W, b, z, G, rates) with three Triton launches (A must be given)."""
+    K = load_kernels("_wlinear_adapt_kernels")
+    check_triton_mode(W.device, _OP)
+    P, D = W.shape
+    T = G.shape[0]
+    with_target = At is not None
+    cfg = adapt_backward_launch_config(T, P, D, with_target, gu is not None)
+    R = cfg["R"]
+    kw = {"device": W.device, "dtype": W.dtype}
+    part = torch.empty((cfg["NPART"], R, D), **kw)
+    spart = torch.empty((cfg["NPART"], R), **kw)
+    At_ = At if with_target else A
+    c = cfg["reduce"]
+    K.adapt_bwd_reduce_kernel[c["grid"]](
+        A, At_, G, W, part, spart, T, R, P, D, cfg["P_CHUNK"], A.stride(0), A.stride(1), At_.stride(0), At_.stride(1),
+        G.stride(0), G.stride(1), W.stride(0), W.stride(1), num_warps=c["num_warps"], **c["constexprs"])
+    v = torch.empty((R + T, D), **kw)
+    coef = torch.empty((R,), **kw)
+    gz = torch.empty((D,), **kw)
+    grates = torch.empty((3,), **kw)
+    alpha_t = scalar_params([alpha if with_target else 0.0], W.dtype, W.device)
+    gu_ = gu.contiguous() if gu is not None else u
+    c = cfg["mix"]
+    K.adapt_bwd_mix_kernel[c["grid"]](part, spart, z, rates, alpha_t, u, gu_, v, coef, gz, grates, T, D,
+                                      cfg["NPART"], num_warps=c["num_warps"], **c["constexprs"])
+    gW = torch.empty((P, D), **kw)
+    gG = torch.empty((T, P), **kw)
+    gb = torch.empty((P,), **kw)
+    c = cfg["expand"]
+    K.adapt_bwd_expand_kernel[c["grid"]](
+        A, At_, G, W, v, coef, gW, gG, gb, T, R, P, D, A.stride(0), A.stride(1), At_.stride(0), At_.stride(1),
+        G.stride(0), G.stride(1), W.stride(0), W.stride(1), num_warps=c["num_warps"], **c["constexprs"])
+    return gW, gb, gz, gG, grates
+
+
+class AdaptBackward(torch.autograd.Function):
+    """The first-order backward of `wlinear_adapt` as its own Function (Triton forward).
+
+    Its own backward (needed only for third-order use of the op: double backward through the
+    inner step's backward) is the vector-Jacobian product of the differentiable torch twin of the
+    backward, so every order stays exact.
+    """
+
+    @staticmethod
+    def forward(W, z, G, rates, u, A, At, gu, alpha):
+        return _backward_triton(W, z, G, rates, u, alpha, A, At, gu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        W, z, G, rates, u, A, At, gu, alpha = inputs
+        ctx.save_for_backward(W, z, G, rates, u, A, At, gu)
+        ctx.alpha = alpha
+
+    @staticmethod
+    def backward(ctx, *cot):
+        W, z, G, rates, u, A, At, gu = ctx.saved_tensors
+        names = [k for k, t in enumerate((W, z, G, rates, u, A, At, gu)) if t is not None]
+        base = [W, z, G, rates, u, A, At, gu]
+
+        def f(*ts):
+            args = list(base)
+            for k, t in zip(names, ts):
+                args[k] = t
+            W_, z_, G_, r_, u_, A_, At_, gu_ = args
+            return _backward_torch(W_, z_, G_, r_, u_, ctx.alpha, A_, At_, gu_, (True,) * 5)
+
+        shapes = (W.shape, W.shape[:1], z.shape, G.shape, rates.shape)
+        cot = tuple(W.new_zeros(sh) if c is None else c for c, sh in zip(cot, shapes))
+        _, vjp = torch.func.vjp(f, *[base[k] for k in names])
+        grads = vjp(cot)
+        out = [None] * 8
+        for k, g in zip(names, grads):
+            out[k] = g
+        return (*out, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: AdaptBackward.apply(*a), info, in_dims, *args)
+
+
 class WLinearAdapt(torch.autograd.Function):
     """Autograd Function of `wlinear_adapt`; outputs (theta', theta^tgt or empty, u = G W)."""
 
@@ -179,6 +280,7 @@ class WLinearAdapt(torch.autograd.Function):
         _, _, u = output
         ctx.save_for_backward(W, z, G, rates, u)
         ctx.alpha = alpha
+        ctx.backend = backend
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -188,7 +290,10 @@ class WLinearAdapt(torch.autograd.Function):
             g_tgt = None
         if g_out is None and g_tgt is None and g_u is None:
             return (None,) * 7
-        grads = _backward_torch(W, z, G, rates, u, ctx.alpha, g_out, g_tgt, g_u, ctx.needs_input_grad[:5])
+        if ctx.backend == "triton" and g_out is not None:
+            grads = AdaptBackward.apply(W, z, G, rates, u, g_out, g_tgt, g_u, ctx.alpha)
+        else:
+            grads = _backward_torch(W, z, G, rates, u, ctx.alpha, g_out, g_tgt, g_u, ctx.needs_input_grad[:5])
         return (*grads, None, None)
 
     @staticmethod
