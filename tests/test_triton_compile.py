@@ -22,7 +22,8 @@ def test_specs_cover_every_kernel():
     names = {s["name"] for s in SPECS}
     assert names == {"adapt_reduce_kernel", "adapt_mix_kernel", "adapt_expand_kernel",
                      "adapt_bwd_reduce_kernel", "adapt_bwd_mix_kernel", "adapt_bwd_expand_kernel",
-                     "batched_linear_kernel", "awr_loss_kernel"}
+                     "batched_linear_kernel", "linear_bwd_input_kernel", "linear_bwd_theta_kernel",
+                     "awr_loss_kernel"}
 
 
 @pytest.mark.triton

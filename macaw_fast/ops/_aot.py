@@ -13,7 +13,7 @@ import time
 import torch
 
 from .awr_loss import awr_launch_config
-from .batched_linear import linear_launch_config
+from .batched_linear import linear_backward_launch_config, linear_launch_config
 from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
@@ -59,6 +59,10 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
             for i, o, kind in layers:
                 flags = {"IN_RELU": kind != "first", "OUT_RELU": False, "CONCAT": kind == "concat"}
                 add("batched_linear_kernel", kl.batched_linear_kernel, dtype, linear_launch_config(T, N, i, o), flags)
+                # the inner loss is differentiated w.r.t. per-task (expanded) theta: SHARED=False
+                lb = linear_backward_launch_config(T, N, i, o, shared=False)
+                add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, lb["input"], flags)
+                add("linear_bwd_theta_kernel", kl.linear_bwd_theta_kernel, dtype, lb["theta"], flags)
                 a = adapt_launch_config(T, i * o + o, D, with_target=(net == "value"))
                 add("adapt_reduce_kernel", kw.adapt_reduce_kernel, dtype, a["reduce"])
                 add("adapt_mix_kernel", kw.adapt_mix_kernel, dtype, a["mix"])
@@ -70,6 +74,11 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         # the output-ReLU flag is part of the public op: compile it once per dtype too
         add("batched_linear_kernel", kl.batched_linear_kernel, dtype,
             linear_launch_config(T, N, shape_kw.get("width", 100), shape_kw.get("width", 100)),
+            {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
+        lb = linear_backward_launch_config(T, N, 100, 100, shared=True)
+        add("linear_bwd_theta_kernel", kl.linear_bwd_theta_kernel, dtype, lb["theta"],
+            {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
+        add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, lb["input"],
             {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
         act = shape_kw.get("act", 6)
         for head in (False, True):

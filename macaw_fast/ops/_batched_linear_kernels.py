@@ -62,3 +62,125 @@ def batched_linear_kernel(x_ptr, a_ptr, th_ptr, y_ptr, N, K, K1, OUT,
         acc = tl.maximum(acc, 0.0)
     tl.store(y_ptr + t * stride_yt + n[:, None] * stride_yn + o[None, :], acc,
              mask=(n[:, None] < N) & (o[None, :] < OUT))
+
+
+@triton.jit
+def linear_bwd_input_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr, N, K, K1, OUT,
+                            stride_gyt, stride_gyn, stride_yt, stride_yn,
+                            stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                            stride_tht, stride_thp,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                            IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr):
+    """dL/dX[t] = mask_in * ((gy[t] * mask_out) @ weight_t^T) for one (rows, features) tile.
+
+    Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K), T). mask_out = (y > 0) with OUT_RELU; mask_in =
+    (X > 0) with IN_RELU (X = concat(x, a) with CONCAT: features < K1 go to gx, the rest to ga).
+
+    Args:
+        gy_ptr: incoming gradient, shape (T, N, OUT), last dim contiguous.
+        y_ptr: the forward output, shape (T, N, OUT), last dim contiguous (OUT_RELU only).
+        x_ptr, a_ptr: the forward inputs, (T, N, K1) and (T, N, K - K1) (a only with CONCAT).
+        th_ptr: generated parameters (T, P) (stride_tht = 0 when shared).
+        gx_ptr: output dL/dx, contiguous (T, N, K1). ga_ptr: output dL/da, contiguous (T, N, K - K1).
+        N, K, K1, OUT: rows, input features (total), features of x, outputs.
+        stride_*: strides of gy and y (tasks, rows), x and a (tasks, rows, features), theta (tasks, params).
+        BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    t = tl.program_id(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=th_ptr.dtype.element_ty)
+    th_base = th_ptr + t * stride_tht
+    for o0 in range(0, OUT, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        m = (n[:, None] < N) & (o[None, :] < OUT)
+        gy = tl.load(gy_ptr + t * stride_gyt + n[:, None] * stride_gyn + o[None, :], mask=m, other=0.0)
+        if OUT_RELU:
+            y = tl.load(y_ptr + t * stride_yt + n[:, None] * stride_yn + o[None, :], mask=m, other=0.0)
+            gy = tl.where(y > 0, gy, 0.0)
+        wt = tl.load(th_base + (k[None, :] * OUT + o[:, None]) * stride_thp,
+                     mask=(k[None, :] < K) & (o[:, None] < OUT), other=0.0)     # weight^T tile (O, K)
+        acc += tl.dot(gy, wt, input_precision="ieee")
+    nm = n[:, None] < N
+    if CONCAT:
+        kx = tl.where(k < K1, k, 0)
+        ka = tl.where(k >= K1, k - K1, 0)
+        mx = nm & (k[None, :] < K1)
+        ma = nm & (k[None, :] >= K1) & (k[None, :] < K)
+        if IN_RELU:
+            xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + kx[None, :] * stride_xk, mask=mx, other=0.0)
+            xv += tl.load(a_ptr + t * stride_at + n[:, None] * stride_an + ka[None, :] * stride_ak, mask=ma, other=0.0)
+            acc = tl.where(xv > 0, acc, 0.0)
+        tl.store(gx_ptr + (t * N + n[:, None]) * K1 + kx[None, :], acc, mask=mx)
+        tl.store(ga_ptr + (t * N + n[:, None]) * (K - K1) + ka[None, :], acc, mask=ma)
+    else:
+        mx = nm & (k[None, :] < K)
+        if IN_RELU:
+            xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + k[None, :] * stride_xk, mask=mx, other=0.0)
+            acc = tl.where(xv > 0, acc, 0.0)
+        tl.store(gx_ptr + (t * N + n[:, None]) * K + k[None, :], acc, mask=mx)
+
+
+@triton.jit
+def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, OUT,
+                            stride_gyt, stride_gyn, stride_yt, stride_yn,
+                            stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                            IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                            SHARED: tl.constexpr):
+    """dL/dtheta: weight part act_in(X[t])^T (gy[t] * mask_out), bias part sum_n gy[t] * mask_out.
+
+    Grid: (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (one theta for all
+    tasks: the program sums over t). Programs with feature block 0 also write the bias part.
+
+    Args:
+        gy_ptr, y_ptr: incoming gradient and forward output, (T, N, OUT), last dim contiguous.
+        x_ptr, a_ptr: forward inputs (T, N, K1), (T, N, K - K1) (a only with CONCAT).
+        gth_ptr: output, contiguous (T, P) (or (P,) with SHARED), P = K*OUT + OUT.
+        T, N, K, K1, OUT: tasks, rows, input features (total), features of x, outputs.
+        stride_*: strides of gy and y (tasks, rows), x and a (tasks, rows, features).
+        BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
+        SHARED: theta is shared by all tasks.
+    """
+    pid_k = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    acc = tl.zeros((BLOCK_K, BLOCK_O), dtype=gy_ptr.dtype.element_ty)
+    bacc = tl.zeros((BLOCK_O,), dtype=gy_ptr.dtype.element_ty)
+    if SHARED:
+        t_lo = 0
+        t_hi = T
+    else:
+        t_lo = tl.program_id(2)
+        t_hi = t_lo + 1
+    for t in range(t_lo, t_hi):
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nm = n[:, None] < N
+            m = nm & (o[None, :] < OUT)
+            gy = tl.load(gy_ptr + t * stride_gyt + n[:, None] * stride_gyn + o[None, :], mask=m, other=0.0)
+            if OUT_RELU:
+                y = tl.load(y_ptr + t * stride_yt + n[:, None] * stride_yn + o[None, :], mask=m, other=0.0)
+                gy = tl.where(y > 0, gy, 0.0)
+            if CONCAT:
+                kx = tl.where(k < K1, k, 0)
+                ka = tl.where(k >= K1, k - K1, 0)
+                xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + kx[None, :] * stride_xk,
+                             mask=nm & (k[None, :] < K1), other=0.0)
+                xv += tl.load(a_ptr + t * stride_at + n[:, None] * stride_an + ka[None, :] * stride_ak,
+                              mask=nm & (k[None, :] >= K1) & (k[None, :] < K), other=0.0)
+            else:
+                xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + k[None, :] * stride_xk,
+                             mask=nm & (k[None, :] < K), other=0.0)
+            if IN_RELU:
+                xv = tl.maximum(xv, 0.0)
+            acc += tl.dot(tl.trans(xv), gy, input_precision="ieee")
+            bacc += tl.sum(gy, axis=0)
+    P = K * OUT + OUT
+    out = gth_ptr + t_lo * P
+    tl.store(out + k[:, None] * OUT + o[None, :], acc, mask=(k[:, None] < K) & (o[None, :] < OUT))
+    o_lim = tl.where(pid_k == 0, OUT, 0)                 # only feature block 0 writes the bias part
+    tl.store(out + K * OUT + o, bacc, mask=o < o_lim)

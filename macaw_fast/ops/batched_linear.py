@@ -27,6 +27,18 @@ def linear_launch_config(T: int, N: int, K: int, OUT: int) -> dict:
             "constexprs": {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_O": block_o}}
 
 
+def linear_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool) -> dict:
+    """Grids, block sizes and warps of the two backward kernels (shared with the compile test)."""
+    bk_in, bo_in = min(64, max(16, next_pow2(K))), min(32, max(16, next_pow2(OUT)))
+    bk_th, bo_th = min(32, max(16, next_pow2(K))), min(64, max(16, next_pow2(OUT)))
+    return {
+        "input": {"grid": (-(-N // 32), -(-K // bk_in), T), "num_warps": 4,
+                  "constexprs": {"BLOCK_N": 32, "BLOCK_K": bk_in, "BLOCK_O": bo_in}},
+        "theta": {"grid": (-(-K // bk_th), -(-OUT // bo_th), 1 if shared else T), "num_warps": 4,
+                  "constexprs": {"BLOCK_N": 32, "BLOCK_K": bk_th, "BLOCK_O": bo_th, "SHARED": shared}},
+    }
+
+
 def _input(x, a, in_relu):
     """The layer's effective input: act(x) or act(concat(x, a)) (differentiable torch ops)."""
     xe = x if a is None else torch.cat([x, a], dim=-1)
@@ -68,6 +80,106 @@ def _forward_triton(x, a, theta, OUT, in_relu, out_relu):
     return y
 
 
+def _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, needs=(True, True, True)):
+    """(dL/dx, dL/da, dL/dtheta) from dL/dy, in differentiable torch ops (y: output, OUT_RELU only)."""
+    if out_relu:
+        gy = torch.where(y > 0, gy, torch.zeros((), dtype=gy.dtype, device=gy.device))
+    xe, pre = _input(x, a, in_relu)
+    K = xe.shape[-1]
+    w, _ = _split_theta(theta, K, OUT)
+    gx = ga = gth = None
+    if needs[0] or needs[1]:
+        gxe = gy @ w.transpose(-1, -2)                             # (T, N, K)
+        if in_relu:
+            gxe = torch.where(pre > 0, gxe, torch.zeros((), dtype=gxe.dtype, device=gxe.device))
+        if a is None:
+            gx = gxe
+        else:
+            K1 = x.shape[-1]
+            gx, ga = gxe[..., :K1], gxe[..., K1:]
+    if needs[2]:
+        if theta.dim() == 1:
+            gw = xe.reshape(-1, K).t() @ gy.reshape(-1, OUT)
+            gth = torch.cat([gw.reshape(-1), gy.reshape(-1, OUT).sum(0)])
+        else:
+            gw = xe.transpose(1, 2) @ gy                           # (T, K, OUT)
+            gth = torch.cat([gw.flatten(1), gy.sum(1)], dim=1)
+    return gx, ga, gth
+
+
+def _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu):
+    Kmod = load_kernels("_batched_linear_kernels")
+    check_triton_mode(x.device, _OP)
+    gy = gy.contiguous()
+    T, N, K1 = x.shape
+    K = K1 + (a.shape[-1] if a is not None else 0)
+    shared = theta.dim() == 1
+    cfg = linear_backward_launch_config(T, N, K, OUT, shared)
+    kw = {"dtype": x.dtype, "device": x.device}
+    gx = torch.empty((T, N, K1), **kw)
+    ga = torch.empty((T, N, K - K1), **kw)
+    gth = torch.empty(theta.shape, **kw)
+    aa = a if a is not None else x
+    yy = y if y is not None else gy
+    stt = 0 if shared else theta.stride(0)
+    flags = {"IN_RELU": in_relu, "OUT_RELU": out_relu, "CONCAT": a is not None}
+    c = cfg["input"]
+    Kmod.linear_bwd_input_kernel[c["grid"]](
+        gy, yy, x, aa, theta, gx, ga, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
+        x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2), stt, theta.stride(-1),
+        num_warps=c["num_warps"], **c["constexprs"], **flags)
+    c = cfg["theta"]
+    Kmod.linear_bwd_theta_kernel[c["grid"]](
+        gy, yy, x, aa, gth, T, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
+        x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
+        num_warps=c["num_warps"], **c["constexprs"], **flags)
+    return gx, ga, gth
+
+
+class LinearBackward(torch.autograd.Function):
+    """The first-order backward of `batched_linear` as its own Function (two Triton launches).
+
+    Outputs (dL/dx, dL/da (empty without concat), dL/dtheta). Its own backward, used when the
+    inner loss is differentiated twice (MACAW's meta-gradient), is the vector-Jacobian product of
+    the differentiable torch twin `_backward_torch`, so every order stays exact.
+    """
+
+    @staticmethod
+    def forward(gy, x, a, theta, y, OUT, in_relu, out_relu):
+        return _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        gy, x, a, theta, y, OUT, in_relu, out_relu = inputs
+        ctx.save_for_backward(gy, x, a, theta, y)
+        ctx.cfg = (OUT, in_relu, out_relu)
+        if a is None:
+            ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, ggx, gga, ggth):
+        gy, x, a, theta, y = ctx.saved_tensors
+        OUT, in_relu, out_relu = ctx.cfg
+        prim = [gy, x, theta] + ([a] if a is not None else [])
+
+        def f(gy_, x_, th_, *a_):
+            gx, ga, gth = _backward_torch(gy_, x_, a_[0] if a_ else None, th_, y, OUT, in_relu, out_relu)
+            return (gx, gth) + ((ga,) if a_ else ())
+
+        cots = [ggx, ggth] + ([gga] if a is not None else [])
+        outs_shape = [x.shape, theta.shape] + ([a.shape] if a is not None else [])
+        cots = tuple(x.new_zeros(sh) if c is None else c for c, sh in zip(cots, outs_shape))
+        _, vjp = torch.func.vjp(f, *prim)
+        g = vjp(cots)
+        g_gy, g_x, g_th = g[0], g[1], g[2]
+        g_a = g[3] if a is not None else None
+        return g_gy, g_x, g_a, g_th, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: LinearBackward.apply(*a), info, in_dims, *args)
+
+
 class BatchedLinear(torch.autograd.Function):
     """Autograd Function of `batched_linear` / `concat_relu_linear` (a is None unless concat)."""
 
@@ -81,34 +193,17 @@ class BatchedLinear(torch.autograd.Function):
         x, a, theta, OUT, in_relu, out_relu, backend = inputs
         ctx.save_for_backward(x, a, theta, output if out_relu else None)
         ctx.cfg = (OUT, in_relu, out_relu)
+        ctx.backend = backend
 
     @staticmethod
     def backward(ctx, gy):
         x, a, theta, y = ctx.saved_tensors
         OUT, in_relu, out_relu = ctx.cfg
-        if out_relu:
-            gy = torch.where(y > 0, gy, torch.zeros((), dtype=gy.dtype, device=gy.device))
-        xe, pre = _input(x, a, in_relu)
-        K = xe.shape[-1]
-        w, _ = _split_theta(theta, K, OUT)
-        gx = ga = gth = None
-        need_x, need_a, need_th = ctx.needs_input_grad[:3]
-        if need_x or need_a:
-            gxe = gy @ w.transpose(-1, -2)                         # (T, N, K)
-            if in_relu:
-                gxe = torch.where(pre > 0, gxe, torch.zeros((), dtype=gxe.dtype, device=gxe.device))
-            if a is None:
-                gx = gxe
-            else:
-                K1 = x.shape[-1]
-                gx, ga = gxe[..., :K1], gxe[..., K1:]
-        if need_th:
-            if theta.dim() == 1:
-                gw = xe.reshape(-1, K).t() @ gy.reshape(-1, OUT)
-                gth = torch.cat([gw.reshape(-1), gy.reshape(-1, OUT).sum(0)])
-            else:
-                gw = xe.transpose(1, 2) @ gy                       # (T, K, OUT)
-                gth = torch.cat([gw.flatten(1), gy.sum(1)], dim=1)
+        if ctx.backend == "triton":
+            gx, ga, gth = LinearBackward.apply(gy, x, a, theta, y, OUT, in_relu, out_relu)
+            ga = ga if a is not None else None
+        else:
+            gx, ga, gth = _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, ctx.needs_input_grad[:3])
         return gx, ga, gth, None, None, None, None
 
     @staticmethod
