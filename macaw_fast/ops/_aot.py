@@ -83,6 +83,7 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         act = shape_kw.get("act", 6)
         for head in (False, True):
             add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head))
+            add("awr_loss_bwd_kernel", ka.awr_loss_bwd_kernel, dtype, awr_launch_config(T, N, act, head))
     return list(specs.values())
 
 

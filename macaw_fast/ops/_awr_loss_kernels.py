@@ -77,3 +77,58 @@ def awr_loss_kernel(mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, par_ptr, loss_pt
     if HEAD:
         loss += tl.load(hw_ptr) * (tl.sum(mse, axis=0) / N)
     tl.store(loss_ptr + t, loss)
+
+
+@triton.jit
+def awr_loss_bwd_kernel(g_ptr, mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, w_ptr, par_ptr,
+                        gmu_ptr, gact_ptr, gadv_ptr, gpred_ptr, ghw_ptr, N, A,
+                        stride_mt, stride_mn, stride_ma, stride_at, stride_an, stride_aa,
+                        stride_vt, stride_vn, stride_pt, stride_pn,
+                        BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr):
+    """Gradients of the per-task losses given dL/dloss g (one program per task).
+
+    dL/dmu = -(2 c / N) g_t w (a - mu) with c = 0.5 / sigma^2 (the weights w are constants);
+    dL/da = -dL/dmu; with HEAD, e = pred - adv: dL/dpred = (2 / N) g_t hw e = -dL/dadv and the
+    task's share of dL/dhw, g_t mean(e^2).
+
+    Grid: (T,).
+
+    Args:
+        g_ptr: dL/dloss, contiguous (T,).
+        mu_ptr, act_ptr: policy means and actions, (T, N, A). adv_ptr, pred_ptr: (T, N) (pred: HEAD).
+        hw_ptr: head weight (1,) (HEAD). w_ptr: the forward's weights, contiguous (T, N).
+        par_ptr: the forward's constants (half_inv_var, log_norm, temp, log_max_w), (4,).
+        gmu_ptr, gact_ptr: outputs, contiguous (T, N, A). gadv_ptr, gpred_ptr: outputs, contiguous
+            (T, N) (HEAD). ghw_ptr: output per-task shares of dL/dhw, contiguous (T,) (HEAD).
+        N, A: rows and action dims. stride_*: strides of mu, actions (tasks, rows, dims), adv, pred.
+        BLOCK_N: rows per step. BLOCK_A: >= A. HEAD: the advantage-head term is present.
+    """
+    t = tl.program_id(0)
+    g = tl.load(g_ptr + t)
+    half_inv_var = tl.load(par_ptr)
+    scale = -2.0 * half_inv_var * g / N
+    k = tl.arange(0, BLOCK_A)
+    e2 = tl.zeros((BLOCK_N,), dtype=mu_ptr.dtype.element_ty)
+    if HEAD:
+        hw = tl.load(hw_ptr)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nm = n < N
+        m2 = nm[:, None] & (k[None, :] < A)
+        w = tl.load(w_ptr + t * N + n, mask=nm, other=0.0)
+        mu = tl.load(mu_ptr + t * stride_mt + n[:, None] * stride_mn + k[None, :] * stride_ma, mask=m2, other=0.0)
+        a = tl.load(act_ptr + t * stride_at + n[:, None] * stride_an + k[None, :] * stride_aa, mask=m2, other=0.0)
+        gmu = (scale * w)[:, None] * (a - mu)
+        off = (t * N + n[:, None]) * A + k[None, :]
+        tl.store(gmu_ptr + off, gmu, mask=m2)
+        tl.store(gact_ptr + off, -gmu, mask=m2)
+        if HEAD:
+            v = tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=nm, other=0.0)
+            pr = tl.load(pred_ptr + t * stride_pt + n * stride_pn, mask=nm, other=0.0)
+            e = pr - v
+            gp = (2.0 * g * hw / N) * e
+            tl.store(gpred_ptr + t * N + n, gp, mask=nm)
+            tl.store(gadv_ptr + t * N + n, -gp, mask=nm)
+            e2 += e * e
+    if HEAD:
+        tl.store(ghw_ptr + t, g * (tl.sum(e2, axis=0) / N))

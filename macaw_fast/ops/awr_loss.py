@@ -69,6 +69,92 @@ def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight):
     return loss, w
 
 
+def _backward_torch(g, mu, action, adv, pred, hw, w, half_inv_var, needs=(True,) * 5):
+    """(dmu, daction, dadv, dpred, dhw) from dL/dloss g (T,), in differentiable torch ops (w constant)."""
+    N = mu.shape[1]
+    gmu = gact = gadv = gpred = ghw = None
+    if needs[0] or needs[1]:
+        # d(-w logp / N)/d mu = -(w / N) * 2 c (a - mu), with c = 0.5 / sigma^2
+        gmu = ((-2.0 * half_inv_var / N) * g.view(-1, 1, 1)) * w.unsqueeze(-1) * (action - mu)
+        gact = -gmu if needs[1] else None
+        gmu = gmu if needs[0] else None
+    if pred is not None and (needs[2] or needs[3] or needs[4]):
+        e = pred - adv
+        if needs[2] or needs[3]:
+            gp = (2.0 / N) * (g * hw).unsqueeze(-1) * e
+            gpred = gp if needs[3] else None
+            gadv = -gp if needs[2] else None
+        if needs[4]:
+            ghw = (g * e.pow(2).mean(-1)).sum().reshape(hw.shape)
+    return gmu, gact, gadv, gpred, ghw
+
+
+def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
+    K = load_kernels("_awr_loss_kernels")
+    check_triton_mode(mu.device, _OP)
+    T, N, A = mu.shape
+    par = scalar_params(consts, mu.dtype, mu.device)
+    kw = {"dtype": mu.dtype, "device": mu.device}
+    head = pred is not None
+    gmu, gact = torch.empty((T, N, A), **kw), torch.empty((T, N, A), **kw)
+    gadv = torch.empty((T, N) if head else (0,), **kw)
+    gpred = torch.empty((T, N) if head else (0,), **kw)
+    ghw_t = torch.empty((T,) if head else (0,), **kw)
+    pr = pred if head else adv
+    cfg = awr_launch_config(T, N, A, head)
+    K.awr_loss_bwd_kernel[cfg["grid"]](
+        g.contiguous(), mu, action, adv, pr, hw.reshape(1) if head else par, w, par, gmu, gact,
+        gadv if head else gmu, gpred if head else gmu, ghw_t if head else gmu, N, A,
+        mu.stride(0), mu.stride(1), mu.stride(2), action.stride(0), action.stride(1), action.stride(2),
+        adv.stride(0), adv.stride(1), pr.stride(0), pr.stride(1),
+        num_warps=cfg["num_warps"], **cfg["constexprs"])
+    ghw = ghw_t.sum().reshape(hw.shape) if head else ghw_t
+    return gmu, gact, gadv, gpred, ghw
+
+
+class AWRBackward(torch.autograd.Function):
+    """The first-order backward of `awr_loss` as its own Function (one Triton launch, plus a sum
+    for dL/dhw). Outputs (dmu, daction, dadv, dpred, dhw); the last three are empty without the
+    head term. Its own backward is the VJP of the differentiable torch twin, so every order is exact.
+    """
+
+    @staticmethod
+    def forward(g, mu, action, adv, pred, hw, w, consts):
+        return _backward_triton(g, mu, action, adv, pred, hw, w, consts)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, mu, action, adv, pred, hw, w, consts = inputs
+        ctx.save_for_backward(g, mu, action, adv, pred, hw, w)
+        ctx.consts = consts
+        if pred is None:
+            ctx.mark_non_differentiable(*output[2:])
+
+    @staticmethod
+    def backward(ctx, *cot):
+        g, mu, action, adv, pred, hw, w = ctx.saved_tensors
+        head = pred is not None
+        prim = [g, mu, action] + ([adv, pred, hw] if head else [])
+
+        def f(g_, mu_, act_, *rest):
+            adv_, pred_, hw_ = rest if head else (adv, None, None)
+            out = _backward_torch(g_, mu_, act_, adv_, pred_, hw_, w, ctx.consts[0])
+            return out if head else out[:2]
+
+        shapes = [mu.shape, mu.shape] + ([adv.shape, adv.shape, hw.shape] if head else [])
+        cots = tuple(mu.new_zeros(sh) if c is None else c for c, sh in zip(cot, shapes))
+        _, vjp = torch.func.vjp(f, *prim)
+        gr = list(vjp(cots))
+        if not head:
+            gr += [None, None, None]
+        g_g, g_mu, g_act, g_adv, g_pred, g_hw = gr
+        return g_g, g_mu, g_act, g_adv, g_pred, g_hw, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: AWRBackward.apply(*a), info, in_dims, *args)
+
+
 class AWRLoss(torch.autograd.Function):
     """Autograd Function of `awr_loss`; outputs (loss (T,), weights (T, N), not differentiable)."""
 
@@ -83,28 +169,22 @@ class AWRLoss(torch.autograd.Function):
         _, w = output
         ctx.mark_non_differentiable(w)
         ctx.save_for_backward(mu, action, adv, pred, hw, w)
-        ctx.half_inv_var = 0.5 / sigma**2
+        ctx.consts = _constants(sigma, temp, max_weight, mu.shape[-1])
+        ctx.backend = backend
 
     @staticmethod
     def backward(ctx, g, _gw):
         mu, action, adv, pred, hw, w = ctx.saved_tensors
-        N = mu.shape[1]
-        need_mu, need_act, need_adv, need_pred, need_hw = ctx.needs_input_grad[:5]
-        gmu = gact = gadv = gpred = ghw = None
-        if need_mu or need_act:
-            # d(-w logp / N)/d mu = -(w / N) * 2 c (a - mu), with c = 0.5 / sigma^2
-            gmu = ((-2.0 * ctx.half_inv_var / N) * g.view(-1, 1, 1)) * w.unsqueeze(-1) * (action - mu)
-            gact = -gmu if need_act else None
-            gmu = gmu if need_mu else None
-        if pred is not None and (need_pred or need_adv or need_hw):
-            e = pred - adv
-            if need_pred or need_adv:
-                gp = (2.0 / N) * (g * hw).unsqueeze(-1) * e
-                gpred = gp if need_pred else None
-                gadv = -gp if need_adv else None
-            if need_hw:
-                ghw = (g * e.pow(2).mean(-1)).sum().reshape(hw.shape)
-        return gmu, gact, gadv, gpred, ghw, None, None, None, None
+        if ctx.backend == "triton":
+            gmu, gact, gadv, gpred, ghw = AWRBackward.apply(g, mu, action, adv, pred, hw, w, ctx.consts)
+            if pred is None:
+                gadv = gpred = ghw = None
+        else:
+            gmu, gact, gadv, gpred, ghw = _backward_torch(g, mu, action, adv, pred, hw, w, ctx.consts[0],
+                                                          ctx.needs_input_grad[:5])
+        nd = ctx.needs_input_grad
+        return (gmu if nd[0] else None, gact if nd[1] else None, gadv if nd[2] else None,
+                gpred if nd[3] else None, ghw if nd[4] else None, None, None, None, None)
 
     @staticmethod
     def vmap(info, in_dims, mu, action, adv, pred, hw, sigma, temp, max_weight, backend):
