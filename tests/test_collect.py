@@ -17,7 +17,7 @@ from macaw_fast.collect import CollectConfig, Collector, collect
 from macaw_fast.data.store import open_dataset, verify_dataset
 
 # tiny agents so that a few hundred updates take a second or two
-TINY = dict(warmup=100, width=16, batch_size=16, eval_interval=150, checkpoint_interval=150, progress=False,
+TINY = dict(warmup=100, utd=0.25, width=16, batch_size=16, eval_interval=150, checkpoint_interval=150, progress=False,
             tensorboard=False)
 
 
@@ -147,7 +147,7 @@ def test_resume_when_killed_between_checkpoint_and_commit(tmp_path, monkeypatch)
 def test_kill_9_then_resume_loses_nothing(tmp_path):
     out = tmp_path / "k"
     args = [sys.executable, "-m", "macaw_fast", "collect", "--env", "cheetah_dir", "--out", str(out),
-            "--steps-per-task", "650", "--seed", "4", "--warmup", "100", "--width", "16", "--batch-size", "16",
+            "--steps-per-task", "650", "--seed", "4", "--warmup", "100", "--width", "16", "--batch-size", "16", "--utd", "0.25",
             "--eval-interval", "300", "--checkpoint-interval", "150", "--no-progress", "--no-tensorboard"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

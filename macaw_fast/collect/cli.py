@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     path = collect(args.env, args.out, steps_per_task=args.steps_per_task, seed=args.seed, tasks=args.tasks,
                    progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, warmup=args.warmup,
                    utd=args.utd, width=args.width, batch_size=args.batch_size, eval_interval=args.eval_interval,
+                   eval_episodes=args.eval_episodes,
                    checkpoint_interval=args.checkpoint_interval, threads=args.threads,
                    tensorboard=not args.no_tensorboard)
     final = None
@@ -109,6 +110,8 @@ def register(sub) -> None:
                    help="initial uniform-random steps before updates start (default 5000)")
     p.add_argument("--eval-interval", type=_nonneg_int, default=5_000,
                    help="env steps between evaluations, 0 = only at the end (default 5000)")
+    p.add_argument("--eval-episodes", type=_positive_int, default=3,
+                   help="mean-action evaluation episodes per task at each evaluation (default 3)")
     p.add_argument("--checkpoint-interval", type=_positive_int, default=5_000,
                    help="env steps between checkpoints and dataset commits (default 5000)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1; see docs/collect.md)")

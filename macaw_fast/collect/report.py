@@ -9,11 +9,13 @@ import tempfile
 __all__ = ["write_report"]
 
 
-def write_report(log_path: str, out_path: str, task_ids: list[str], family: str) -> str:
+def write_report(log_path: str, out_path: str, task_ids: list[str], family: str, dataset_path: str | None = None) -> str:
     """Plot ``eval_return`` per task from the JSONL log ``log_path`` into ``out_path`` (atomically).
 
-    One line per task (the legend names up to 10 tasks); a second panel shows the mean and the
-    spread over tasks. Returns ``out_path``. Needs matplotlib.
+    Left: evaluation (mean-action) return per task (the legend names up to 10 tasks). Middle: mean
+    and spread over tasks. Right (with ``dataset_path``): the return of every stored training
+    trajectory per task against the env step where it ended, i.e. the quality mix of the data.
+    Returns ``out_path``. Needs matplotlib.
     """
     import matplotlib
 
@@ -36,7 +38,7 @@ def write_report(log_path: str, out_path: str, task_ids: list[str], family: str)
     order = np.argsort(steps, kind="stable")
     x = np.asarray(steps)[order]
     y = np.asarray(rets, dtype=float)[order]  # (evals, T)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if dataset_path else 2, figsize=(18 if dataset_path else 12, 4.5))
     ax = axes[0]
     for j, tid in enumerate(task_ids):
         ax.plot(x, y[:, j], marker="o", ms=3, lw=1, label=f"task {tid}" if j < 10 else None)
@@ -51,6 +53,19 @@ def write_report(log_path: str, out_path: str, task_ids: list[str], family: str)
     ax.set_xlabel("env steps per task")
     ax.set_title(f"{family}: {len(task_ids)} tasks")
     ax.legend(fontsize=7)
+    if dataset_path:
+        from ..data.store import open_dataset
+
+        ds = open_dataset(dataset_path)
+        ax = axes[2]
+        for j, tid in enumerate(task_ids):
+            td = ds[tid]
+            lengths, rets_ = td.episode_lengths, td.episode_returns
+            if lengths and rets_:
+                ax.plot(np.cumsum(lengths), rets_, lw=0.8, alpha=0.8)
+        ax.set_xlabel("env steps per task (end of trajectory)")
+        ax.set_ylabel("return of stored trajectory")
+        ax.set_title("stored training trajectories")
     fig.tight_layout()
     d = os.path.dirname(out_path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=d)
