@@ -278,11 +278,9 @@ py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t
                   outer_ptr);
 
     std::vector<TaskView> views(T);
-    std::vector<uint64_t> rows(T);
     for (size_t s = 0; s < T; ++s) {
         check_task(tasks[static_cast<size_t>(task_ids[s])], task_ids[s], obs_dim, act_dim, B, contiguous, paper_window,
                    keep, views[s]);
-        rows[s] = views[s].n;
     }
 
     py::array_t<int64_t> inner_idx({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(B)});
@@ -294,7 +292,9 @@ py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t
         // One work item per (slot, batch): draw its indices, then copy its rows of all 8 fields.
         // A thread costs tens of microseconds to start, so each one gets at least ~1 MiB to copy.
         uint64_t row_bytes = 0;
-        for (int f = 0; f < kNumFields; ++f) row_bytes += sizeof(float) * (kFieldKind[f] == 0 ? 1 : (kFieldKind[f] == 1 ? obs_dim : act_dim));
+        for (int f = 0; f < kNumFields; ++f) {
+            row_bytes += sizeof(float) * static_cast<uint64_t>(kFieldKind[f] == 0 ? 1 : (kFieldKind[f] == 1 ? obs_dim : act_dim));
+        }
         const uint64_t total = 2 * T * B * row_bytes;
         const int useful = static_cast<int>(std::min<uint64_t>(threads, 1 + total / (1u << 20)));
         parallel_for(2 * T, useful, [&](size_t i) {
