@@ -126,3 +126,34 @@ def test_package_works_without_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout
+
+
+@pytest.mark.triton
+def test_triton_backend_runs_its_backward_kernels(monkeypatch):
+    """With backend='triton' the first-order backward of every op is the Triton one (no silent
+    fall-back to the torch twin), and its result equals the twin's."""
+    if not (interpreter_requested() and triton_importable()):
+        pytest.skip("needs TRITON_INTERPRET=1 and triton")
+    import importlib   # (``import a.b as m`` would give the function that shares the module's name)
+    m_awr, m_lin, m_adapt = (importlib.import_module(f"macaw_fast.ops.{n}")
+                             for n in ("awr_loss", "batched_linear", "wlinear_adapt"))
+    calls = []
+    for mod in (m_awr, m_lin, m_adapt):
+        orig = mod._backward_triton
+        monkeypatch.setattr(mod, "_backward_triton",
+                            lambda *a, _o=orig, _m=mod.__name__: (calls.append(_m), _o(*a))[1])
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=F64).requires_grad_()  # noqa: E731
+    x, th, W, b, z, G, rates = r(2, 5, 3), r(2, 3 * 2 + 2), r(8, 4), r(8), r(4), r(2, 8), r(3)
+    mu, act, adv = r(2, 5, 2), r(2, 5, 2), r(2, 5).detach()
+    for be in ("triton", "torch"):
+        y = ops.batched_linear(x, th, 2, in_relu=True, backend=be)
+        t1, t2 = ops.wlinear_adapt(W, b, z, G, rates, 0.9, backend=be)
+        loss = ops.awr_loss(mu, act, adv, backend=be)
+        grads = torch.autograd.grad(y.sum() + t1.pow(2).sum() + t2.sum() + loss.sum(),
+                                    (x, th, W, b, z, G, rates, mu, act))
+        if be == "triton":
+            got = grads
+            assert sorted(set(calls)) == sorted({m_awr.__name__, m_lin.__name__, m_adapt.__name__})
+    for a, c in zip(got, grads):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
