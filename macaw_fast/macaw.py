@@ -34,7 +34,7 @@ def fused_available() -> bool:
         from . import ops
     except ImportError:
         return False
-    return hasattr(ops, "available") and bool(getattr(ops, "FUSED_META_STEP", False))
+    return ops.available().get("torch") is True
 
 
 def _adam_impl(device: torch.device) -> dict:
@@ -59,11 +59,13 @@ class MetaLearner:
         n_train_tasks: N_train; the outer losses are summed over the task batch and divided by it.
         config: hyper-parameters (defaults: the paper's).
         device, dtype: where the parameters live.
-        fused: use ``macaw_fast.ops`` for the step (same results; see the fused-ops docs).
+        fused: run the step with the fused ops of `macaw_fast.ops` (same results).
+        ops_backend: with ``fused``, the ops backend: 'auto' (Triton on CUDA, or on CPU under
+            ``TRITON_INTERPRET=1``; the torch twins otherwise), 'triton' or 'torch'.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, n_train_tasks: int, config: MacawConfig | None = None,
-                 *, device=None, dtype=torch.float32, fused: bool = False) -> None:
+                 *, device=None, dtype=torch.float32, fused: bool = False, ops_backend: str = "auto") -> None:
         self.config = config = config if config is not None else MacawConfig()
         config.validate()
         for name, v in (("obs_dim", obs_dim), ("act_dim", act_dim), ("n_train_tasks", n_train_tasks)):
@@ -71,6 +73,10 @@ class MetaLearner:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
         self.obs_dim, self.act_dim, self.n_train_tasks = obs_dim, act_dim, n_train_tasks
         self.fused = fused
+        if ops_backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
+        #: Backend name handed to every op when fused, else None (plain torch ops).
+        self.backend = ops_backend if fused else None
         kw = {"device": device, "dtype": dtype}
         c = config
         self.vf = ValueNet(obs_dim, c.net_width, c.net_depth, c.wlinear, c.wlinear_dim, **kw)
@@ -126,14 +132,14 @@ class MetaLearner:
     def _adapt_value(self, inner: Batch, with_target: bool):
         """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters."""
         T = inner.num_tasks
-        thetas = self.vf.thetas(low_rank_grad=True)
+        thetas = self.vf.thetas(low_rank_grad=not self.fused)
         per_task = [th.expand(T, -1) for th in thetas]
-        v = self.vf.forward_thetas(per_task, inner.obs)
+        v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
         loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
         grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
         rates = self.value_rates()
         alpha = self.config.target_vf_alpha if with_target else None
-        out = [layer.adapt(th, g, rates[k], alpha)
+        out = [layer.adapt(th, g, rates[k], alpha, self.backend)
                for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
         if with_target:
             return [o[0] for o in out], [o[1] for o in out], loss_in
@@ -144,14 +150,21 @@ class MetaLearner:
         with torch.no_grad():
             th = [t.detach() for t in value_thetas]
             both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
-            v = self.vf.forward_thetas(th, both)
+            v = self.vf.forward_thetas(th, both, self.backend)
             B = batch.batch_size
             return batch.mc_return + batch.terminal_discount * v[:, :B] - v[:, B:]
 
     def _policy_inner_loss(self, thetas: Sequence[Tensor], batch: Batch, adv: Tensor, weights: Tensor):
         c = self.config
         n_trunk = self.policy.num_trunk_layers
-        mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True)
+        mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True, backend=self.backend)
+        if self.fused:
+            from .ops import awr_loss
+            head = self.policy.head is not None
+            pred = self.policy.advantage(thetas[n_trunk:], hidden, batch.action, self.backend) if head else None
+            return awr_loss(mu, batch.action, adv, sigma=c.action_sigma, temp=c.adaptation_temp,
+                            max_weight=c.exp_advantage_clip, pred=pred,
+                            head_weight=self.head_weight() if head else None, backend=self.backend)
         logp = gaussian_log_prob(batch.action, mu, c.action_sigma)
         loss = (-weights * logp).mean(-1)
         if self.policy.head is not None:
@@ -162,7 +175,7 @@ class MetaLearner:
     def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None):
         """theta'_i for every task; ``layers`` limits the result to the first few layers."""
         T = inner.num_tasks
-        thetas = [layer.theta(True) if isinstance(layer, WLinear) else layer.theta()
+        thetas = [layer.theta(not self.fused) if isinstance(layer, WLinear) else layer.theta()
                   for layer in self.policy.layers]
         per_task = [th.expand(T, -1) for th in thetas]
         loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
@@ -170,7 +183,7 @@ class MetaLearner:
         grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
         rates = self.policy_rates()
         layers_ = self.policy.layers
-        return [layers_[k].adapt(thetas[k], grads[k], rates[k]) for k in range(n)], loss_in
+        return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in
 
     def adapt(self, batch: Batch) -> Adapted:
         """Adapt value function then policy to each task's batch (one step each, spec §6)."""
@@ -186,7 +199,7 @@ class MetaLearner:
         """Policy mean for obs (T, B, obs_dim): adapted per task, or the meta-trained policy."""
         n = self.policy.num_trunk_layers
         thetas = adapted.policy[:n] if adapted is not None else self.policy.trunk.thetas()
-        return self.policy.mean(thetas, obs)
+        return self.policy.mean(thetas, obs, backend=self.backend)
 
     # ------------------------------------------------------------------ the meta-step
     def meta_loss(self, inner: Batch, outer: Batch) -> tuple[Tensor, dict]:
@@ -202,10 +215,10 @@ class MetaLearner:
         c = self.config
         # Value function: inner step, target mix, bootstrapped outer regression.
         v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True)
-        v_out = self.vf.forward_thetas(v_new, outer.obs)
+        v_out = self.vf.forward_thetas(v_new, outer.obs, self.backend)
         with torch.no_grad():
             target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
-                [t.detach() for t in v_tgt], outer.terminal_obs)
+                [t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
         lv_out = (v_out - target).pow(2).mean(-1)
 
         # Policy: advantages from the adapted value function, no gradient into it.
@@ -214,8 +227,13 @@ class MetaLearner:
         w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
         n_trunk = self.policy.num_trunk_layers
         p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk)
-        mu_out = self.policy.mean(p_new, outer.obs)
-        lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
+        mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
+        if self.fused:
+            from .ops import awr_loss
+            lp_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
+                              max_weight=c.exp_advantage_clip, backend=self.backend)
+        else:
+            lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
         loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
         # All metrics in one tensor: a single host sync however many there are.
@@ -277,11 +295,11 @@ class MetaLearner:
         self.optimizer.load_state_dict(state["optimizer"])
 
     @classmethod
-    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False) -> "MetaLearner":
+    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False, ops_backend: str = "auto") -> "MetaLearner":
         """Build a learner from a `state_dict` (dims, config and dtype taken from it)."""
         dims = state["dims"]
         learner = cls(dims["obs_dim"], dims["act_dim"], dims["n_train_tasks"],
                       MacawConfig.from_dict(state["config"]), device=device,
-                      dtype=state["vf_lrs"].dtype, fused=fused)
+                      dtype=state["vf_lrs"].dtype, fused=fused, ops_backend=ops_backend)
         learner.load_state_dict(state)
         return learner

@@ -140,14 +140,19 @@ class WLinear(nn.Module):
         theta._macaw_w_grad = acc
         return theta
 
-    def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None):
+    def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None,
+              backend: str | None = None):
         """One inner SGD step of every task at once, without copying W (spec §5).
 
         theta: (P,) generated parameters at the shared point; grad: (T, P) per-task gradients of
         the inner loss w.r.t. theta; rates: (3,) step sizes (eta_z, eta_W, eta_b).
         Returns theta' (T, P), and with ``alpha`` also the target mix alpha*phi + (1-alpha)*phi'
-        expressed as generated parameters (T, P).
+        expressed as generated parameters (T, P). ``backend`` runs the fused
+        `macaw_fast.ops.wlinear_adapt` instead of torch ops.
         """
+        if backend is not None:
+            from .ops import wlinear_adapt
+            return wlinear_adapt(self.weight, self.bias, self.z, grad, rates, alpha, backend=backend)
         eta_z, eta_w, eta_b = rates[0], rates[1], rates[2]
         acc = getattr(theta, "_macaw_w_grad", None)
         if acc is None:
@@ -190,7 +195,8 @@ class PlainLinear(nn.Module):
     def theta(self) -> Tensor:
         return torch.cat([self.weight.reshape(-1), self.bias])
 
-    def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None):
+    def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None,
+              backend: str | None = None):
         n = self.in_features * self.out_features
         eta = torch.cat([rates[0].expand(n), rates[1].expand(self.out_features)])
         theta_new = theta - eta * grad
@@ -236,17 +242,24 @@ def linear(theta: Tensor, x: Tensor, in_features: int, out_features: int) -> Ten
 
 
 def mlp_forward(thetas: Sequence[Tensor], dims: Sequence[int], x: Tensor,
-                return_hidden: bool = False):
+                return_hidden: bool = False, backend: str | None = None):
     """Run an MLP given one theta per layer; ReLU between layers, no output activation.
 
     With ``return_hidden`` also returns the last hidden layer's output BEFORE its ReLU.
+    ``backend`` (an ops backend name) runs each layer, with its input ReLU, as one fused
+    `macaw_fast.ops.batched_linear`; None uses plain torch ops.
     """
     h = None
     n = len(thetas)
+    if backend is not None:
+        from .ops import batched_linear
     for k, th in enumerate(thetas):
-        if k > 0:
-            x = F.relu(x)
-        x = linear(th, x, dims[k], dims[k + 1])
+        if backend is not None:
+            x = batched_linear(x, th, dims[k + 1], in_relu=k > 0, backend=backend)
+        else:
+            if k > 0:
+                x = F.relu(x)
+            x = linear(th, x, dims[k], dims[k + 1])
         if k == n - 2:
             h = x
     return (x, h) if return_hidden else x
@@ -258,9 +271,9 @@ class ValueNet(MLP):
     def __init__(self, obs_dim: int, width: int, depth: int, wlinear: bool = True, dim: int = 100, **kw):
         super().__init__([obs_dim] + [width] * depth + [1], wlinear, dim, **kw)
 
-    def forward_thetas(self, thetas: Sequence[Tensor], obs: Tensor) -> Tensor:
+    def forward_thetas(self, thetas: Sequence[Tensor], obs: Tensor, backend: str | None = None) -> Tensor:
         """(T, B, obs) -> (T, B)."""
-        return mlp_forward(thetas, self.dims, obs).squeeze(-1)
+        return mlp_forward(thetas, self.dims, obs, backend=backend).squeeze(-1)
 
 
 class PolicyNet(nn.Module):
@@ -281,13 +294,22 @@ class PolicyNet(nn.Module):
     def num_trunk_layers(self) -> int:
         return len(self.trunk.layers)
 
-    def mean(self, trunk_thetas: Sequence[Tensor], obs: Tensor, return_hidden: bool = False):
-        out, h = mlp_forward(trunk_thetas, self.trunk.dims, obs, return_hidden=True)
+    def mean(self, trunk_thetas: Sequence[Tensor], obs: Tensor, return_hidden: bool = False,
+             backend: str | None = None):
+        out, h = mlp_forward(trunk_thetas, self.trunk.dims, obs, return_hidden=True, backend=backend)
         mu = torch.tanh(out)
         return (mu, h) if return_hidden else mu
 
-    def advantage(self, head_thetas: Sequence[Tensor], hidden: Tensor, action: Tensor) -> Tensor:
+    def advantage(self, head_thetas: Sequence[Tensor], hidden: Tensor, action: Tensor,
+                  backend: str | None = None) -> Tensor:
         """Predicted advantage (T, B) from the trunk's last hidden pre-activation and the action."""
+        if backend is not None:
+            from .ops import batched_linear, concat_relu_linear
+            dims = self.head.dims
+            x = concat_relu_linear(hidden, action, head_thetas[0], dims[1], backend=backend)
+            for k in range(1, len(head_thetas)):
+                x = batched_linear(x, head_thetas[k], dims[k + 1], in_relu=True, backend=backend)
+            return x.squeeze(-1)
         x = F.relu(torch.cat([hidden, action], dim=-1))
         return mlp_forward(head_thetas, self.head.dims, x).squeeze(-1)
 

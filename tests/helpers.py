@@ -22,9 +22,11 @@ def random_batch(T: int, B: int, obs_dim: int, act_dim: int, *, seed: int, dtype
                  terminal_obs=r(T, B, obs_dim), terminal_discount=disc)
 
 
-def make_learner(obs_dim=7, act_dim=3, n_train=9, *, seed=0, dtype=torch.float64, **cfg) -> MetaLearner:
+def make_learner(obs_dim=7, act_dim=3, n_train=9, *, seed=0, dtype=torch.float64, fused=False,
+                 ops_backend="auto", **cfg) -> MetaLearner:
     torch.manual_seed(seed)
-    return MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype)
+    return MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype, fused=fused,
+                       ops_backend=ops_backend)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -26,9 +26,11 @@ CASES = [
 
 @pytest.mark.parametrize("T,obs,act,width,depth,D,hw,B", CASES)
 @pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
-def test_meta_gradient_matches_reference(T, obs, act, width, depth, D, hw, B, wlinear, head):
+@pytest.mark.parametrize("fused", [False, True], ids=["batched", "fused-torch"])
+def test_meta_gradient_matches_reference(T, obs, act, width, depth, D, hw, B, wlinear, head, fused):
     learner = make_learner(obs, act, n_train=T + 4, seed=T + width, net_width=width, net_depth=depth,
-                           wlinear_dim=D, head_width=hw, wlinear=wlinear, advantage_head=head)
+                           wlinear_dim=D, head_width=hw, wlinear=wlinear, advantage_head=head,
+                           fused=fused, ops_backend="torch")
     inner = random_batch(T, B, obs, act, seed=1)
     outer = random_batch(T, B, obs, act, seed=2)
 
