@@ -1,8 +1,11 @@
 """Fused MACAW ops with exact autograd of every order: Triton kernels plus torch twins.
 
-Public ops (each a `torch.autograd.Function` with ``setup_context`` and a ``vmap`` rule, so
-``torch.func.grad`` works; backward passes are made of differentiable torch operations, so
-``create_graph=True`` / second-order meta-gradients are exact):
+Public ops. Each is a `torch.autograd.Function` (``setup_context`` and a ``vmap`` rule, so
+``torch.func.grad``/``vmap`` work). Gradients of every order are exact: with the torch backend
+the backward is written in differentiable torch operations; with the Triton backend the
+first-order backward is itself a Function running Triton kernels, whose own backward (used when a
+backward is differentiated again, as MACAW's meta-gradient does through the inner step) is the
+vector-Jacobian product of that differentiable torch backward.
 
 * `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,

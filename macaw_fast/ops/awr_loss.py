@@ -8,8 +8,9 @@ Per task t, over its N rows:
 
 The bracketed advantage-head term is the inner loss's (raw A, not normalised). The weights are
 computed from the advantages as constants (MACAW's advantages carry no gradient); the head term
-is differentiable in pred, A and head_weight. The backward pass is written with differentiable
-torch operations, so gradients of every order are exact.
+is differentiable in pred, A and head_weight. The backward is one launch (`AWRBackward`);
+differentiating it again runs the VJP of the differentiable torch backward, so gradients of
+every order are exact.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A layer's generated parameters theta (P,) = [weight (in*out, row-major (in, out)
 give y = x @ weight + bias (spec §2). With per-task theta (T, P) every task of a meta-batch runs in
 one launch; ReLU on the input (the MLP's ReLU between layers, applied on load so the pre-activation
 need not be stored twice), ReLU on the output, and the advantage head's ReLU(concat(h, a)) input
-are fused. The backward pass is written with differentiable torch operations, so gradients of
-every order are exact (the inner loss is differentiated twice in MACAW).
+are fused. The backward is two launches (`LinearBackward`); differentiating it again (MACAW's
+meta-gradient through the inner loss's gradient) runs the VJP of the differentiable torch
+backward, so gradients of every order are exact.
 """
 
 from __future__ import annotations

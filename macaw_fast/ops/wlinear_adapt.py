@@ -15,8 +15,9 @@ and, for a parameter-space target mix alpha * phi + (1 - alpha) * phi',
     theta^tgt_t = W z^tgt_t + b - (1 - alpha)(eta_W (z . z^tgt_t) + eta_b) G_t
 
 W is read twice (once for U = G W, once for [Z'; Z^tgt] W^T), the minimum: no task ever gets its
-own copy of W. The backward pass is written with differentiable torch operations, so gradients of
-every order are exact.
+own copy of W. On the Triton backend the backward takes three more launches (`AdaptBackward`);
+differentiating it again (a second derivative of the op) runs the VJP of the differentiable torch
+backward, which is also the torch backend's backward, so gradients of every order are exact.
 """
 
 from __future__ import annotations
