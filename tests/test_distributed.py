@@ -315,9 +315,10 @@ def test_checkpoints_move_between_one_process_and_two_ranks(dataset, tmp_path):
     assert cli_main(["train", "--resume", str(tmp_path / "a"), "--steps", "8"]) == 0
     _assert_close(_learner_state(tmp_path / "a" / "checkpoints" / "latest.pt"), ref8, "2 ranks then 1 process")
 
-    # One process for 4 steps, then two ranks continue to 8.
+    # One process for 4 steps, then two ranks continue to 8 (through `macaw-fast train` under
+    # torchrun's environment: the CLI switches to the data-parallel loop by itself).
     assert cli_main(["train", "--out", str(tmp_path / "b"), "--steps", "4", *common]) == 0
-    res = finish(launch(_dist_cmd("--resume", str(tmp_path / "b"), "--steps", "8")))
+    res = finish(launch(["-m", "macaw_fast", "train", "--resume", str(tmp_path / "b"), "--steps", "8"]))
     assert [rc for rc, _ in res] == [0, 0], res
     _assert_close(_learner_state(tmp_path / "b" / "checkpoints" / "latest.pt"), ref8, "1 process then 2 ranks")
     # Only rank 0 wrote: one training record per step.

@@ -73,9 +73,16 @@ def choose_seed_strategy(data: str, mc, tc, n_seeds: int, cores: int | None = No
             "estimated_s_per_step_all_seeds": {"sequential": seq, "parallel": par}}
 
 
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def run_train(args) -> int:
-    """Entry point of `macaw-fast train`."""
-    from .loop import train
+    """Entry point of `macaw-fast train` (data-parallel when launched by torchrun with >1 rank)."""
+    if _under_torchrun():
+        from ..distributed import train_distributed as train
+    else:
+        from .loop import train
 
     if args.list_presets:
         for name, desc in list_presets().items():
@@ -102,6 +109,8 @@ def run_train(args) -> int:
         raise ValueError("--out RUN is required")
     mc, tc = _configs(args)
     if args.seeds:
+        if _under_torchrun():
+            raise ValueError("--seeds cannot be combined with torchrun: launch one torchrun job per seed")
         return _run_seeds(args, mc, tc)
     res = train(args.data, args.out, mc, tc, presets=args.preset)
     _print_eval(res)
