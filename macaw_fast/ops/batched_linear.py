@@ -84,7 +84,7 @@ def _forward_triton(x, a, theta, OUT, in_relu, out_relu):
 def _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, needs=(True, True, True)):
     """(dL/dx, dL/da, dL/dtheta) from dL/dy, in differentiable torch ops (y: output, OUT_RELU only)."""
     if out_relu:
-        gy = torch.where(y > 0, gy, torch.zeros((), dtype=gy.dtype, device=gy.device))
+        gy = torch.where(y > 0, gy, 0.0)
     xe, pre = _input(x, a, in_relu)
     K = xe.shape[-1]
     w, _ = _split_theta(theta, K, OUT)
@@ -92,7 +92,7 @@ def _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, needs=(True, Tru
     if needs[0] or needs[1]:
         gxe = gy @ w.transpose(-1, -2)                             # (T, N, K)
         if in_relu:
-            gxe = torch.where(pre > 0, gxe, torch.zeros((), dtype=gxe.dtype, device=gxe.device))
+            gxe = torch.where(pre > 0, gxe, 0.0)
         if a is None:
             gx = gxe
         else:
@@ -154,6 +154,7 @@ class LinearBackward(torch.autograd.Function):
         gy, x, a, theta, y, OUT, in_relu, out_relu = inputs
         ctx.save_for_backward(gy, x, a, theta, y)
         ctx.cfg = (OUT, in_relu, out_relu)
+        ctx.set_materialize_grads(False)          # absent cotangents stay None: no zero tensors made
         if a is None:
             ctx.mark_non_differentiable(output[1])
 
@@ -162,16 +163,18 @@ class LinearBackward(torch.autograd.Function):
         gy, x, a, theta, y = ctx.saved_tensors
         OUT, in_relu, out_relu = ctx.cfg
         prim = [gy, x, theta] + ([a] if a is not None else [])
+        cots = [ggx, ggth] + ([gga] if a is not None else [])
+        keep = [k for k, c in enumerate(cots) if c is not None]     # outputs that carry a cotangent
+        if not keep:
+            return (None,) * 8
 
         def f(gy_, x_, th_, *a_):
             gx, ga, gth = _backward_torch(gy_, x_, a_[0] if a_ else None, th_, y, OUT, in_relu, out_relu)
-            return (gx, gth) + ((ga,) if a_ else ())
+            outs = (gx, gth) + ((ga,) if a_ else ())
+            return tuple(outs[k] for k in keep)
 
-        cots = [ggx, ggth] + ([gga] if a is not None else [])
-        outs_shape = [x.shape, theta.shape] + ([a.shape] if a is not None else [])
-        cots = tuple(x.new_zeros(sh) if c is None else c for c, sh in zip(cots, outs_shape))
         _, vjp = torch.func.vjp(f, *prim)
-        g = vjp(cots)
+        g = vjp(tuple(cots[k] for k in keep))
         g_gy, g_x, g_th = g[0], g[1], g[2]
         g_a = g[3] if a is not None else None
         return g_gy, g_x, g_a, g_th, None, None, None, None
