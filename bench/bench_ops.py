@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import macaw_fast.ops as ops
 from macaw_fast.ops import awr_loss, batched_linear, concat_relu_linear, wlinear_adapt
 from macaw_fast.ops._common import interpreter_requested, triton_importable
 
@@ -176,6 +177,75 @@ def time_it(f, reps: int) -> float:
     return statistics.median(ts)
 
 
+# ------------------------------------------------------------------ a prototype fused meta-step
+
+def prototype_meta_step_launches(be: str) -> tuple[int, int]:
+    """Launches of a whole MACAW meta-step (value + policy, spec §4) written with the ops, on
+    backend ``be`` at tiny float64 shapes: (forward, forward + meta-backward). A stand-in for the
+    lead's ``MetaLearner(fused=True)`` until that exists; counts do not depend on the shapes."""
+    F = torch.nn.functional
+    torch.manual_seed(0)
+    T, N, obs, act, H, D, hd = 5, 16, 4, 2, 8, 6, 5
+    d = torch.float64
+    def layer(i, o):
+        P = i * o + o
+        return [torch.randn(D, dtype=d).div(o).requires_grad_(), (torch.randn(P, D, dtype=d) / D**.5).requires_grad_(), (torch.randn(P, dtype=d) * .1).requires_grad_()]
+    vdims = [(obs, H), (H, H), (H, H), (H, 1)]
+    pdims = [(obs, H), (H, H), (H, H), (H, act), (H + act, hd), (hd, 1)]
+    V = [layer(*x) for x in vdims]
+    Pn = [layer(*x) for x in pdims]
+    vl = torch.full((4, 3), math.log(1e-3), dtype=d, requires_grad=True)
+    pl = torch.full((6, 3), math.log(1e-3), dtype=d, requires_grad=True)
+    kap = torch.tensor(math.log(.01), dtype=d, requires_grad=True)
+    r = lambda *s: torch.randn(*s, dtype=d)
+    inn = dict(obs=r(T, N, obs), act=r(T, N, act), mc=r(T, N), tobs=r(T, N, obs), tdisc=torch.rand(T, N, dtype=d))
+    out = dict(obs=r(T, N, obs), act=r(T, N, act), mc=r(T, N), tobs=r(T, N, obs), tdisc=torch.rand(T, N, dtype=d))
+    def mlp(ths, dims, x, hidden=False):
+        h = None
+        for k, (th, (i, o)) in enumerate(zip(ths, dims)):
+            x = ops.batched_linear(x, th, o, in_relu=k > 0, backend=be)
+            if k == len(dims) - 2:
+                h = x
+        return (x, h) if hidden else x
+    def step():
+        th = [torch.addmv(b, W, z) for z, W, b in V]
+        pt = [t.expand(T, -1) for t in th]
+        v = mlp(pt, vdims, inn['obs']).squeeze(-1)
+        lin = (v - inn['mc']).pow(2).mean(-1)
+        g = torch.autograd.grad(lin.sum(), pt, create_graph=True)
+        rates = F.softplus(vl)
+        ad = [ops.wlinear_adapt(W, b, z, gg, rates[k], 0.9, backend=be) for k, ((z, W, b), gg) in enumerate(zip(V, g))]
+        vnew = [a[0] for a in ad]; vtgt = [a[1].detach() for a in ad]
+        vo = mlp(vnew, vdims, out['obs']).squeeze(-1)
+        with torch.no_grad():
+            y = out['mc'] + out['tdisc'] * mlp(vtgt, vdims, out['tobs']).squeeze(-1)
+            def adv(b):
+                both = mlp([t.detach() for t in vnew], vdims, torch.cat([b['tobs'], b['obs']], 1)).squeeze(-1)
+                return b['mc'] + b['tdisc'] * both[:, :N] - both[:, N:]
+            ai, ao = adv(inn), adv(out)
+        lvo = (vo - y).pow(2).mean(-1)
+        tp = [torch.addmv(b, W, z) for z, W, b in Pn]
+        pp = [t.expand(T, -1) for t in tp]
+        mu, h = mlp(pp[:4], pdims[:4], inn['obs'], hidden=True)
+        mu = mu.tanh()
+        a1 = ops.concat_relu_linear(h, inn['act'], pp[4], hd, backend=be)
+        pred = ops.batched_linear(a1, pp[5], 1, in_relu=True, backend=be).squeeze(-1)
+        lpi = ops.awr_loss(mu, inn['act'], ai, pred=pred, head_weight=F.softplus(kap), backend=be)
+        gp = torch.autograd.grad(lpi.sum(), pp[:4], create_graph=True)
+        prates = F.softplus(pl)
+        pnew = [ops.wlinear_adapt(W, b, z, gg, prates[k], backend=be) for k, ((z, W, b), gg) in enumerate(zip(Pn[:4], gp))]
+        muo = mlp(pnew, pdims[:4], out['obs']).tanh()
+        lpo = ops.awr_loss(muo, out['act'], ao, backend=be)
+        loss = (lvo.sum() + lpo.sum()) / 35
+        return loss
+    def fwd_bwd():
+        loss = step()
+        params = [t for l in V + Pn for t in l] + [vl, pl, kap]
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    return count_launches(step)["total"], count_launches(fwd_bwd)["total"]
+
+
 # ------------------------------------------------------------------ pytest-benchmark entry points
 
 import pytest  # noqa: E402
@@ -246,6 +316,10 @@ def main(argv=None) -> int:
             fb = count_launches(full_pass, fn, inputs)["total"]
             cells.append(f"{fw} / {f1} / {fb}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Prototype meta-step built from the ops (forward / forward + meta-backward launches):", ""]
+    for b in backends:
+        fw, total = prototype_meta_step_launches(b)
+        lines.append(f"- backend {b}: {fw} / {total}")
     if args.compile:
         lines += ["", *compile_table()]
     text = "\n".join(lines)
