@@ -63,6 +63,8 @@ def test_collect_writes_whole_buffer_with_tasks_and_split(tmp_path):
     assert time.perf_counter() - t0 < 5
     with pytest.raises(FileExistsError):
         collect("cheetah_vel", tmp_path / "run", steps_per_task=450, seed=1, tasks=[2, 5, 7], resume=False, **TINY)
+    with pytest.raises(ValueError, match="width=16"):  # a finished run with other settings is not reused
+        collect("cheetah_vel", tmp_path / "run", steps_per_task=450, seed=1, tasks=[2, 5, 7], **{**TINY, "width": 8})
 
 
 def test_rewards_match_env_and_terminations_are_stored(tmp_path):

@@ -630,6 +630,13 @@ def _finished(out_dir, cfg: CollectConfig) -> str | None:
         ds = open_dataset(path)
     except (DatasetError, FileNotFoundError):
         return None
+    try:
+        with open(os.path.join(os.fspath(out_dir), CONFIG)) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if any(old.get(f.name) != getattr(cfg, f.name) for f in fields(CollectConfig) if f.name not in _RESUMABLE_CHANGES):
+        return None  # a different run: the Collector explains the mismatch
     ids = [str(i) for i in cfg.validate().task_indices()]
     if ds.tasks == ids and all(ds[t].num_rows == cfg.steps_per_task for t in ids):
         return path
