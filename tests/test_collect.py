@@ -193,3 +193,15 @@ def test_bad_arguments(tmp_path):
     r = subprocess.run([sys.executable, "-m", "macaw_fast", "collect", "--env", "cheetah_dir", "--out", str(tmp_path / "y"),
                         "--width", "-3"], capture_output=True, text=True)
     assert r.returncode == 2 and "--width" in r.stderr and "positive integer" in r.stderr
+
+
+def test_tensorboard_and_jsonl_logging(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    collect("cheetah_dir", out, steps_per_task=200, tasks=[1], warmup=200, width=8, batch_size=8, eval_interval=100,
+            eval_episodes=1, checkpoint_interval=100, progress=False, tensorboard=True)
+    events = [f for f in os.listdir(out / "tb") if f.startswith("events.out.tfevents")]
+    assert events and os.path.getsize(out / "tb" / events[0]) > 100
+    recs = [json.loads(x) for x in open(out / "log.jsonl")]
+    assert [r["step"] for r in recs] == [100, 200]
+    assert len(recs[-1]["eval_return"]) == 1 and recs[-1]["train_return"][0] is not None
