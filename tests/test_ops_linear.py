@@ -153,3 +153,73 @@ def test_float32_backend_close_to_float64(backend):
     want = batched_linear_reference(x, theta, 70, True).detach()
     got = batched_linear(x.detach().float(), theta.detach().float(), 70, in_relu=True, backend=backend)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the double backward (second order)
+from macaw_fast.ops.batched_linear import (  # noqa: E402
+    LinearDoubleBackward, _backward_torch, _double_backward_torch)
+
+
+def _vjp_of_backward(ggx, gga, ggth, gy, x, a, th, y, O, ir, orl):
+    """Oracle: autograd's VJP of the differentiable first-order backward (zeros for absent cotangents)."""
+    prim = [gy, x, th] + ([a] if a is not None else [])
+
+    def f(gy_, x_, th_, *a_):
+        gx, ga, gth = _backward_torch(gy_, x_, a_[0] if a_ else None, th_, y, O, ir, orl)
+        return (gx, gth) + ((ga,) if a_ else ())
+    outs, vjp = torch.func.vjp(f, *prim)
+    z = torch.zeros_like
+    cts = [ggx if ggx is not None else z(outs[0]), ggth if ggth is not None else z(outs[1])]
+    if a is not None:
+        cts.append(gga if gga is not None else z(outs[2]))
+    v = vjp(tuple(cts))
+    return v[0], v[1], (v[3] if a is not None else None), v[2]
+
+
+@pytest.mark.parametrize("cots", ["both", "x_only", "theta_only"])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("ir,orl", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("T,N,K1,KA,O", [(1, 1, 1, 0, 1), (2, 33, 40, 0, 17), (2, 7, 20, 3, 5)])
+def test_double_backward_matches_vjp_of_backward(backend, T, N, K1, KA, O, ir, orl, shared, cots):
+    """g_gy, g_x, g_a, g_theta of the second-order backward equal autograd's VJP (float64)."""
+    K = K1 + KA
+    x, th = rand(T, N, K1, seed=31).detach(), rand(*((K * O + O,) if shared else (T, K * O + O)), seed=32).detach()
+    a = rand(T, N, KA, seed=33).detach() if KA else None
+    gy, y = rand(T, N, O, seed=34).detach(), (rand(T, N, O, seed=35).detach() if orl else None)
+    hx, hth = cots in ("both", "x_only"), cots in ("both", "theta_only")
+    ggx = rand(T, N, K1, seed=36).detach() if hx else None
+    gga = rand(T, N, KA, seed=37).detach() if (hx and KA) else None
+    ggth = rand(*th.shape, seed=38).detach() if hth else None
+    args = (ggx, gga, ggth, gy, x, a, th, y, O, ir, orl)
+    got = LinearDoubleBackward.apply(*args) if backend == "triton" else _double_backward_torch(*args)
+    want = _vjp_of_backward(*args)
+    for name, g, w in zip(("g_gy", "g_x", "g_a", "g_theta"), got, want):
+        if g is None:                         # absent term: the oracle's is exactly zero (or absent)
+            assert w is None or w.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("concat", [False, True])
+def test_double_backward_function_gradcheck(backend, concat):
+    """LinearDoubleBackward's own backward (third order, torch VJP) is correct too."""
+    if backend != "triton":
+        pytest.skip("the Function runs Triton kernels")
+    T, N, K1, O = 2, 3, 2, 2
+    KA = 1 if concat else 0
+    K = K1 + KA
+    x, th, gy = rand(T, N, K1, seed=40), rand(T, K * O + O, seed=41), rand(T, N, O, seed=42)
+    a = rand(T, N, KA, seed=43) if concat else None
+    ggx, ggth = rand(T, N, K1, seed=44), rand(T, K * O + O, seed=45)
+    gga = rand(T, N, KA, seed=46) if concat else None
+    y = rand(T, N, O, seed=47).detach()
+    if concat:
+        fn = lambda ggx, gga, ggth, gy, x, a, th: tuple(  # noqa: E731
+            t for t in LinearDoubleBackward.apply(ggx, gga, ggth, gy, x, a, th, y, O, True, True) if t is not None)
+        args = (ggx, gga, ggth, gy, x, a, th)
+    else:
+        fn = lambda ggx, ggth, gy, x, th: tuple(  # noqa: E731
+            t for t in LinearDoubleBackward.apply(ggx, None, ggth, gy, x, None, th, y, O, True, False) if t is not None)
+        args = (ggx, ggth, gy, x, th)
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)

@@ -13,7 +13,8 @@ import time
 import torch
 
 from .awr_loss import awr_launch_config
-from .batched_linear import linear_backward_launch_config, linear_launch_config
+from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
+                             linear_launch_config)
 from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
@@ -63,6 +64,13 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
                 lb = linear_backward_launch_config(T, N, i, o, shared=False)
                 add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, lb["input"], flags)
                 add("linear_bwd_theta_kernel", kl.linear_bwd_theta_kernel, dtype, lb["theta"], flags)
+                # the meta-gradient's double backward: the first layer's dL/dx has no cotangent
+                db = linear_double_backward_launch_config(T, N, i, o, shared=False)
+                has = {"HAS_GGX": kind != "first", "HAS_GGTH": True}
+                add("linear_dbwd_gy_kernel", kl.linear_dbwd_gy_kernel, dtype, db["gy"], dict(flags, **has))
+                if kind != "first":
+                    add("linear_dbwd_theta_kernel", kl.linear_dbwd_theta_kernel, dtype, db["theta"], flags)
+                add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, db["input"], flags)
                 a = adapt_launch_config(T, i * o + o, D, with_target=(net == "value"))
                 add("adapt_reduce_kernel", kw.adapt_reduce_kernel, dtype, a["reduce"])
                 add("adapt_mix_kernel", kw.adapt_mix_kernel, dtype, a["mix"])

@@ -184,3 +184,146 @@ def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, O
     tl.store(out + k[:, None] * OUT + o[None, :], acc, mask=(k[:, None] < K) & (o[None, :] < OUT))
     o_lim = tl.where(pid_k == 0, OUT, 0)                 # only feature block 0 writes the bias part
     tl.store(out + K * OUT + o, bacc, mask=o < o_lim)
+
+
+@triton.jit
+def linear_dbwd_gy_kernel(ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_ptr, out_ptr, N, K, K1, OUT,
+                          stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                          stride_tht, stride_thp, stride_ggtht, stride_yt, stride_yn,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                          IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                          HAS_GGX: tl.constexpr, HAS_GGTH: tl.constexpr):
+    """Double backward of the layer, gradient w.r.t. gy, for one (rows, outputs) tile of task t.
+
+    out[t] = mask_out * ((mask_in * ggX[t]) @ weight_t + act_in(X[t]) @ ggweight_t + ggbias_t),
+    where ggX = concat(ggx, gga) is the cotangent of dL/dX and ggtheta = [ggweight, ggbias] the
+    cotangent of dL/dtheta. Grid: (cdiv(N, BLOCK_N), cdiv(OUT, BLOCK_O), T).
+
+    Args:
+        ggx_ptr, gga_ptr: cotangents of dL/dx and dL/da, contiguous (T, N, K1), (T, N, K - K1).
+        ggth_ptr: cotangent of dL/dtheta, contiguous (T, P) (or (P,) with stride_ggtht = 0).
+        x_ptr, a_ptr: forward inputs (T, N, K1), (T, N, K - K1) (a only with CONCAT).
+        th_ptr: generated parameters (T, P) (stride_tht = 0 when shared).
+        y_ptr: forward output (T, N, OUT), last dim contiguous (OUT_RELU only).
+        out_ptr: result, contiguous (T, N, OUT).
+        N, K, K1, OUT: rows, input features (total), features of x, outputs.
+        stride_*: strides of x and a (tasks, rows, features), theta (tasks, params), ggtheta
+            (tasks), y (tasks, rows).
+        BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
+        HAS_GGX: the dL/dX cotangent is present. HAS_GGTH: the dL/dtheta cotangent is present.
+    """
+    pid_n = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    t = tl.program_id(2)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    nm = n[:, None] < N
+    acc = tl.zeros((BLOCK_N, BLOCK_O), dtype=th_ptr.dtype.element_ty)
+    th_base = th_ptr + t * stride_tht
+    gg_base = ggth_ptr + t * stride_ggtht
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        wm = (k[:, None] < K) & (o[None, :] < OUT)
+        if CONCAT:
+            kx = tl.where(k < K1, k, 0)
+            ka = tl.where(k >= K1, k - K1, 0)
+            mx = nm & (k[None, :] < K1)
+            ma = nm & (k[None, :] >= K1) & (k[None, :] < K)
+            xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + kx[None, :] * stride_xk, mask=mx, other=0.0)
+            xv += tl.load(a_ptr + t * stride_at + n[:, None] * stride_an + ka[None, :] * stride_ak, mask=ma, other=0.0)
+        else:
+            kx = k
+            mx = nm & (k[None, :] < K)
+            xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + k[None, :] * stride_xk, mask=mx, other=0.0)
+        if HAS_GGX:
+            gg = tl.load(ggx_ptr + (t * N + n[:, None]) * K1 + kx[None, :], mask=mx, other=0.0)
+            if CONCAT:
+                gg += tl.load(gga_ptr + (t * N + n[:, None]) * (K - K1) + ka[None, :], mask=ma, other=0.0)
+            if IN_RELU:
+                gg = tl.where(xv > 0, gg, 0.0)
+            wb = tl.load(th_base + (k[:, None] * OUT + o[None, :]) * stride_thp, mask=wm, other=0.0)
+            acc += tl.dot(gg, wb, input_precision="ieee")
+        if HAS_GGTH:
+            if IN_RELU:
+                xv = tl.maximum(xv, 0.0)
+            gw = tl.load(gg_base + k[:, None] * OUT + o[None, :], mask=wm, other=0.0)
+            acc += tl.dot(xv, gw, input_precision="ieee")
+    if HAS_GGTH:
+        gb = tl.load(gg_base + K * OUT + o, mask=o < OUT, other=0.0)
+        acc += gb[None, :]
+    m = nm & (o[None, :] < OUT)
+    if OUT_RELU:
+        y = tl.load(y_ptr + t * stride_yt + n[:, None] * stride_yn + o[None, :], mask=m, other=0.0)
+        acc = tl.where(y > 0, acc, 0.0)
+    tl.store(out_ptr + (t * N + n[:, None]) * OUT + o[None, :], acc, mask=m)
+
+
+@triton.jit
+def linear_dbwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_ptr, T, N, K, K1, OUT,
+                             stride_gyt, stride_gyn, stride_yt, stride_yn,
+                             stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                             IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                             SHARED: tl.constexpr):
+    """Double backward of the layer, gradient w.r.t. theta: weight part (mask_in * ggX[t])^T gy'[t].
+
+    gy' = gy * mask_out; the bias part is zero (the first-order backward does not read the bias).
+    Grid: (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (sums over tasks).
+
+    Args:
+        gy_ptr, y_ptr: the first backward's incoming gradient and the forward output, (T, N, OUT),
+            last dim contiguous (y only with OUT_RELU).
+        x_ptr, a_ptr: forward inputs (T, N, K1), (T, N, K - K1) (a only with CONCAT).
+        ggx_ptr, gga_ptr: cotangents of dL/dx and dL/da, contiguous (T, N, K1), (T, N, K - K1).
+        out_ptr: result, contiguous (T, P) (or (P,) with SHARED), P = K*OUT + OUT.
+        T, N, K, K1, OUT: tasks, rows, input features (total), features of x, outputs.
+        stride_*: strides of gy and y (tasks, rows), x and a (tasks, rows, features).
+        BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT, SHARED: as in
+            `linear_bwd_theta_kernel`.
+    """
+    pid_k = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    acc = tl.zeros((BLOCK_K, BLOCK_O), dtype=gy_ptr.dtype.element_ty)
+    if SHARED:
+        t_lo = 0
+        t_hi = T
+    else:
+        t_lo = tl.program_id(2)
+        t_hi = t_lo + 1
+    for t in range(t_lo, t_hi):
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nm = n[:, None] < N
+            m = nm & (o[None, :] < OUT)
+            gy = tl.load(gy_ptr + t * stride_gyt + n[:, None] * stride_gyn + o[None, :], mask=m, other=0.0)
+            if OUT_RELU:
+                y = tl.load(y_ptr + t * stride_yt + n[:, None] * stride_yn + o[None, :], mask=m, other=0.0)
+                gy = tl.where(y > 0, gy, 0.0)
+            if CONCAT:
+                kx = tl.where(k < K1, k, 0)
+                ka = tl.where(k >= K1, k - K1, 0)
+                mx = nm & (k[None, :] < K1)
+                ma = nm & (k[None, :] >= K1) & (k[None, :] < K)
+                gg = tl.load(ggx_ptr + (t * N + n[:, None]) * K1 + kx[None, :], mask=mx, other=0.0)
+                gg += tl.load(gga_ptr + (t * N + n[:, None]) * (K - K1) + ka[None, :], mask=ma, other=0.0)
+                if IN_RELU:
+                    xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + kx[None, :] * stride_xk,
+                                 mask=mx, other=0.0)
+                    xv += tl.load(a_ptr + t * stride_at + n[:, None] * stride_an + ka[None, :] * stride_ak,
+                                  mask=ma, other=0.0)
+                    gg = tl.where(xv > 0, gg, 0.0)
+            else:
+                mx = nm & (k[None, :] < K)
+                gg = tl.load(ggx_ptr + (t * N + n[:, None]) * K + k[None, :], mask=mx, other=0.0)
+                if IN_RELU:
+                    xv = tl.load(x_ptr + t * stride_xt + n[:, None] * stride_xn + k[None, :] * stride_xk,
+                                 mask=mx, other=0.0)
+                    gg = tl.where(xv > 0, gg, 0.0)
+            acc += tl.dot(tl.trans(gg), gy, input_precision="ieee")
+    P = K * OUT + OUT
+    out = out_ptr + t_lo * P
+    tl.store(out + k[:, None] * OUT + o[None, :], acc, mask=(k[:, None] < K) & (o[None, :] < OUT))
+    o_lim = tl.where(pid_k == 0, OUT, 0)                 # feature block 0 writes the (zero) bias part
+    tl.store(out + K * OUT + o, tl.zeros((BLOCK_O,), dtype=gy_ptr.dtype.element_ty), mask=o < o_lim)

@@ -129,8 +129,10 @@ def loop_vmap(apply: Callable, info, in_dims, *args):
               for a, d in zip(args, in_dims)]
         outs.append(apply(*sl))
     if isinstance(outs[0], tuple):
-        stacked = tuple(torch.stack([o[k] for o in outs]) for k in range(len(outs[0])))
-        return stacked, tuple(0 for _ in stacked)
+        # outputs that are absent (None) in every call stay None, with no batch dimension
+        stacked = tuple(None if outs[0][k] is None else torch.stack([o[k] for o in outs])
+                        for k in range(len(outs[0])))
+        return stacked, tuple(None if s is None else 0 for s in stacked)
     return torch.stack(outs), 0
 
 

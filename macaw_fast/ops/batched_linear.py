@@ -137,12 +137,164 @@ def _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu):
     return gx, ga, gth
 
 
+def _double_backward_torch(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu):
+    """VJP of `_backward_torch` for cotangents (ggx, gga, ggth) of (dL/dx, dL/da, dL/dtheta).
+
+    Returns (g_gy, g_x, g_a, g_theta) in differentiable torch ops; with mask_out = (y > 0)
+    (OUT_RELU), mask_in = (X > 0) (IN_RELU), X = concat(x, a), gy' = mask_out * gy:
+    g_gy = mask_out * ((mask_in * ggX) @ W + act_in(X) @ ggW + ggb), g_W = (mask_in * ggX)^T gy',
+    g_b = 0, g_X = mask_in * (gy' @ ggW^T). Absent cotangents (None) give absent terms (None).
+    """
+    if out_relu:
+        gy = torch.where(y > 0, gy, 0.0)
+    xe, pre = _input(x, a, in_relu)
+    K = xe.shape[-1]
+    w, _ = _split_theta(theta, K, OUT)
+    shared = theta.dim() == 1
+    g_gy = g_x = g_a = g_th = None
+    if ggx is not None:
+        gge = ggx if a is None else torch.cat([ggx, gga], dim=-1)
+        if in_relu:
+            gge = torch.where(pre > 0, gge, 0.0)
+        g_gy = gge @ w
+        if shared:
+            gw = gge.reshape(-1, K).t() @ gy.reshape(-1, OUT)
+            g_th = torch.cat([gw.reshape(-1), gw.new_zeros(OUT)])
+        else:
+            gw = gge.transpose(1, 2) @ gy
+            g_th = torch.cat([gw.flatten(1), gw.new_zeros(gw.shape[0], OUT)], dim=1)
+    if ggth is not None:
+        ggw, ggb = _split_theta(ggth, K, OUT)
+        t = xe @ ggw + ggb
+        g_gy = t if g_gy is None else g_gy + t
+        gxe = gy @ ggw.transpose(-1, -2)
+        if in_relu:
+            gxe = torch.where(pre > 0, gxe, 0.0)
+        if a is None:
+            g_x = gxe
+        else:
+            K1 = x.shape[-1]
+            g_x, g_a = gxe[..., :K1], gxe[..., K1:]
+    if out_relu:
+        g_gy = torch.where(y > 0, g_gy, 0.0)
+    return g_gy, g_x, g_a, g_th
+
+
+def linear_double_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool) -> dict:
+    """Grids, block sizes and warps of the double-backward kernels (shared with the compile test).
+
+    'gy': `linear_dbwd_gy_kernel`; 'theta': `linear_dbwd_theta_kernel`; 'input': the first
+    backward's `linear_bwd_input_kernel` run with the theta cotangent in place of theta.
+    """
+    fw = linear_launch_config(T, N, K, OUT)
+    bw = linear_backward_launch_config(T, N, K, OUT, shared)
+    return {"gy": fw, "theta": bw["theta"], "input": bw["input"]}
+
+
+def _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu):
+    Kmod = load_kernels("_batched_linear_kernels")
+    check_triton_mode(x.device, _OP)
+    gy = gy.contiguous()
+    T, N, K1 = x.shape
+    K = K1 + (a.shape[-1] if a is not None else 0)
+    shared = theta.dim() == 1
+    cfg = linear_double_backward_launch_config(T, N, K, OUT, shared)
+    kw = {"dtype": x.dtype, "device": x.device}
+    aa = a if a is not None else x
+    yy = y if y is not None else gy
+    stt = 0 if shared else theta.stride(0)
+    flags = {"IN_RELU": in_relu, "OUT_RELU": out_relu, "CONCAT": a is not None}
+    has_x, has_th = ggx is not None, ggth is not None
+    ggx = ggx.contiguous() if has_x else gy
+    gga = gga.contiguous() if (has_x and a is not None) else ggx
+    ggth = ggth.contiguous() if has_th else theta
+    g_gy = torch.empty((T, N, OUT), **kw)
+    c = cfg["gy"]
+    Kmod.linear_dbwd_gy_kernel[c["grid"]](
+        ggx, gga, ggth, x, aa, theta, yy, g_gy, N, K, K1, OUT,
+        x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2), stt, theta.stride(-1),
+        0 if shared else K * OUT + OUT, yy.stride(0), yy.stride(1),
+        HAS_GGX=has_x, HAS_GGTH=has_th, num_warps=c["num_warps"], **c["constexprs"], **flags)
+    g_x = g_a = g_th = None
+    if has_x:
+        g_th = torch.empty(theta.shape, **kw)
+        c = cfg["theta"]
+        Kmod.linear_dbwd_theta_kernel[c["grid"]](
+            gy, yy, x, aa, ggx, gga, g_th, T, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
+            x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
+            num_warps=c["num_warps"], **c["constexprs"], **flags)
+    if has_th:
+        g_x = torch.empty((T, N, K1), **kw)
+        g_a = torch.empty((T, N, K - K1), **kw)
+        c = cfg["input"]
+        Kmod.linear_bwd_input_kernel[c["grid"]](
+            gy, yy, x, aa, ggth, g_x, g_a, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
+            x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
+            0 if shared else K * OUT + OUT, 1, num_warps=c["num_warps"], **c["constexprs"], **flags)
+        if a is None:
+            g_a = None
+    return g_gy, g_x, g_a, g_th
+
+
+class LinearDoubleBackward(torch.autograd.Function):
+    """The second-order backward of `batched_linear` (`LinearBackward`'s backward), 1-3 Triton launches.
+
+    Inputs: the cotangents (ggx, gga, ggtheta) of LinearBackward's outputs (None when absent) and
+    LinearBackward's inputs. Outputs (g_gy, g_x, g_a, g_theta), None where a term is absent. Its own
+    backward (third order, never needed by MACAW) is the VJP of `_double_backward_torch`, so every
+    order stays exact.
+    """
+
+    @staticmethod
+    def forward(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu):
+        return _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu = inputs
+        ctx.save_for_backward(ggx, gga, ggth, gy, x, a, theta, y)
+        ctx.cfg = (OUT, in_relu, out_relu)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, c_gy, c_x, c_a, c_th):
+        ggx, gga, ggth, gy, x, a, theta, y = ctx.saved_tensors
+        OUT, in_relu, out_relu = ctx.cfg
+        names = ["ggx", "gga", "ggth", "gy", "x", "a", "theta"]
+        vals = dict(zip(names, (ggx, gga, ggth, gy, x, a, theta)))
+        prim = [n for n in names if vals[n] is not None]
+        cots = [c_gy, c_x, c_a, c_th]
+        keep = [k for k, c in enumerate(cots) if c is not None and _double_output_present(k, ggx, ggth, a)]
+        if not keep:
+            return (None,) * 11
+
+        def f(*args):
+            v = dict(vals, **dict(zip(prim, args)))
+            outs = _double_backward_torch(v["ggx"], v["gga"], v["ggth"], v["gy"], v["x"], v["a"], v["theta"],
+                                          y, OUT, in_relu, out_relu)
+            return tuple(outs[k] for k in keep)
+
+        _, vjp = torch.func.vjp(f, *(vals[n] for n in prim))
+        g = dict(zip(prim, vjp(tuple(cots[k] for k in keep))))
+        return tuple(g.get(n) for n in names) + (None,) * 4
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: LinearDoubleBackward.apply(*a), info, in_dims, *args)
+
+
+def _double_output_present(k, ggx, ggth, a):
+    """Whether output k of `LinearDoubleBackward` (g_gy, g_x, g_a, g_theta) is a tensor."""
+    return (k == 0 or (k == 1 and ggth is not None) or (k == 2 and ggth is not None and a is not None)
+            or (k == 3 and ggx is not None))
+
+
 class LinearBackward(torch.autograd.Function):
     """The first-order backward of `batched_linear` as its own Function (two Triton launches).
 
     Outputs (dL/dx, dL/da (empty without concat), dL/dtheta). Its own backward, used when the
-    inner loss is differentiated twice (MACAW's meta-gradient), is the vector-Jacobian product of
-    the differentiable torch twin `_backward_torch`, so every order stays exact.
+    inner loss is differentiated twice (MACAW's meta-gradient), is `LinearDoubleBackward`
+    (at most three Triton launches), itself differentiable, so every order stays exact.
     """
 
     @staticmethod
@@ -162,21 +314,14 @@ class LinearBackward(torch.autograd.Function):
     def backward(ctx, ggx, gga, ggth):
         gy, x, a, theta, y = ctx.saved_tensors
         OUT, in_relu, out_relu = ctx.cfg
-        prim = [gy, x, theta] + ([a] if a is not None else [])
-        cots = [ggx, ggth] + ([gga] if a is not None else [])
-        keep = [k for k, c in enumerate(cots) if c is not None]     # outputs that carry a cotangent
-        if not keep:
+        if a is None:
+            gga = None
+        elif (ggx is None) != (gga is None):         # one half of the concat cotangent is absent
+            ggx = torch.zeros_like(x) if ggx is None else ggx
+            gga = torch.zeros_like(a) if gga is None else gga
+        if ggx is None and ggth is None:
             return (None,) * 8
-
-        def f(gy_, x_, th_, *a_):
-            gx, ga, gth = _backward_torch(gy_, x_, a_[0] if a_ else None, th_, y, OUT, in_relu, out_relu)
-            outs = (gx, gth) + ((ga,) if a_ else ())
-            return tuple(outs[k] for k in keep)
-
-        _, vjp = torch.func.vjp(f, *prim)
-        g = vjp(tuple(cots[k] for k in keep))
-        g_gy, g_x, g_th = g[0], g[1], g[2]
-        g_a = g[3] if a is not None else None
+        g_gy, g_x, g_a, g_th = LinearDoubleBackward.apply(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu)
         return g_gy, g_x, g_a, g_th, None, None, None, None
 
     @staticmethod
