@@ -145,10 +145,16 @@ class MetaLearner:
             return [o[0] for o in out], [o[1] for o in out], loss_in
         return out, None, loss_in
 
-    def _advantages(self, value_thetas: Sequence[Tensor], batch: Batch) -> Tensor:
-        """A = mc_return + terminal_discount * V(terminal_obs) - V(obs), no gradient."""
+    def _advantages(self, value_thetas: Sequence[Tensor], batch: Batch, v_obs: Tensor | None = None) -> Tensor:
+        """A = mc_return + terminal_discount * V(terminal_obs) - V(obs), no gradient.
+
+        ``v_obs``: V(obs) when already computed (its values are used, not its graph).
+        """
         with torch.no_grad():
             th = [t.detach() for t in value_thetas]
+            if v_obs is not None:
+                return batch.mc_return + batch.terminal_discount * self.vf.forward_thetas(
+                    th, batch.terminal_obs, self.backend) - v_obs.detach()
             both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
             v = self.vf.forward_thetas(th, both, self.backend)
             B = batch.batch_size
@@ -222,7 +228,7 @@ class MetaLearner:
         lv_out = (v_out - target).pow(2).mean(-1)
 
         # Policy: advantages from the adapted value function, no gradient into it.
-        adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer)
+        adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer, v_obs=v_out)
         w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
         w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
         n_trunk = self.policy.num_trunk_layers
