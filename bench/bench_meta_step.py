@@ -18,6 +18,10 @@ import sys
 import pytest
 import torch
 
+from macaw_fast._malloc import tune_malloc
+
+tune_malloc()   # as the CLI does; applies to every implementation alike
+
 OBS, ACT, B, N_TRAIN = 20, 6, 256, 35
 IMPLS = ["paper_loop", "batched", "fused"]
 
@@ -50,7 +54,7 @@ def peak_memory_mb(impl: str, T: int) -> float:
 import json, resource, torch
 torch.set_num_threads(2)
 import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
-from bench_meta_step import make_step
+from bench_meta_step import make_step   # (tunes malloc on import, like the timed runs)
 step, _ = make_step({impl!r}, {T})
 def rss_mb():
     with open('/proc/self/statm') as f:

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._malloc import tune_malloc
+
+    tune_malloc()   # long-running commands: keep freed tensor memory in the process
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
