@@ -104,7 +104,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in OUT and start over")
     p.add_argument("--utd", type=_utd, default=None,
                    help="SAC updates per env step, 0.5 = every 2nd step (default per family: cheetah_dir 1, others 0.5)")
-    p.add_argument("--width", type=_positive_int, default=256, help="hidden units of actor and critics (default 256)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="hidden units of actor and critics (default per family: cheetah_dir 256, others 128)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="transitions per task per update (default 256)")
     p.add_argument("--warmup", type=_nonneg_int, default=5_000,
                    help="initial uniform-random steps before updates start (default 5000)")

@@ -58,10 +58,10 @@ _CKPT_VERSION = 1
 #: Cheetah-Dir: the demo budget (2 tasks). Cheetah-Vel: 40 tasks within ~2 h of 2 idle cores.
 #: Ant-Dir and Walker-Params: the Cheetah-Vel settings (50 tasks: ~25% longer).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cheetah_dir": {"steps_per_task": 30_000, "utd": 1.0},
-    "cheetah_vel": {"steps_per_task": 60_000, "utd": 0.5},
-    "ant_dir": {"steps_per_task": 60_000, "utd": 0.5},
-    "walker_param": {"steps_per_task": 60_000, "utd": 0.5},
+    "cheetah_dir": {"steps_per_task": 30_000, "utd": 1.0, "width": 256},
+    "cheetah_vel": {"steps_per_task": 60_000, "utd": 0.5, "width": 128},
+    "ant_dir": {"steps_per_task": 60_000, "utd": 0.5, "width": 128},
+    "walker_param": {"steps_per_task": 60_000, "utd": 0.5, "width": 128},
 }
 
 #: Fields that may differ between the original run and a resumed one.
@@ -597,7 +597,7 @@ def collect(family: str, out_dir, steps_per_task: int | None = None, seed: int =
     dataset path (``out_dir/dataset``).
 
     ``tasks`` are indices into the family's paper task set (default: all). ``steps_per_task`` and
-    ``utd`` default to :data:`FAMILY_DEFAULTS` of the family. With ``resume`` (the
+    ``utd`` and ``width`` default to :data:`FAMILY_DEFAULTS` of the family. With ``resume`` (the
     default) an interrupted run in ``out_dir`` continues from its checkpoint and a finished one
     returns at once; ``overwrite`` starts over. Other keyword arguments are fields of
     :class:`CollectConfig` (``warmup``, ``utd``, ``width``, ``batch_size``, ``eval_interval``, ...).
@@ -605,8 +605,9 @@ def collect(family: str, out_dir, steps_per_task: int | None = None, seed: int =
     fam_defaults = FAMILY_DEFAULTS.get(family, {})
     if steps_per_task is None:
         steps_per_task = fam_defaults.get("steps_per_task", CollectConfig.steps_per_task)
-    if kwargs.get("utd") is None:
-        kwargs["utd"] = fam_defaults.get("utd", CollectConfig.utd)
+    for key in ("utd", "width"):
+        if kwargs.get(key) is None:
+            kwargs[key] = fam_defaults.get(key, getattr(CollectConfig, key))
     cfg = CollectConfig(family=family, steps_per_task=steps_per_task, seed=seed,
                         tasks=None if tasks is None else list(tasks), progress=progress, **kwargs)
     done = _finished(out_dir, cfg) if resume and not overwrite else None
