@@ -280,6 +280,44 @@ def compile_table() -> list[str]:
 
 # ------------------------------------------------------------------ script
 
+def cuda_meta_step_report(T: int = 5, B: int = 256, reps: int = 20) -> list[str]:
+    """On a CUDA GPU at the paper config (fp32): launches per meta-step (batched vs fused Triton,
+    real kernel launches) and ms per step for batched, fused eager and fused CUDA-graph replay."""
+    from macaw_fast import MacawConfig, MetaLearner
+    from macaw_fast.cuda_graph import GraphedMetaStep
+    from macaw_fast.data.synthetic import synthetic_batch
+
+    g = torch.Generator().manual_seed(0)
+    data = [(synthetic_batch(T, B, 20, 6, g).to("cuda"), synthetic_batch(T, B, 20, 6, g).to("cuda"))
+            for _ in range(4)]
+    lines = [f"CUDA {torch.cuda.get_device_name()}, torch {torch.__version__}, paper config fp32, T={T} B={B}", "",
+             "| step | launches (torch + triton) | ms / step |", "|---|---|---|"]
+
+    def timed(step):
+        for i in range(3):
+            step(*data[i % 4])
+        torch.cuda.synchronize()
+        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        ev0.record()
+        for i in range(reps):
+            step(*data[i % 4])
+        ev1.record()
+        torch.cuda.synchronize()
+        return ev0.elapsed_time(ev1) / reps
+
+    for name, fused in (("batched", False), ("fused (triton)", True)):
+        torch.manual_seed(0)
+        learner = MetaLearner(20, 6, 35, MacawConfig(), device="cuda", fused=fused)
+        learner.meta_step(*data[0])
+        c = count_launches(learner.meta_step, *data[1])
+        lines.append(f"| {name} | {c['total']} ({c['torch']} + {c['triton']}) | {timed(learner.meta_step):.3f} |")
+    torch.manual_seed(0)
+    learner = MetaLearner(20, 6, 35, MacawConfig(), device="cuda", fused=True)
+    graphed = GraphedMetaStep(learner, T, B)
+    lines.append(f"| fused, CUDA graph | 1 graph | {timed(graphed.step):.3f} |")
+    return lines
+
+
 def main(argv=None) -> int:
     """Print (and optionally write as markdown) times and launch counts of every op."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -288,7 +326,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-times", action="store_true", help="skip the CPU timings (launch counts only)")
     p.add_argument("--compile", action="store_true",
                    help="also compile every kernel for sm_80/sm_90 and tabulate shared memory and warps")
+    p.add_argument("--cuda-meta-step", action="store_true",
+                   help="only the CUDA meta-step table: launches and ms for batched, fused, CUDA graph")
     args = p.parse_args(argv)
+    if args.cuda_meta_step:
+        text = "\n".join(cuda_meta_step_report(reps=args.reps))
+        print(text)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text + "\n")
+        return 0
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, "
              "T=5 N=256 width=100 D=100 act=6 head=32; median of %d runs" % args.reps, "",
              "| op | fused (torch twin) fwd ms | unfused fwd ms | fused fwd+bwd+2nd ms | unfused fwd+bwd+2nd ms | ratio |",
