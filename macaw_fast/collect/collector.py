@@ -35,7 +35,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
@@ -43,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._io import atomic_torch_save, atomic_write_text
 from .sac import BatchedSAC, SACConfig
 
 __all__ = ["CollectConfig", "collect", "FAMILY_DEFAULTS", "Collector", "DATASET_DIR", "CHECKPOINT", "LOG", "REPORT"]
@@ -156,38 +156,6 @@ def _env_seed(seed: int, task: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, task, stream]).generate_state(1)[0])
 
 
-def _atomic_torch_save(obj: Any, path: str) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class _Envs:
     """The T raw (unwrapped) envs of a run, stepped together; the time limit is counted here."""
 
@@ -298,7 +266,7 @@ class Collector:
                 ds_path, self.fam.env_id, {tid: envs.task_to_jsonable(t) for tid, t in zip(self.ids, self.tasks)},
                 split, o, a, gamma=self.cfg.gamma, overwrite=overwrite,
                 source={"collector": "macaw_fast.collect", "family": self.cfg.family, "config": asdict(self.cfg)})
-        _atomic_write_text(os.path.join(self.out_dir, CONFIG), json.dumps(asdict(self.cfg), indent=1) + "\n")
+        atomic_write_text(os.path.join(self.out_dir, CONFIG), json.dumps(asdict(self.cfg), indent=1) + "\n")
 
     # ---- resume
 
@@ -361,7 +329,7 @@ class Collector:
             with open(log) as f:
                 recs = [r for r in map(_parse_json_line, f) if r is not None]
             keep = [json.dumps(r) + "\n" for r in recs if r.get("step", 0) <= pos and not r.get("final")]
-            _atomic_write_text(log, "".join(keep))
+            atomic_write_text(log, "".join(keep))
 
     # ---- checkpoint
 
@@ -386,7 +354,7 @@ class Collector:
               "rng": self.gen.get_state(), "env_states": self.envs.get_state(), "obs": self.obs.copy(),
               "rows_before": before, "rows_after": after, "tail": tail, "commit_episodes": commit_eps,
               "time_update": self.time_update, "time_total": self.time_total}
-        _atomic_torch_save(ck, os.path.join(self.out_dir, CHECKPOINT))
+        atomic_torch_save(ck, os.path.join(self.out_dir, CHECKPOINT))
         self.writer.commit()
 
     # ---- one step

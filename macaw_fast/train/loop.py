@@ -26,13 +26,13 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._io import atomic_write_bytes, atomic_write_json  # noqa: F401 (also imported from here)
 from ..config import MacawConfig
 from .config import TrainConfig
 from .evaluate import Evaluator, check_dataset_env, family_of
@@ -42,38 +42,6 @@ CHECKPOINT_FORMAT = "macaw-fast/checkpoint"
 
 # ------------------------------------------------------------------------------------------------
 # small I/O helpers
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str, write) -> None:
-    """Create ``path`` atomically: ``write(file)`` into a temporary file, fsync, rename, fsync the directory."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(d)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 def read_jsonl(path: str) -> list[dict]:

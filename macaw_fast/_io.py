@@ -1,0 +1,57 @@
+"""Atomic file writes shared by training and collection (checkpoints, configs, logs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, write: Callable) -> None:
+    """Create ``path`` atomically: ``write(file)`` into a temporary file, fsync, rename, fsync the directory.
+
+    An interruption at any moment leaves either the old file or the new one, never a mix; the
+    temporary file is removed on error.
+    """
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(d)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
