@@ -455,18 +455,6 @@ def train_distributed(data: str, out: str, mc, tc, *, presets: list[str] | None 
     return last_eval
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x
-
-
 # ------------------------------------------------------------------------------------------------
 # entry point: torchrun --nproc_per_node=N -m macaw_fast.distributed ...
 
@@ -492,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _jsonable(x):
+    from .train.loop import _jsonable as to_jsonable
+
+    return to_jsonable(x)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, join the group, train, leave the group. Errors print one line and return 1."""
     from .train.config import overrides_from_args, resolve_config
@@ -499,17 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.resume:
-            cfg_path = os.path.join(args.resume, "config.json")
-            if not os.path.isfile(cfg_path):
-                raise FileNotFoundError(f"{args.resume}: not a run directory (no config.json)")
-            with open(cfg_path) as f:
-                cfg = json.load(f)
-            mac, tr = overrides_from_args(args)
-            extra = {k: v for k, v in tr.items() if k not in ("steps", "progress", "tensorboard", "threads", "prefetch")}
-            if mac or extra:
-                raise ValueError("--resume continues a run with its own configuration; only --steps, --threads "
-                                 f"and logging options may be given (got {sorted(mac) + sorted(extra)})")
-            mc, tc = resolve_config([], cfg["macaw"], {**cfg["train"], **tr})
+            from .train.cli import resume_configs
+
+            cfg, mc, tc = resume_configs(args)
             data, out, presets = cfg["data"], args.resume, cfg.get("presets")
         else:
             if not args.data or not args.out:

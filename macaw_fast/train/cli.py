@@ -73,6 +73,23 @@ def choose_seed_strategy(data: str, mc, tc, n_seeds: int, cores: int | None = No
             "estimated_s_per_step_all_seeds": {"sequential": seq, "parallel": par}}
 
 
+def resume_configs(args) -> tuple:
+    """(run config.json, MacawConfig, TrainConfig) of the run in ``args.resume``; only --steps and
+    run-time options (progress, threads, prefetch, tensorboard) may be overridden."""
+    cfg_path = os.path.join(args.resume, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{args.resume}: not a run directory (no config.json)")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    mac, tr = overrides_from_args(args)
+    extra = {k: v for k, v in tr.items() if k not in ("steps", "progress", "tensorboard", "threads", "prefetch")}
+    if mac or extra:
+        raise ValueError(f"--resume continues a run with its own configuration; only --steps, --progress, "
+                         f"--threads, --prefetch and --tensorboard may be given (got {sorted(mac) + sorted(extra)})")
+    mc, tc = resolve_config([], cfg["macaw"], {**cfg["train"], **tr})
+    return cfg, mc, tc
+
+
 def _under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -89,17 +106,7 @@ def run_train(args) -> int:
             print(f"{name:14s} {desc}")
         return 0
     if args.resume:
-        cfg_path = os.path.join(args.resume, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"{args.resume}: not a run directory (no config.json)")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        mac, tr = overrides_from_args(args)
-        extra = {k: v for k, v in tr.items() if k not in ("steps", "progress", "tensorboard", "threads", "prefetch")}
-        if mac or extra:
-            raise ValueError(f"--resume continues a run with its own configuration; only --steps, --progress, "
-                             f"--threads, --prefetch and --tensorboard may be given (got {sorted(mac) + sorted(extra)})")
-        mc, tc = resolve_config([], cfg["macaw"], {**cfg["train"], **tr})
+        cfg, mc, tc = resume_configs(args)
         res = train(cfg["data"], args.resume, mc, tc, presets=cfg.get("presets"), resume=True)
         _print_eval(res)
         return 0
