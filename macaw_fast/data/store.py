@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .._io import atomic_write_bytes, fsync_dir
 from .batch import FIELDS, SCALAR_FIELDS, VECTOR_FIELDS
 
 SCHEMA_VERSION = 1
@@ -78,33 +79,10 @@ def _write_bytes(f, data) -> None:
     f.write(data)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` so that ``path`` holds either the old or the new text."""
-    d = os.path.dirname(path) or "."
     data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(d)
+    atomic_write_bytes(path, lambda f: _write_bytes(f, data))
 
 
 def _versions() -> dict:
@@ -980,7 +958,7 @@ def install_dir(tmp: str, path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def _task_manifest(tid, env_id, params, gamma, rows, obs_dim, act_dim, sha, episodes, versions, source) -> dict:
