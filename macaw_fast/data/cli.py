@@ -1,4 +1,4 @@
-"""`macaw-fast data ...`: verify, info, import-paper, export-minari, import-minari.
+"""`macaw-fast data ...`: verify, info, import-paper, subsample, export-minari, import-minari.
 
 Only argument parsing and printing lives here; the work is in :mod:`.store`, :mod:`.paper` and
 :mod:`.minari_io` (imported lazily so ``macaw-fast --help`` stays fast).
@@ -122,6 +122,17 @@ def cmd_import_paper(args) -> int:
 
 
 @_errors_reported
+def cmd_subsample(args) -> int:
+    """Keep every k-th row of each task (the paper loader's buffer_skip) in a new dataset."""
+    from .subsample import subsample_dataset
+
+    ds = subsample_dataset(args.dataset, args.out, skip=args.skip, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    print(f"subsampled {len(ds)} tasks (skip {args.skip}) into {ds.path}: {ds.num_rows} rows")
+    return 0
+
+
+@_errors_reported
 def cmd_export_minari(args) -> int:
     """Export a dataset to Minari, one dataset per task under a namespace."""
     from .minari_io import export_minari
@@ -170,6 +181,15 @@ def register(sub) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_import_paper)
+
+    q = dsub.add_parser("subsample", help="keep every k-th row per task, as the paper's loader did (buffer_skip)")
+    q.add_argument("dataset", help="source dataset directory")
+    q.add_argument("out", help="new dataset directory")
+    q.add_argument("--skip", type=int, default=7,
+                   help="keep rows (N mod skip) + skip*j of each task (default 7, the paper's buffer_skip)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_subsample)
 
     q = dsub.add_parser("export-minari", help="export one Minari dataset per task under a namespace")
     q.add_argument("dataset", help="dataset directory")
