@@ -138,6 +138,8 @@ class MetaLearner:
         loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
         grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
         rates = self.value_rates()
+        if self.fused:
+            rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
         alpha = self.config.target_vf_alpha if with_target else None
         out = [layer.adapt(th, g, rates[k], alpha, self.backend)
                for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
@@ -188,6 +190,8 @@ class MetaLearner:
         n = len(thetas) if layers is None else layers
         grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
         rates = self.policy_rates()
+        if self.fused:
+            rates = rates.unbind(0)
         layers_ = self.policy.layers
         return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in
 
@@ -229,15 +233,18 @@ class MetaLearner:
 
         # Policy: advantages from the adapted value function, no gradient into it.
         adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer, v_obs=v_out)
-        w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
-        w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
+        if self.fused:       # awr_loss forms the weights itself (w_out comes back from it below)
+            w_in = w_out = None
+        else:
+            w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
+            w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
         n_trunk = self.policy.num_trunk_layers
         p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk)
         mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
         if self.fused:
             from .ops import awr_loss
-            lp_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
-                              max_weight=c.exp_advantage_clip, backend=self.backend)
+            lp_out, w_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
+                                     max_weight=c.exp_advantage_clip, return_weights=True, backend=self.backend)
         else:
             lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
