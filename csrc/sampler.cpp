@@ -1,7 +1,13 @@
 // Python bindings of the meta-batch sampler (definitions in sampler.hpp).
 //
 // Arguments are checked and raw pointers/shapes taken while the GIL is held; the index draws and
-// the row copies then run with the GIL released, on up to `num_threads` threads.
+// the row copies then run with the GIL released, on up to `num_threads` threads of a persistent pool
+// (the calling thread included), so no thread is created per call.
+//
+// Two entry points share one core (`fill`):
+//   Sampler           validates the task arrays ONCE and keeps a per-task pointer table; each call
+//                     then checks only its outputs and ids (the fast path MetaBatchSampler uses).
+//   sample_meta_batch a stateless function validating everything per call (the numpy twin's twin).
 #include "sampler.hpp"
 
 #include <pybind11/numpy.h>
@@ -10,12 +16,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <optional>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 
 namespace py = pybind11;
 
@@ -95,8 +106,9 @@ void check_outputs(const py::sequence& outs, const char* which, py::ssize_t T, p
     }
 }
 
-// Validates one task's 8 field arrays against the dims and batch size; fills view.
-void check_task(const py::handle& task_obj, int64_t task, py::ssize_t obs_dim, py::ssize_t act_dim, uint64_t B,
+// Validates one task's 8 field arrays against the dims (set from this task when still < 0) and the
+// batch size; fills view.
+void check_task(const py::handle& task_obj, int64_t task, py::ssize_t& obs_dim, py::ssize_t& act_dim, uint64_t B,
                 bool contiguous, bool paper_window, std::vector<py::array>& keep, TaskView& view) {
     const std::string tname = "task " + std::to_string(task);
     if (!py::isinstance<py::sequence>(task_obj) || py::isinstance<py::str>(task_obj)) {
@@ -120,10 +132,11 @@ void check_task(const py::handle& task_obj, int64_t task, py::ssize_t obs_dim, p
                 throw py::value_error(where + ": expected shape (N,) or (N, 1), got " + shape_str(a));
             }
         } else {
-            const py::ssize_t dim = kind == 1 ? obs_dim : act_dim;
+            py::ssize_t& dim = kind == 1 ? obs_dim : act_dim;
+            if (dim < 0 && a.ndim() == 2) dim = a.shape(1);  // the first task sets the dims
             if (a.ndim() != 2 || a.shape(1) != dim) {
                 throw py::value_error(where + ": expected shape (N, " + std::to_string(dim) + ") (" +
-                                      (kind == 1 ? "obs_dim" : "act_dim") + " from the outputs), got " + shape_str(a));
+                                      (kind == 1 ? "obs_dim" : "act_dim") + "), got " + shape_str(a));
             }
             row_len = static_cast<uint64_t>(dim);
         }
@@ -150,34 +163,114 @@ void check_task(const py::handle& task_obj, int64_t task, py::ssize_t obs_dim, p
     view.n = static_cast<uint64_t>(n);
 }
 
-// Runs fn(i) for i in [0, n) on up to num_threads threads (the caller's thread included).
-// The first exception thrown by any call is rethrown after all threads have joined.
-void parallel_for(size_t n, int num_threads, const std::function<void(size_t)>& fn) {
-    const size_t workers = std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(std::max(num_threads, 1)), n));
-    std::atomic<size_t> next{0};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto loop = [&]() {
-        for (;;) {
-            const size_t i = next.fetch_add(1);
-            if (i >= n) return;
-            try {
-                fn(i);
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(error_mutex);
-                if (!error) error = std::current_exception();
-                next.store(n);
-                return;
+// ------------------------------------------------------------------------------------------------
+// A persistent thread pool. Workers sleep on a condition variable between calls (they never spin,
+// so they cost nothing while training runs); the caller publishes a job and works on it itself.
+// Items are claimed with an atomic counter, so the caller finishes the job alone when no worker
+// wakes in time (a loaded machine, or a forked child whose pool threads did not survive the fork),
+// and the call only waits for items a worker has actually claimed.
+
+class Pool {
+   public:
+    // The process's pool (a new one after fork(): threads do not survive it). Never destroyed, so
+    // no worker is joined during interpreter shutdown.
+    static Pool& get() {
+        static std::mutex m;
+        static Pool* pool = nullptr;
+        static pid_t owner = 0;
+        std::lock_guard<std::mutex> lock(m);
+        if (pool == nullptr || owner != getpid()) {
+            pool = new Pool();
+            owner = getpid();
+        }
+        return *pool;
+    }
+
+    // Runs fn(i) for every i in [0, n) on up to `threads` threads (the caller's included). The first
+    // exception thrown by any call is rethrown once every claimed item has finished.
+    void run(size_t n, int threads, const std::function<void(size_t)>& fn) {
+        const size_t helpers = std::min<size_t>(static_cast<size_t>(std::max(threads, 1)), n) - (n > 0 ? 1 : 0);
+        std::unique_lock<std::mutex> busy(busy_, std::defer_lock);
+        if (helpers == 0 || !busy.try_lock()) {  // one job at a time; a concurrent caller runs alone
+            for (size_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        auto job = std::make_shared<Job>(&fn, n, static_cast<int>(helpers));
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            while (workers_.size() < helpers) workers_.emplace_back([this] { worker(); });
+            job_ = job;
+            ++generation_;
+        }
+        cv_.notify_all();
+        job->work();
+        for (unsigned spins = 0; job->done.load(std::memory_order_acquire) < n; ++spins) {
+            if (spins < 2000) {
+#if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+#endif
+            } else {
+                std::this_thread::yield();
+            }
+        }
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            if (job_ == job) job_.reset();
+        }
+        if (job->error) std::rethrow_exception(job->error);
+    }
+
+   private:
+    struct Job {
+        Job(const std::function<void(size_t)>* f, size_t count, int helpers) : fn(f), n(count), seats(helpers) {}
+        const std::function<void(size_t)>* fn;  // valid while an item is claimed and unfinished
+        const size_t n;
+        std::atomic<size_t> next{0};
+        std::atomic<size_t> done{0};
+        std::atomic<int> seats;  // how many workers may still join
+        std::atomic<bool> failed{false};
+        std::mutex error_mutex;
+        std::exception_ptr error;
+
+        void work() {
+            for (;;) {
+                const size_t i = next.fetch_add(1, std::memory_order_relaxed);
+                if (i >= n) return;
+                if (!failed.load(std::memory_order_relaxed)) {
+                    try {
+                        (*fn)(i);
+                    } catch (...) {
+                        std::lock_guard<std::mutex> lock(error_mutex);
+                        if (!error) error = std::current_exception();
+                        failed.store(true, std::memory_order_relaxed);
+                    }
+                }
+                done.fetch_add(1, std::memory_order_release);
             }
         }
     };
-    std::vector<std::thread> threads;
-    threads.reserve(workers - 1);
-    for (size_t t = 1; t < workers; ++t) threads.emplace_back(loop);
-    loop();
-    for (auto& t : threads) t.join();
-    if (error) std::rethrow_exception(error);
-}
+
+    void worker() {
+        uint64_t seen = 0;
+        for (;;) {
+            std::shared_ptr<Job> job;
+            {
+                std::unique_lock<std::mutex> lock(m_);
+                cv_.wait(lock, [&] { return generation_ != seen; });
+                seen = generation_;
+                job = job_;
+            }
+            if (job && job->seats.fetch_sub(1, std::memory_order_relaxed) > 0) job->work();
+        }
+    }
+
+    std::mutex busy_;  // held by the caller for the whole job
+    std::mutex m_;     // guards job_, generation_, workers_
+    std::condition_variable cv_;
+    std::shared_ptr<Job> job_;
+    uint64_t generation_ = 0;
+    std::vector<std::thread> workers_;
+};
 
 int resolve_threads(int num_threads) {
     if (num_threads < 0) throw py::value_error("num_threads: expected >= 0 (0 = all hardware threads), got " + std::to_string(num_threads));
@@ -201,7 +294,7 @@ uint64_t check_batch_size(int64_t batch_size) {
     return static_cast<uint64_t>(batch_size);
 }
 
-std::vector<int64_t> check_task_ids(const std::vector<int64_t>& task_ids, size_t num_tasks) {
+void check_task_ids(const std::vector<int64_t>& task_ids, size_t num_tasks) {
     if (task_ids.empty()) throw py::value_error("task_ids: expected at least one task id");
     for (size_t i = 0; i < task_ids.size(); ++i) {
         if (task_ids[i] < 0 || static_cast<size_t>(task_ids[i]) >= num_tasks) {
@@ -209,31 +302,104 @@ std::vector<int64_t> check_task_ids(const std::vector<int64_t>& task_ids, size_t
                                   " out of range for " + std::to_string(num_tasks) + " tasks");
         }
     }
-    return task_ids;
 }
+
+// The global slots to sample: all of task_ids' slots, or the given subset (each in range).
+std::vector<uint64_t> resolve_slots(const std::optional<std::vector<int64_t>>& slots, size_t num_slots) {
+    std::vector<uint64_t> out;
+    if (!slots) {
+        out.resize(num_slots);
+        for (size_t s = 0; s < num_slots; ++s) out[s] = s;
+        return out;
+    }
+    if (slots->empty()) throw py::value_error("slots: expected at least one slot (or None for all)");
+    out.reserve(slots->size());
+    for (size_t j = 0; j < slots->size(); ++j) {
+        const int64_t s = (*slots)[j];
+        if (s < 0 || static_cast<uint64_t>(s) >= num_slots) {
+            throw py::index_error("slots[" + std::to_string(j) + "]: slot " + std::to_string(s) + " out of range for " +
+                                  std::to_string(num_slots) + " task ids");
+        }
+        out.push_back(static_cast<uint64_t>(s));
+    }
+    return out;
+}
+
+// One sampling request: output row j holds global slot slot[j] (task id task[j], data *view[j]).
+struct Request {
+    std::vector<const TaskView*> view;
+    std::vector<uint64_t> task, slot;
+    uint64_t B = 0, seed = 0, step = 0;
+    bool contiguous = true, paper_window = true;
+    const float* const* inner_ptr = nullptr;  // 8 field pointers, or null: skip the inner batch
+    const float* const* outer_ptr = nullptr;  // likewise for the outer batch
+    int64_t* inner_idx = nullptr;             // (rows, B) each; required for every batch sampled
+    int64_t* outer_idx = nullptr;
+};
+
+// Draws the indices and copies the rows of every (output row, batch): one pool item each.
+// Called without the GIL.
+void fill(const Request& r, int threads) {
+    const size_t rows = r.view.size();
+    const bool do_inner = r.inner_ptr != nullptr, do_outer = r.outer_ptr != nullptr;
+    const size_t per_row = static_cast<size_t>(do_inner) + static_cast<size_t>(do_outer);
+    const std::function<void(size_t)> item = [&](size_t i) {
+        thread_local std::vector<uint64_t> scratch;
+        const size_t j = i / per_row;
+        const bool is_outer = !do_inner || (do_outer && i % per_row == 1);
+        const TaskView& v = *r.view[j];
+        int64_t* idx = (is_outer ? r.outer_idx : r.inner_idx) + j * r.B;
+        if (is_outer) {
+            macaw::outer_indices(r.seed, r.step, r.task[j], r.slot[j], v.n, r.B, idx, scratch);
+        } else {
+            macaw::inner_indices(r.seed, r.step, r.task[j], r.slot[j], v.n, r.B, r.contiguous, r.paper_window, idx, scratch);
+        }
+        const float* const* out = is_outer ? r.outer_ptr : r.inner_ptr;
+        for (int f = 0; f < kNumFields; ++f) {
+            const uint64_t len = v.fields[f].row_len;
+            macaw::gather_rows(v.fields[f].data, v.n, len, idx, r.B, const_cast<float*>(out[f]) + j * r.B * len);
+        }
+    };
+    Pool::get().run(rows * per_row, threads, item);
+}
+
+// Index arrays: returned numpy arrays, or per-thread scratch when the caller does not want them.
+struct IndexBuffers {
+    py::object inner = py::none(), outer = py::none();
+    int64_t* inner_ptr = nullptr;
+    int64_t* outer_ptr = nullptr;
+
+    IndexBuffers(size_t rows, uint64_t B, bool want_inner, bool want_outer, bool returned) {
+        const py::ssize_t shape[2] = {static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(B)};
+        thread_local std::vector<int64_t> scratch;
+        if (!returned) scratch.resize(2 * rows * B);
+        if (want_inner) {
+            if (returned) {
+                py::array_t<int64_t> a(std::vector<py::ssize_t>(shape, shape + 2));
+                inner_ptr = a.mutable_data();
+                inner = a;
+            } else {
+                inner_ptr = scratch.data();
+            }
+        }
+        if (want_outer) {
+            if (returned) {
+                py::array_t<int64_t> a(std::vector<py::ssize_t>(shape, shape + 2));
+                outer_ptr = a.mutable_data();
+                outer = a;
+            } else {
+                outer_ptr = scratch.data() + rows * B;
+            }
+        }
+    }
+};
 
 // Draws both index arrays for every slot (GIL must be released by the caller if desired).
-void draw_indices(const std::vector<int64_t>& task_ids, const std::vector<uint64_t>& rows, uint64_t B, uint64_t seed,
-                  uint64_t step, bool contiguous, bool paper_window, int64_t* inner, int64_t* outer, int num_threads) {
-    const size_t T = task_ids.size();
-    parallel_for(2 * T, num_threads, [&](size_t i) {
-        std::vector<uint64_t> table;
-        const size_t slot = i / 2;
-        const uint64_t task = static_cast<uint64_t>(task_ids[slot]);
-        const uint64_t n = rows[slot];
-        if (i % 2 == 0) {
-            macaw::inner_indices(seed, step, task, slot, n, B, contiguous, paper_window, inner + slot * B, table);
-        } else {
-            macaw::outer_indices(seed, step, task, slot, n, B, outer + slot * B, table);
-        }
-    });
-}
-
-py::tuple sample_indices(const std::vector<int64_t>& n_rows, const std::vector<int64_t>& task_ids_in, int64_t batch_size,
+py::tuple sample_indices(const std::vector<int64_t>& n_rows, const std::vector<int64_t>& task_ids, int64_t batch_size,
                          uint64_t seed, uint64_t step, const std::string& inner_mode, bool paper_window, int num_threads) {
     const bool contiguous = parse_mode(inner_mode);
     const uint64_t B = check_batch_size(batch_size);
-    const std::vector<int64_t> task_ids = check_task_ids(task_ids_in, n_rows.size());
+    check_task_ids(task_ids, n_rows.size());
     const int threads = resolve_threads(num_threads);
     const size_t T = task_ids.size();
     std::vector<uint64_t> rows(T);
@@ -253,70 +419,158 @@ py::tuple sample_indices(const std::vector<int64_t>& n_rows, const std::vector<i
     int64_t* po = outer.mutable_data();
     {
         py::gil_scoped_release release;
-        draw_indices(task_ids, rows, B, seed, step, contiguous, paper_window, pi, po, threads);
+        Pool::get().run(2 * T, threads, [&](size_t i) {
+            thread_local std::vector<uint64_t> scratch;
+            const size_t slot = i / 2;
+            const uint64_t task = static_cast<uint64_t>(task_ids[slot]);
+            if (i % 2 == 0) {
+                macaw::inner_indices(seed, step, task, slot, rows[slot], B, contiguous, paper_window, pi + slot * B, scratch);
+            } else {
+                macaw::outer_indices(seed, step, task, slot, rows[slot], B, po + slot * B, scratch);
+            }
+        });
     }
     return py::make_tuple(inner, outer);
 }
 
-py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t>& task_ids_in, int64_t batch_size,
+// Output pointers of one batch, or null when `outs` is None (that batch is not sampled).
+const float* const* outputs_or_none(const py::object& outs, const char* which, size_t rows, uint64_t B,
+                                    py::ssize_t& obs_dim, py::ssize_t& act_dim, std::vector<py::array>& keep,
+                                    float** ptrs) {
+    if (outs.is_none()) return nullptr;
+    if (!py::isinstance<py::sequence>(outs) || py::isinstance<py::str>(outs)) {
+        throw py::type_error(std::string(which) + ": expected a sequence of " + std::to_string(kNumFields) +
+                             " output arrays or None");
+    }
+    check_outputs(py::reinterpret_borrow<py::sequence>(outs), which, static_cast<py::ssize_t>(rows),
+                  static_cast<py::ssize_t>(B), obs_dim, act_dim, keep, ptrs);
+    return ptrs;
+}
+
+py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t>& task_ids, int64_t batch_size,
                             uint64_t seed, uint64_t step, const std::string& inner_mode, bool paper_window,
-                            const py::sequence& inner_out, const py::sequence& outer_out, int num_threads) {
-    const bool contiguous = parse_mode(inner_mode);
-    const uint64_t B = check_batch_size(batch_size);
-    const std::vector<int64_t> task_ids = check_task_ids(task_ids_in, static_cast<size_t>(py::len(tasks)));
+                            const py::object& inner_out, const py::object& outer_out, int num_threads,
+                            const std::optional<std::vector<int64_t>>& slots) {
+    Request r;
+    r.contiguous = parse_mode(inner_mode);
+    r.paper_window = paper_window;
+    r.B = check_batch_size(batch_size);
+    r.seed = seed;
+    r.step = step;
+    check_task_ids(task_ids, static_cast<size_t>(py::len(tasks)));
     const int threads = resolve_threads(num_threads);
-    const size_t T = task_ids.size();
+    r.slot = resolve_slots(slots, task_ids.size());
+    const size_t rows = r.slot.size();
+    if (inner_out.is_none() && outer_out.is_none()) throw py::value_error("inner_out, outer_out: both are None");
 
     std::vector<py::array> keep;  // holds every array alive (and its pointer valid) for the whole call
-    keep.reserve(static_cast<size_t>(kNumFields) * (T + 2));
+    keep.reserve(static_cast<size_t>(kNumFields) * (rows + 2));
     float* inner_ptr[kNumFields];
     float* outer_ptr[kNumFields];
     py::ssize_t obs_dim = -1, act_dim = -1;
-    check_outputs(inner_out, "inner", static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(B), obs_dim, act_dim, keep,
-                  inner_ptr);
-    check_outputs(outer_out, "outer", static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(B), obs_dim, act_dim, keep,
-                  outer_ptr);
+    r.inner_ptr = outputs_or_none(inner_out, "inner", rows, r.B, obs_dim, act_dim, keep, inner_ptr);
+    r.outer_ptr = outputs_or_none(outer_out, "outer", rows, r.B, obs_dim, act_dim, keep, outer_ptr);
 
-    std::vector<TaskView> views(T);
-    for (size_t s = 0; s < T; ++s) {
-        check_task(tasks[static_cast<size_t>(task_ids[s])], task_ids[s], obs_dim, act_dim, B, contiguous, paper_window,
-                   keep, views[s]);
+    std::vector<TaskView> views(rows);
+    r.view.resize(rows);
+    r.task.resize(rows);
+    for (size_t j = 0; j < rows; ++j) {
+        const int64_t task = task_ids[r.slot[j]];
+        check_task(tasks[static_cast<size_t>(task)], task, obs_dim, act_dim, r.B, r.contiguous, paper_window, keep, views[j]);
+        r.view[j] = &views[j];
+        r.task[j] = static_cast<uint64_t>(task);
     }
-
-    py::array_t<int64_t> inner_idx({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(B)});
-    py::array_t<int64_t> outer_idx({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(B)});
-    int64_t* pi = inner_idx.mutable_data();
-    int64_t* po = outer_idx.mutable_data();
+    IndexBuffers idx(rows, r.B, r.inner_ptr != nullptr, r.outer_ptr != nullptr, true);
+    r.inner_idx = idx.inner_ptr;
+    r.outer_idx = idx.outer_ptr;
     {
         py::gil_scoped_release release;
-        // One work item per (slot, batch): draw its indices, then copy its rows of all 8 fields.
-        // A thread costs tens of microseconds to start, so each one gets at least ~1 MiB to copy.
-        uint64_t row_bytes = 0;
-        for (int f = 0; f < kNumFields; ++f) {
-            row_bytes += sizeof(float) * static_cast<uint64_t>(kFieldKind[f] == 0 ? 1 : (kFieldKind[f] == 1 ? obs_dim : act_dim));
-        }
-        const uint64_t total = 2 * T * B * row_bytes;
-        const int useful = static_cast<int>(std::min<uint64_t>(threads, 1 + total / (1u << 20)));
-        parallel_for(2 * T, useful, [&](size_t i) {
-            std::vector<uint64_t> table;
-            const size_t slot = i / 2;
-            const bool is_outer = i % 2 == 1;
-            const TaskView& v = views[slot];
-            const uint64_t task = static_cast<uint64_t>(task_ids[slot]);
-            int64_t* idx = (is_outer ? po : pi) + slot * B;
-            if (is_outer) {
-                macaw::outer_indices(seed, step, task, slot, v.n, B, idx, table);
-            } else {
-                macaw::inner_indices(seed, step, task, slot, v.n, B, contiguous, paper_window, idx, table);
-            }
-            for (int f = 0; f < kNumFields; ++f) {
-                const uint64_t len = v.fields[f].row_len;
-                float* dst = (is_outer ? outer_ptr[f] : inner_ptr[f]) + slot * B * len;
-                macaw::gather_rows(v.fields[f].data, v.n, len, idx, B, dst);
-            }
-        });
+        fill(r, threads);
     }
-    return py::make_tuple(inner_idx, outer_idx);
+    return py::make_tuple(idx.inner, idx.outer);
+}
+
+// The stateful sampler: task arrays validated once, a pointer table kept (see the file comment).
+class Sampler {
+   public:
+    Sampler(const py::sequence& tasks, int64_t batch_size, const std::string& inner_mode, bool paper_window, uint64_t seed)
+        : B_(check_batch_size(batch_size)), contiguous_(parse_mode(inner_mode)), paper_window_(paper_window), seed_(seed) {
+        const size_t n = static_cast<size_t>(py::len(tasks));
+        if (n == 0) throw py::value_error("tasks: expected at least one task");
+        views_.resize(n);
+        keep_.reserve(kNumFields * n);
+        for (size_t t = 0; t < n; ++t) {
+            check_task(tasks[t], static_cast<int64_t>(t), obs_dim_, act_dim_, B_, contiguous_, paper_window_, keep_, views_[t]);
+        }
+    }
+
+    py::tuple sample(uint64_t step, const std::vector<int64_t>& task_ids, const py::object& inner_out,
+                     const py::object& outer_out, const std::optional<std::vector<int64_t>>& slots, int num_threads,
+                     bool return_indices) const {
+        Request r;
+        r.contiguous = contiguous_;
+        r.paper_window = paper_window_;
+        r.B = B_;
+        r.seed = seed_;
+        r.step = step;
+        check_task_ids(task_ids, views_.size());
+        const int threads = resolve_threads(num_threads);
+        r.slot = resolve_slots(slots, task_ids.size());
+        const size_t rows = r.slot.size();
+        if (inner_out.is_none() && outer_out.is_none()) throw py::value_error("inner_out, outer_out: both are None");
+        std::vector<py::array> keep;
+        keep.reserve(2 * kNumFields);
+        float* inner_ptr[kNumFields];
+        float* outer_ptr[kNumFields];
+        py::ssize_t obs_dim = obs_dim_, act_dim = act_dim_;
+        r.inner_ptr = outputs_or_none(inner_out, "inner", rows, B_, obs_dim, act_dim, keep, inner_ptr);
+        r.outer_ptr = outputs_or_none(outer_out, "outer", rows, B_, obs_dim, act_dim, keep, outer_ptr);
+        r.view.resize(rows);
+        r.task.resize(rows);
+        for (size_t j = 0; j < rows; ++j) {
+            const int64_t task = task_ids[r.slot[j]];
+            r.view[j] = &views_[static_cast<size_t>(task)];
+            r.task[j] = static_cast<uint64_t>(task);
+        }
+        IndexBuffers idx(rows, B_, r.inner_ptr != nullptr, r.outer_ptr != nullptr, return_indices);
+        r.inner_idx = idx.inner_ptr;
+        r.outer_idx = idx.outer_ptr;
+        {
+            py::gil_scoped_release release;
+            fill(r, threads);
+        }
+        return py::make_tuple(idx.inner, idx.outer);
+    }
+
+    size_t num_tasks() const { return views_.size(); }
+    std::vector<int64_t> n_rows() const {
+        std::vector<int64_t> out;
+        for (const TaskView& v : views_) out.push_back(static_cast<int64_t>(v.n));
+        return out;
+    }
+
+    const uint64_t B_;
+    const bool contiguous_, paper_window_;
+    const uint64_t seed_;
+    py::ssize_t obs_dim_ = -1, act_dim_ = -1;
+
+   private:
+    std::vector<TaskView> views_;
+    std::vector<py::array> keep_;  // the task arrays, alive as long as the sampler
+};
+
+// The task batch of a step (spec §4): k of [0, num) without replacement, in random order (stream 5).
+std::vector<int64_t> choose_positions(uint64_t seed, uint64_t step, int64_t num, int64_t k) {
+    if (num < 1 || static_cast<uint64_t>(num) >= macaw::kMaxRows) {
+        throw py::value_error("num: expected 1 <= num < 2^32, got " + std::to_string(num));
+    }
+    if (k < 1 || k > num) throw py::value_error("k: expected 1 <= k <= num, got " + std::to_string(k));
+    std::vector<int64_t> out(static_cast<size_t>(k));
+    std::vector<uint64_t> scratch;
+    macaw::distinct_rows(macaw::stream_key(seed, step, 0, 0, macaw::kTaskChoice),
+                         macaw::stream_key(seed, step, 0, 1, macaw::kTaskChoice), static_cast<uint64_t>(num),
+                         static_cast<uint64_t>(k), out.data(), scratch);
+    return out;
 }
 
 }  // namespace
@@ -324,11 +578,28 @@ py::tuple sample_meta_batch(const py::sequence& tasks, const std::vector<int64_t
 void register_sampler(py::module_& m) {
     m.def("sample_meta_batch", &sample_meta_batch, py::arg("tasks"), py::arg("task_ids"), py::arg("batch_size"),
           py::arg("seed"), py::arg("step"), py::arg("inner_mode"), py::arg("paper_window"), py::arg("inner_out"),
-          py::arg("outer_out"), py::arg("num_threads") = 1,
-          "Sample one meta-batch into preallocated float32 arrays; returns (inner_idx, outer_idx), each (T, B) int64.");
+          py::arg("outer_out"), py::arg("num_threads") = 1, py::arg("slots") = py::none(),
+          "Sample one meta-batch into preallocated float32 arrays; returns (inner_idx, outer_idx), each (rows, B) "
+          "int64. slots: the global slots of task_ids to sample (output row j = slot slots[j]); None: all. "
+          "inner_out or outer_out None: that batch is not sampled (its index array is None).");
+    py::class_<Sampler>(m, "Sampler",
+                        "Meta-batch sampler over task arrays validated once at construction (kept alive).")
+        .def(py::init<const py::sequence&, int64_t, const std::string&, bool, uint64_t>(), py::arg("tasks"),
+             py::arg("batch_size"), py::arg("inner_mode"), py::arg("paper_window"), py::arg("seed"))
+        .def("sample", &Sampler::sample, py::arg("step"), py::arg("task_ids"), py::arg("inner_out"),
+             py::arg("outer_out"), py::arg("slots") = py::none(), py::arg("num_threads") = 1,
+             py::arg("return_indices") = true,
+             "Like sample_meta_batch with this sampler's tasks and settings; indices are None unless return_indices.")
+        .def_property_readonly("num_tasks", &Sampler::num_tasks)
+        .def_property_readonly("n_rows", &Sampler::n_rows)
+        .def_property_readonly("obs_dim", [](const Sampler& s) { return s.obs_dim_; })
+        .def_property_readonly("act_dim", [](const Sampler& s) { return s.act_dim_; })
+        .def_property_readonly("batch_size", [](const Sampler& s) { return s.B_; });
     m.def("sample_indices", &sample_indices, py::arg("n_rows"), py::arg("task_ids"), py::arg("batch_size"),
           py::arg("seed"), py::arg("step"), py::arg("inner_mode"), py::arg("paper_window"), py::arg("num_threads") = 1,
           "Row indices of one meta-batch: (inner_idx, outer_idx), each (T, B) int64, for tasks with n_rows rows.");
+    m.def("choose_positions", &choose_positions, py::arg("seed"), py::arg("step"), py::arg("num"), py::arg("k"),
+          "Positions of step's task batch: k distinct of [0, num) in random order (RNG stream 5).");
     m.def("stream_key", &macaw::stream_key, py::arg("seed"), py::arg("step"), py::arg("task"), py::arg("slot"),
           py::arg("stream"), "The counter-based RNG's key for (seed, step, task, slot, stream).");
     m.def(

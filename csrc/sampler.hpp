@@ -72,31 +72,53 @@ inline uint64_t below(uint64_t key, uint64_t k, uint64_t n) {
 
 // B distinct rows of [0, n), in uniformly random order: Floyd's algorithm (draw k picks from
 // [0, n - b + k]) then a Fisher-Yates shuffle (draw k, k = b-1 .. 1, picks from [0, k]).
-// `table` is scratch space for an open-addressing set; out receives b indices.
+// `scratch` is reusable working memory (a bitmap of n bits when that is small, else an
+// open-addressing hash set); out receives b indices. The draws do not depend on the set, so they are
+// all computed first (independent multiplies that pipeline well), then the set pass runs.
 inline void distinct_rows(uint64_t key_rows, uint64_t key_shuffle, uint64_t n, uint64_t b, int64_t* out,
-                          std::vector<uint64_t>& table) {
+                          std::vector<uint64_t>& scratch) {
     if (b > n) throw std::logic_error("distinct_rows: b > n");
+    for (uint64_t k = 0; k < b; ++k) out[k] = static_cast<int64_t>(below(key_rows, k, n - b + k + 1));
     size_t cap = 16;
-    while (cap < 2 * b) cap <<= 1;
-    const uint64_t empty = ~0ULL;
-    table.assign(cap, empty);
-    const size_t mask = cap - 1;
-    auto insert = [&](uint64_t x) -> bool {  // true if newly inserted
-        size_t h = static_cast<size_t>(mix64(x)) & mask;
-        while (table[h] != empty) {
-            if (table[h] == x) return false;
-            h = (h + 1) & mask;
+    while (cap < 4 * b) cap <<= 1;
+    const size_t bitmap_words = static_cast<size_t>((n + 63) / 64);
+    if (bitmap_words <= cap) {
+        // Bitmap: one bit per row of [0, n).
+        scratch.assign(bitmap_words, 0);
+        uint64_t* bits = scratch.data();
+        for (uint64_t k = 0; k < b; ++k) {
+            uint64_t x = static_cast<uint64_t>(out[k]);
+            if (bits[x >> 6] & (1ULL << (x & 63))) x = n - b + k;  // larger than every earlier pick: new
+            bits[x >> 6] |= 1ULL << (x & 63);
+            out[k] = static_cast<int64_t>(x);
         }
-        table[h] = x;
-        return true;
-    };
-    for (uint64_t k = 0; k < b; ++k) {
-        const uint64_t j = n - b + k;
-        const uint64_t t = below(key_rows, k, j + 1);
-        if (insert(t)) {
-            out[k] = static_cast<int64_t>(t);
-        } else {
-            insert(j);  // j is larger than every earlier candidate, so it is new
+    } else {
+        // Hash set (load factor <= 1/4), multiplicative hashing.
+        const uint64_t empty = ~0ULL;
+        scratch.assign(cap, empty);
+        uint64_t* table = scratch.data();
+        int shift = 64;
+        for (size_t c = cap; c > 1; c >>= 1) --shift;
+        const size_t mask = cap - 1;
+        for (uint64_t k = 0; k < b; ++k) {
+            const uint64_t t = static_cast<uint64_t>(out[k]);
+            size_t h = static_cast<size_t>((t * kGolden) >> shift);
+            bool seen = false;
+            while (table[h] != empty) {
+                if (table[h] == t) {
+                    seen = true;
+                    break;
+                }
+                h = (h + 1) & mask;
+            }
+            if (!seen) {
+                table[h] = t;
+                continue;
+            }
+            const uint64_t j = n - b + k;  // larger than every earlier pick, so it is new
+            h = static_cast<size_t>((j * kGolden) >> shift);
+            while (table[h] != empty) h = (h + 1) & mask;
+            table[h] = j;
             out[k] = static_cast<int64_t>(j);
         }
     }
@@ -132,6 +154,13 @@ inline void outer_indices(uint64_t seed, uint64_t step, uint64_t task, uint64_t 
                   out, table);
 }
 
+// Copies one row of len floats (no libc call: rows are short, a call per row costs more than the copy).
+inline void copy_row(float* __restrict dst, const float* __restrict src, uint64_t len) {
+    uint64_t j = 0;
+    for (; j + 4 <= len; j += 4) std::memcpy(dst + j, src + j, 4 * sizeof(float));  // one 16-byte move
+    for (; j < len; ++j) dst[j] = src[j];
+}
+
 // Copy rows idx[0..b) of src (n rows of row_len floats) to dst (b rows). Every index is checked
 // before any row is read. Runs of consecutive indices (a window) are copied with one memcpy; random
 // rows are copied one by one with the source rows of kAhead draws later prefetched, so the cache
@@ -165,7 +194,7 @@ inline void gather_rows(const float* src, uint64_t n, uint64_t row_len, const in
     }
     for (uint64_t i = 0; i < b; ++i) {
         if (i + kAhead < b) prefetch(i + kAhead);
-        std::memcpy(dst + i * row_len, src + static_cast<uint64_t>(idx[i]) * row_len, row_bytes);
+        copy_row(dst + i * row_len, src + static_cast<uint64_t>(idx[i]) * row_len, row_len);
     }
 }
 
