@@ -36,16 +36,17 @@ constexpr int kNumFields = 8;
 const char* const kFieldNames[kNumFields] = {"obs",  "action",    "reward",       "next_obs",
                                              "done", "mc_return", "terminal_obs", "terminal_discount"};
 // Which fields are vectors, and of which width: 0 = scalar, 1 = obs_dim, 2 = act_dim.
-const int kFieldKind[kNumFields] = {1, 2, 0, 1, 0, 0, 1, 0};
+constexpr int kFieldKind[kNumFields] = {1, 2, 0, 1, 0, 0, 1, 0};
 
-struct FieldView {
-    const float* data = nullptr;
-    uint64_t row_len = 1;  // floats per row
-};
+// Bit f set: field f is a scalar (one float a row).
+constexpr uint32_t kScalarMask = (1u << 2) | (1u << 4) | (1u << 5) | (1u << 7);
+static_assert(kFieldKind[2] == 0 && kFieldKind[4] == 0 && kFieldKind[5] == 0 && kFieldKind[7] == 0, "kScalarMask");
 
+// One task's data: row count, and per field its first float and floats per row.
 struct TaskView {
     uint64_t n = 0;
-    FieldView fields[kNumFields];
+    const float* src[kNumFields] = {};
+    uint64_t len[kNumFields] = {};
 };
 
 std::string shape_str(const py::array& a) {
@@ -147,8 +148,8 @@ void check_task(const py::handle& task_obj, int64_t task, py::ssize_t& obs_dim, 
             throw py::value_error(where + ": has " + std::to_string(a.shape(0)) + " rows but field '" + n_field +
                                   "' has " + std::to_string(n));
         }
-        view.fields[f].data = static_cast<const float*>(a.data());
-        view.fields[f].row_len = row_len;
+        view.src[f] = static_cast<const float*>(a.data());
+        view.len[f] = row_len;
         keep.push_back(a);
     }
     if (static_cast<uint64_t>(n) >= macaw::kMaxRows) {
@@ -355,10 +356,9 @@ void fill(const Request& r, int threads) {
             macaw::inner_indices(r.seed, r.step, r.task[j], r.slot[j], v.n, r.B, r.contiguous, r.paper_window, idx, scratch);
         }
         const float* const* out = is_outer ? r.outer_ptr : r.inner_ptr;
-        for (int f = 0; f < kNumFields; ++f) {
-            const uint64_t len = v.fields[f].row_len;
-            macaw::gather_rows(v.fields[f].data, v.n, len, idx, r.B, const_cast<float*>(out[f]) + j * r.B * len);
-        }
+        float* dst[kNumFields];
+        for (int f = 0; f < kNumFields; ++f) dst[f] = const_cast<float*>(out[f]) + j * r.B * v.len[f];
+        macaw::gather_task_rows<kScalarMask>(v.src, v.len, v.n, idx, r.B, dst);
     };
     Pool::get().run(rows * per_row, threads, item);
 }

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 namespace macaw {
@@ -154,18 +155,54 @@ inline void outer_indices(uint64_t seed, uint64_t step, uint64_t task, uint64_t 
                   out, table);
 }
 
-// Copies one row of len floats (no libc call: rows are short, a call per row costs more than the copy).
+// Copies one row of len floats without a libc call (rows are short: a call per row costs more than
+// the copy): 16-byte moves, the last one overlapping the previous when len is not a multiple of 4.
 inline void copy_row(float* __restrict dst, const float* __restrict src, uint64_t len) {
-    uint64_t j = 0;
-    for (; j + 4 <= len; j += 4) std::memcpy(dst + j, src + j, 4 * sizeof(float));  // one 16-byte move
-    for (; j < len; ++j) dst[j] = src[j];
+    if (len >= 4) {
+        uint64_t j = 0;
+        for (; j + 4 < len; j += 4) std::memcpy(dst + j, src + j, 4 * sizeof(float));
+        std::memcpy(dst + len - 4, src + len - 4, 4 * sizeof(float));
+    } else {
+        for (uint64_t j = 0; j < len; ++j) dst[j] = src[j];
+    }
 }
 
-// Copy rows idx[0..b) of src (n rows of row_len floats) to dst (b rows). Every index is checked
-// before any row is read. Runs of consecutive indices (a window) are copied with one memcpy; random
-// rows are copied one by one with the source rows of kAhead draws later prefetched, so the cache
-// and TLB misses of up to kAhead rows overlap instead of being paid one after another.
-inline void gather_rows(const float* src, uint64_t n, uint64_t row_len, const int64_t* idx, uint64_t b, float* dst) {
+namespace detail {
+
+template <uint32_t kScalarMask, size_t... F>
+inline void gather_random(const float* const* src, const uint64_t* len, const int64_t* idx, uint64_t b, float* const* dst,
+                          std::index_sequence<F...>) {
+    // Row by row across all fields (rather than field by field), prefetching every field of the row
+    // kAhead draws later: the cache and TLB misses of ~kAhead rows x all fields then overlap.
+    constexpr uint64_t kAhead = 16;
+    auto prefetch_row = [&](uint64_t r) {
+        ((((kScalarMask >> F) & 1u) ? __builtin_prefetch(src[F] + r)
+                                    : (__builtin_prefetch(src[F] + r * len[F]),
+                                       __builtin_prefetch(reinterpret_cast<const char*>(src[F] + (r + 1) * len[F]) - 1))),
+         ...);
+    };
+    for (uint64_t i = 0; i < b && i < kAhead; ++i) prefetch_row(static_cast<uint64_t>(idx[i]));
+    for (uint64_t i = 0; i < b; ++i) {
+        if (i + kAhead < b) prefetch_row(static_cast<uint64_t>(idx[i + kAhead]));
+        const uint64_t r = static_cast<uint64_t>(idx[i]);
+        ((((kScalarMask >> F) & 1u) ? static_cast<void>(dst[F][i] = src[F][r])
+                                    : copy_row(dst[F] + i * len[F], src[F] + r * len[F], len[F])),
+         ...);
+    }
+}
+
+}  // namespace detail
+
+// Copies rows idx[0..b) of one task's kFields fields (field f: n rows of len[f] floats at src[f]) to
+// dst[f] (b rows each). Bit f of kScalarMask marks a field whose rows are one float (len[f] must be 1).
+// Every index is checked before any row is read. A run of consecutive indices (a window) is copied
+// with one memcpy per field; random rows are copied row by row across the fields with prefetching.
+template <uint32_t kScalarMask, size_t kFields>
+inline void gather_task_rows(const float* const (&src)[kFields], const uint64_t (&len)[kFields], uint64_t n,
+                             const int64_t* idx, uint64_t b, float* const (&dst)[kFields]) {
+    for (size_t f = 0; f < kFields; ++f) {
+        if (((kScalarMask >> f) & 1u) && len[f] != 1) throw std::logic_error("gather_task_rows: scalar field with len != 1");
+    }
     for (uint64_t i = 0; i < b; ++i) {
         if (idx[i] < 0 || static_cast<uint64_t>(idx[i]) >= n) throw std::out_of_range("row index out of range");
     }
@@ -173,29 +210,13 @@ inline void gather_rows(const float* src, uint64_t n, uint64_t row_len, const in
         bool run = true;
         for (uint64_t i = 1; i < b && run; ++i) run = idx[i] == idx[i - 1] + 1;
         if (run) {
-            std::memcpy(dst, src + static_cast<uint64_t>(idx[0]) * row_len, b * row_len * sizeof(float));
+            for (size_t f = 0; f < kFields; ++f) {
+                std::memcpy(dst[f], src[f] + static_cast<uint64_t>(idx[0]) * len[f], b * len[f] * sizeof(float));
+            }
             return;
         }
     }
-    constexpr uint64_t kAhead = 16;
-    const size_t row_bytes = row_len * sizeof(float);
-    auto prefetch = [&](uint64_t i) {
-        const char* p = reinterpret_cast<const char*>(src + static_cast<uint64_t>(idx[i]) * row_len);
-        __builtin_prefetch(p);
-        __builtin_prefetch(p + row_bytes - 1);
-    };
-    for (uint64_t i = 0; i < b && i < kAhead; ++i) prefetch(i);
-    if (row_len == 1) {
-        for (uint64_t i = 0; i < b; ++i) {
-            if (i + kAhead < b) prefetch(i + kAhead);
-            dst[i] = src[idx[i]];
-        }
-        return;
-    }
-    for (uint64_t i = 0; i < b; ++i) {
-        if (i + kAhead < b) prefetch(i + kAhead);
-        copy_row(dst + i * row_len, src + static_cast<uint64_t>(idx[i]) * row_len, row_len);
-    }
+    detail::gather_random<kScalarMask>(src, len, idx, b, dst, std::make_index_sequence<kFields>{});
 }
 
 }  // namespace macaw

@@ -196,6 +196,23 @@ def _check_common(batch_size: int, inner_mode: str) -> None:
         raise ValueError(f"batch_size: expected an integer 1 <= batch_size < 2^32, got {batch_size!r}")
 
 
+def _check_slots(slots: Sequence[int] | None, num_slots: int) -> list[int]:
+    """The slots to sample: all of a task batch's ``num_slots``, or the given ones (each in range)."""
+    if slots is None:
+        return list(range(num_slots))
+    if isinstance(slots, (str, bytes)) or not isinstance(slots, (Sequence, range, np.ndarray)):
+        raise TypeError(f"slots: expected a sequence of slot numbers or None, got {type(slots).__name__}")
+    out = list(slots)
+    if not out:
+        raise ValueError("slots: expected at least one slot (or None for all)")
+    for j, s in enumerate(out):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"slots[{j}]: expected an integer slot, got {type(s).__name__}")
+        if not 0 <= s < num_slots:
+            raise IndexError(f"slots[{j}]: slot {s} out of range for {num_slots} task ids")
+    return [int(s) for s in out]
+
+
 def _check_task_ids(task_ids: Sequence[int], num_tasks: int) -> list[int]:
     ids = list(task_ids)
     if not ids:
@@ -216,31 +233,36 @@ def sample_indices_numpy(
     step: int,
     inner_mode: str = "contiguous",
     paper_window: bool = True,
+    slots: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of one meta-batch, pure numpy: (inner, outer), each (T, B) int64.
+    """Row indices of one meta-batch, pure numpy: (inner, outer), each (rows, B) int64.
 
     ``n_rows[t]`` is task t's row count; ``task_ids`` are the tasks of the batch (slots 0..T-1).
+    ``slots``: only these slots of the batch (row j of the result is slot ``slots[j]``, drawn with
+    that slot's keys, so it equals row ``slots[j]`` of the full batch); None: all T slots.
     """
     _check_common(batch_size, inner_mode)
     ids = _check_task_ids(task_ids, len(n_rows))
     seed, step = _u64("seed", seed), _u64("step", step)
-    B, T = int(batch_size), len(ids)
+    chosen = _check_slots(slots, len(ids))
+    B = int(batch_size)
     need = _min_rows(B, inner_mode, paper_window)
-    inner = np.empty((T, B), dtype=np.int64)
-    outer = np.empty((T, B), dtype=np.int64)
-    for slot, task in enumerate(ids):
+    inner = np.empty((len(chosen), B), dtype=np.int64)
+    outer = np.empty((len(chosen), B), dtype=np.int64)
+    for row, slot in enumerate(chosen):
+        task = ids[slot]
         n = int(n_rows[task])
         if not need <= n < _MAX_ROWS:
             raise ValueError(f"task {task}: has {n} rows; expected {need} <= N < 2^32 for batch size {B}")
         if inner_mode == "contiguous":
             starts = n - B if paper_window else n - B + 1
             start = _below_int(_key(seed, step, task, slot, _INNER_START), 0, starts)
-            inner[slot] = np.arange(start, start + B)
+            inner[row] = np.arange(start, start + B)
         else:
-            inner[slot] = _distinct_rows(
+            inner[row] = _distinct_rows(
                 _key(seed, step, task, slot, _INNER_ROWS), _key(seed, step, task, slot, _INNER_SHUFFLE), n, B
             )
-        outer[slot] = _distinct_rows(
+        outer[row] = _distinct_rows(
             _key(seed, step, task, slot, _OUTER_ROWS), _key(seed, step, task, slot, _OUTER_SHUFFLE), n, B
         )
     return inner, outer
@@ -330,37 +352,48 @@ def sample_meta_batch_numpy(
     inner_mode: str,
     paper_window: bool,
     inner_out: Sequence[np.ndarray],
-    outer_out: Sequence[np.ndarray],
+    outer_out: Sequence[np.ndarray] | None,
     num_threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
+    slots: Sequence[int] | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The numpy twin of ``macaw_fast._C.sample_meta_batch`` (same arguments, same output).
 
     ``tasks[t]`` holds task t's 8 float32 arrays in ``FIELDS`` order (vectors (N, dim), scalars
-    (N,) or (N, 1)); the outputs are 8 preallocated float32 arrays per batch, (T, B, dim) or (T, B).
-    Returns (inner_idx, outer_idx), each (T, B) int64. ``num_threads`` is accepted and ignored.
+    (N,) or (N, 1)); the outputs are 8 preallocated float32 arrays per batch, (rows, B, dim) or
+    (rows, B), where rows = T, or len(slots) when ``slots`` picks some slots of the task batch
+    (output row j = slot ``slots[j]``). ``inner_out`` or ``outer_out`` None: that batch is not
+    sampled. Returns (inner_idx, outer_idx), each (rows, B) int64 (None for a batch not sampled).
+    ``num_threads`` is accepted and ignored.
     """
     _check_common(batch_size, inner_mode)
     ids = _check_task_ids(task_ids, len(tasks))
-    T, B = len(ids), int(batch_size)
+    chosen = _check_slots(slots, len(ids))
+    if inner_out is None and outer_out is None:
+        raise ValueError("inner_out, outer_out: both are None")
+    rows, B = len(chosen), int(batch_size)
     dims: dict = {}
-    inner_out = _check_outputs(inner_out, "inner", T, B, dims)
-    outer_out = _check_outputs(outer_out, "outer", T, B, dims)
+    if inner_out is not None:
+        inner_out = _check_outputs(inner_out, "inner", rows, B, dims)
+    if outer_out is not None:
+        outer_out = _check_outputs(outer_out, "outer", rows, B, dims)
     need = _min_rows(B, inner_mode, paper_window)
-    views = [_check_task(tasks[t], t, dims, need, B) for t in ids]
-    n_rows = dict(zip(ids, (len(v[0]) for v in views)))
+    views = [_check_task(tasks[ids[s]], ids[s], dims, need, B) for s in chosen]
+    n_rows = dict(zip((ids[s] for s in chosen), (len(v[0]) for v in views)))
     inner_idx, outer_idx = sample_indices_numpy(
-        [n_rows.get(t, 0) for t in range(max(ids) + 1)], ids, B, seed, step, inner_mode, paper_window
+        [n_rows.get(t, 0) for t in range(max(ids) + 1)], ids, B, seed, step, inner_mode, paper_window, chosen
     )
-    for slot, fields in enumerate(views):
-        start = int(inner_idx[slot, 0])
+    for row, fields in enumerate(views):
+        start = int(inner_idx[row, 0])
         for f, src in enumerate(fields):
-            dst_in = inner_out[f][slot].reshape(B, -1)
-            if inner_mode == "contiguous":
-                dst_in[...] = src[start : start + B]
-            else:
-                np.take(src, inner_idx[slot], axis=0, out=dst_in)
-            np.take(src, outer_idx[slot], axis=0, out=outer_out[f][slot].reshape(B, -1))
-    return inner_idx, outer_idx
+            if inner_out is not None:
+                dst_in = inner_out[f][row].reshape(B, -1)
+                if inner_mode == "contiguous":
+                    dst_in[...] = src[start : start + B]
+                else:
+                    np.take(src, inner_idx[row], axis=0, out=dst_in)
+            if outer_out is not None:
+                np.take(src, outer_idx[row], axis=0, out=outer_out[f][row].reshape(B, -1))
+    return (inner_idx if inner_out is not None else None), (outer_idx if outer_out is not None else None)
 
 
 
@@ -442,9 +475,10 @@ def choose_tasks(task_ids: Sequence[int], k: int, seed: int, step: int) -> list[
     if len(ids) <= k:
         return ids
     seed, step = _u64("seed", seed), _u64("step", step)
+    if cpp_sampler_available():  # one call: the keys in Python ints cost more than the draws
+        return [ids[p] for p in _cpp_module().choose_positions(seed, step, len(ids), k)]
     keys = _key(seed, step, 0, 0, _TASK_CHOICE), _key(seed, step, 0, 1, _TASK_CHOICE)
-    draw = _cpp_module().distinct_rows if cpp_sampler_available() else _distinct_rows
-    return [ids[p] for p in draw(*keys, len(ids), k).tolist()]
+    return [ids[p] for p in _distinct_rows(*keys, len(ids), k).tolist()]
 
 
 def _task_arrays(task: Any, index: int) -> list:
@@ -513,9 +547,13 @@ class MetaBatchSampler:
         #: Rows per task.
         self.n_rows = [len(a[0]) for a in self._tasks]
         self.backend = _resolve_backend(backend)
-        self._fn = _cpp_module().sample_meta_batch if self.backend == "cpp" else sample_meta_batch_numpy
+        # The C++ sampler keeps its own validated pointer table of the tasks (and a reference to them).
+        self._core = (
+            _cpp_module().Sampler(self._tasks, self.batch_size, inner_mode, self.paper_window, self.seed)
+            if self.backend == "cpp" else None
+        )
         self._buffers: dict[int, tuple[Batch, Batch]] = {}
-        self._views: dict[int, tuple] = {}  # id(inner) -> ((inner, outer), numpy views of their fields)
+        self._views: dict[int, tuple] = {}  # id(batch) -> (its 8 tensors, their numpy views)
 
     @property
     def num_tasks(self) -> int:
@@ -535,39 +573,70 @@ class MetaBatchSampler:
 
         return make(), make()
 
+    def _numpy_views(self, batch: Batch) -> list[np.ndarray]:
+        """numpy views of a Batch's 8 tensors (FIELDS order), checked once and cached per Batch."""
+        tensors = [getattr(batch, k) for k in FIELDS]
+        cached = self._views.get(id(batch))
+        if cached is not None and all(a is b for a, b in zip(cached[0], tensors)):
+            return cached[1]
+        if not isinstance(batch, Batch):
+            raise TypeError(f"out: expected Batch objects (see MetaBatchSampler.allocate), got {type(batch).__name__}")
+        for t in tensors:
+            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError("out: expected contiguous float32 CPU tensors (see MetaBatchSampler.allocate)")
+        views = [t.numpy() for t in tensors]
+        if len(self._views) > 32:
+            self._views.clear()
+        self._views[id(batch)] = (tensors, views)  # holds the tensors, so their ids cannot be reused meanwhile
+        return views
+
     def sample(
         self,
         step: int,
         task_ids: Sequence[int],
-        out: tuple[Batch, Batch] | None = None,
+        out: tuple[Batch | None, Batch | None] | None = None,
         return_indices: bool = False,
+        *,
+        slots: Sequence[int] | None = None,
+        batches: str = "both",
     ):
         """Sample step ``step``'s meta-batch for ``task_ids``; returns (inner, outer) Batches.
 
         The tensors are written in place: into ``out`` when given (from :meth:`allocate`), else
         into a buffer pair the sampler keeps per task-batch size and overwrites at the next call.
-        With ``return_indices`` the row indices (inner_idx, outer_idx), (T, B) int64, follow.
+        With ``return_indices`` the row indices (inner_idx, outer_idx), (rows, B) int64, follow.
+
+        ``slots``: sample only these slots (positions in ``task_ids``) of the task batch; ``task_ids``
+        stays the WHOLE batch, because every draw is keyed by (task id, slot). Row j of the result
+        equals row ``slots[j]`` of the full meta-batch, so ranks of a data-parallel run that split
+        the slots together sample exactly what one process samples. The buffers then have
+        ``len(slots)`` rows. None: all slots.
+
+        ``batches``: ``"both"``, ``"inner"`` or ``"outer"``; a batch not sampled is returned as None
+        (its buffer in ``out`` may be None, and its index array is None).
         """
-        ids = list(task_ids)
+        if batches not in ("both", "inner", "outer"):
+            raise ValueError(f"batches: expected 'both', 'inner' or 'outer', got {batches!r}")
         if out is None:
-            if len(ids) not in self._buffers:
-                self._buffers[len(ids)] = self.allocate(len(ids))
-            out = self._buffers[len(ids)]
+            rows = len(task_ids) if slots is None else len(slots)
+            out = self._buffers.get(rows)
+            if out is None:
+                out = self._buffers[rows] = self.allocate(rows)
         inner, outer = out
-        tensors = [getattr(inner, k) for k in FIELDS] + [getattr(outer, k) for k in FIELDS]
-        cached = self._views.get(id(inner))
-        if cached is None or any(a is not b for a, b in zip(cached[0], tensors)):
-            for t in tensors:
-                if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-                    raise ValueError("out: expected contiguous float32 CPU tensors (see MetaBatchSampler.allocate)")
-            views = [t.numpy() for t in tensors]
-            cached = (tensors, [views[: len(FIELDS)], views[len(FIELDS) :]])
-            if len(self._views) > 16:
-                self._views.clear()
-            self._views[id(inner)] = cached  # holds the tensors, so their ids cannot be reused meanwhile
-        arrays = cached[1]
-        idx = self._fn(
-            self._tasks, ids, self.batch_size, self.seed, _u64("step", step), self.inner_mode, self.paper_window,
-            arrays[0], arrays[1], self.num_threads,
-        )
+        inner = inner if batches != "outer" else None
+        outer = outer if batches != "inner" else None
+        if (batches != "outer" and inner is None) or (batches != "inner" and outer is None):
+            raise ValueError(f"out: a buffer is None but batches={batches!r} samples it")
+        v_in = None if inner is None else self._numpy_views(inner)
+        v_out = None if outer is None else self._numpy_views(outer)
+        step = _u64("step", step)
+        if not isinstance(task_ids, list):
+            task_ids = list(task_ids)
+        if self._core is not None:
+            idx = self._core.sample(step, task_ids, v_in, v_out, slots, self.num_threads, return_indices)
+        else:
+            idx = sample_meta_batch_numpy(
+                self._tasks, task_ids, self.batch_size, self.seed, step, self.inner_mode, self.paper_window,
+                v_in, v_out, self.num_threads, slots,
+            )
         return (inner, outer, *idx) if return_indices else (inner, outer)
