@@ -32,12 +32,11 @@ import time
 from datetime import timedelta
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data.batch import FIELDS, Batch
-from .data.sampler import MetaBatchSampler, choose_tasks, sample_indices
+from .data.batch import Batch
+from .data.sampler import MetaBatchSampler, choose_tasks
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -177,9 +176,6 @@ class ShardedMetaBatchSampler:
         for name, s in (("inner_sampler", inner_sampler), ("outer_sampler", outer_sampler)):
             if not isinstance(s, MetaBatchSampler):
                 raise TypeError(f"{name}: expected a MetaBatchSampler, got {type(s).__name__}")
-            if not hasattr(s, "_tasks"):
-                raise TypeError(f"{name}: this MetaBatchSampler keeps no per-task arrays ('_tasks'); "
-                                "the sharded sampler needs them")
         a, b = inner_sampler, outer_sampler
         if (a.seed, a.batch_size, a.num_tasks, a.obs_dim, a.act_dim) != (b.seed, b.batch_size, b.num_tasks,
                                                                          b.obs_dim, b.act_dim):
@@ -207,20 +203,12 @@ class ShardedMetaBatchSampler:
             self._buffers[len(mine)] = self.outer_sampler.allocate(len(mine))
         inner, outer = self._buffers[len(mine)]
         if mine:
-            for which, s, out in ((0, self.inner_sampler, inner), (1, self.outer_sampler, outer)):
-                idx = sample_indices(s.n_rows, ids, s.batch_size, s.seed, step, s.inner_mode, s.paper_window)[which]
-                _gather(s, ids, slots, idx, out)
+            if self.inner_sampler is self.outer_sampler:
+                self.outer_sampler.sample(step, ids, out=(inner, outer), slots=slots)
+            else:
+                self.inner_sampler.sample(step, ids, out=(inner, None), slots=slots, batches="inner")
+                self.outer_sampler.sample(step, ids, out=(None, outer), slots=slots, batches="outer")
         return slots, mine, inner, outer
-
-
-def _gather(sampler: MetaBatchSampler, ids: list[int], slots: list[int], idx: np.ndarray, out: Batch) -> None:
-    """Copy rows idx[slot] of task ids[slot] into row j of every field of ``out`` (slot = slots[j])."""
-    B = sampler.batch_size
-    for f, name in enumerate(FIELDS):
-        dst = getattr(out, name).numpy()
-        for j, slot in enumerate(slots):
-            src = sampler._tasks[ids[slot]][f]
-            np.take(src.reshape(len(src), -1), idx[slot], axis=0, out=dst[j].reshape(B, -1))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,10 +30,9 @@ and give identical indices and identical data.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
