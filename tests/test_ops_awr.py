@@ -149,3 +149,89 @@ def test_float32_backend_close_to_float64(backend):
     got = awr_loss(*(t.detach().float() for t in (mu, act, adv)), pred=pred.detach().float(),
                    head_weight=0.05, backend=backend)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the double backward (second order)
+from macaw_fast.ops.awr_loss import (  # noqa: E402
+    AWRDoubleBackward, _backward_torch, _constants, _double_backward_torch)
+
+COT_SETS = {"meta_step": ("mu", "pred"), "all": ("mu", "act", "adv", "pred", "hw"), "act_adv": ("act", "adv"),
+            "hw_only": ("hw",), "mu_only": ("mu",)}
+
+
+def _dbwd_inputs(T, N, A, head, which, seed):
+    """Detached primal inputs of AWRBackward and the chosen cotangents (None where absent)."""
+    mu, act, adv, pred = [t.detach() for t in make(T, N, A, seed=seed)]
+    g0 = torch.Generator().manual_seed(seed + 100)
+    r = lambda *s: torch.randn(s, generator=g0, dtype=F64)  # noqa: E731
+    g = r(T)
+    hw = torch.tensor(0.7, dtype=F64)
+    _, w = awr_loss(mu, act, adv, return_weights=True, backend="torch")
+    if not head:
+        pred = hw_ = None
+        which = tuple(k for k in which if k in ("mu", "act"))
+    else:
+        hw_ = hw
+    shapes = {"mu": (T, N, A), "act": (T, N, A), "adv": (T, N), "pred": (T, N), "hw": ()}
+    cots = {k: (r(*shapes[k]) if k in which else None) for k in ("mu", "act", "adv", "pred", "hw")}
+    return cots, (g, mu, act, adv, pred, hw_, w)
+
+
+def _vjp_oracle(cots, prim, c_half):
+    """Autograd's VJP of the differentiable first-order backward (zeros for absent cotangents)."""
+    g, mu, act, adv, pred, hw, w = prim
+    head = pred is not None
+    xs = [g, mu, act] + ([adv, pred, hw] if head else [])
+
+    def f(g_, mu_, act_, *rest):
+        adv_, pred_, hw_ = rest if head else (adv, None, None)
+        out = _backward_torch(g_, mu_, act_, adv_, pred_, hw_, w, c_half)
+        return out if head else out[:2]
+    outs, vjp = torch.func.vjp(f, *xs)
+    keys = ["mu", "act", "adv", "pred", "hw"][:len(outs)]
+    v = vjp(tuple(cots[k] if cots[k] is not None else torch.zeros_like(o) for k, o in zip(keys, outs)))
+    return tuple(v) + (None,) * (6 - len(v))
+
+
+@pytest.mark.parametrize("which", list(COT_SETS))
+@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("T,N,A", [(1, 2, 1), (2, 129, 3), (3, 37, 6)])
+def test_double_backward_matches_vjp_of_backward(backend, T, N, A, head, which):
+    """(d/dg, d/dmu, d/dact, d/dadv, d/dpred, d/dhw) of the second-order backward equal autograd's VJP."""
+    cots, prim = _dbwd_inputs(T, N, A, head, COT_SETS[which], seed=7 * T + N)
+    consts = _constants(0.2, 1.0, 20.0, A)
+    c = [cots[k] for k in ("mu", "act", "adv", "pred", "hw")]
+    if backend == "triton":
+        got = AWRDoubleBackward.apply(*c, *prim, consts)
+    else:
+        got = _double_backward_torch(*c, *prim, consts[0])
+    want = _vjp_oracle(cots, prim, consts[0])
+    for name, a, b in zip(("g", "mu", "act", "adv", "pred", "hw"), got, want):
+        if a is None:                         # absent term: the oracle's is exactly zero (or absent)
+            assert b is None or torch.count_nonzero(b) == 0, name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("head", [False, True])
+def test_double_backward_function_gradcheck(head):
+    """AWRDoubleBackward's own backward (third order, torch VJP) is correct too; and the op's
+    gradgradcheck through it with every cotangent present."""
+    if not (interpreter_requested() and triton_importable()):
+        pytest.skip("the Function runs Triton kernels: needs TRITON_INTERPRET=1 and triton")
+    cots, prim = _dbwd_inputs(2, 5, 2, head, COT_SETS["all"], seed=3)
+    consts = _constants(0.2, 1.0, 20.0, 2)
+    g, mu, act, adv, pred, hw, w = prim
+    keys = ("mu", "act", "adv", "pred", "hw")
+    diff = [cots[k] for k in keys if cots[k] is not None] + [g, mu, act] + ([adv, pred, hw] if head else [])
+    diff = [t.clone().requires_grad_() for t in diff]
+    nc = sum(cots[k] is not None for k in keys)
+
+    def fn(*xs):
+        cs = iter(xs[:nc])
+        c = [next(cs) if cots[k] is not None else None for k in keys]
+        rest = list(xs[nc:])
+        p = rest[:3] + (rest[3:] if head else [adv, None, None]) + [w]
+        return tuple(t for t in AWRDoubleBackward.apply(*c, *p, consts) if t is not None)
+    assert torch.autograd.gradcheck(fn, tuple(diff), fast_mode=True)

@@ -24,7 +24,7 @@ def test_specs_cover_every_kernel():
                      "adapt_bwd_reduce_kernel", "adapt_bwd_mix_kernel", "adapt_bwd_expand_kernel",
                      "batched_linear_kernel", "linear_bwd_input_kernel", "linear_bwd_theta_kernel",
                      "linear_dbwd_gy_kernel", "linear_dbwd_theta_kernel",
-                     "awr_loss_kernel", "awr_loss_bwd_kernel"}
+                     "awr_loss_kernel", "awr_loss_bwd_kernel", "awr_loss_dbwd_kernel"}
 
 
 @pytest.mark.triton

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .awr_loss import awr_launch_config
+from .awr_loss import awr_double_backward_launch_config, awr_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
 from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
@@ -92,6 +92,10 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         for head in (False, True):
             add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head))
             add("awr_loss_bwd_kernel", ka.awr_loss_bwd_kernel, dtype, awr_launch_config(T, N, act, head))
+        # second order: the meta-step's flags (cotangents of dmu and dpred), and every cotangent present
+        add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype, awr_double_backward_launch_config(T, N, act, True))
+        add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype,
+            awr_double_backward_launch_config(T, N, act, True, True, True, True, True, True))
     return list(specs.values())
 
 

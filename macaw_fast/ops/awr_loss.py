@@ -104,8 +104,8 @@ def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
     pr = pred if head else adv
     cfg = awr_launch_config(T, N, A, head)
     K.awr_loss_bwd_kernel[cfg["grid"]](
-        g.contiguous(), mu, action, adv, pr, hw.reshape(1) if head else par, w, par, gmu, gact,
-        gadv if head else gmu, gpred if head else gmu, ghw_t if head else gmu, N, A,
+        g, mu, action, adv, pr, hw.reshape(1) if head else par, w, par, gmu, gact,
+        gadv if head else gmu, gpred if head else gmu, ghw_t if head else gmu, N, A, g.stride(0),
         mu.stride(0), mu.stride(1), mu.stride(2), action.stride(0), action.stride(1), action.stride(2),
         adv.stride(0), adv.stride(1), pr.stride(0), pr.stride(1),
         num_warps=cfg["num_warps"], **cfg["constexprs"])
@@ -113,10 +113,143 @@ def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
     return gmu, gact, gadv, gpred, ghw
 
 
+def awr_double_backward_launch_config(T: int, N: int, A: int, head: bool, has_cmu: bool = True,
+                                      has_cact: bool = False, has_cpred: bool = True, has_cadv: bool = False,
+                                      has_chw: bool = False) -> dict:
+    """Grid, block sizes, warps and flags of `awr_loss_dbwd_kernel` (shared with the compile test).
+
+    The defaults are the flags of MACAW's meta-step: cotangents of dmu and dpred only.
+    """
+    cfg = awr_launch_config(T, N, A, head)
+    cfg["constexprs"] = dict(cfg["constexprs"], HAS_CMU=has_cmu, HAS_CACT=has_cact, HAS_CD=has_cmu or has_cact,
+                             HAS_CPRED=has_cpred and head, HAS_CADV=has_cadv and head,
+                             HAS_CE=(has_cpred or has_cadv) and head, HAS_CHW=has_chw and head)
+    return cfg
+
+
+def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, half_inv_var):
+    """VJP of `_backward_torch` (w constant) in differentiable torch ops.
+
+    Cotangents cmu, cact (T, N, A), cadv, cpred (T, N), chw (like hw) of (dmu, daction, dadv, dpred,
+    dhw); any may be None (zero). Returns (d/dg, d/dmu, d/daction, d/dadv, d/dpred, d/dhw), None
+    where a term is identically zero.
+    """
+    N = mu.shape[1]
+    k = -2.0 * half_inv_var / N
+    dc = cmu
+    if cact is not None:
+        dc = -cact if dc is None else dc - cact
+    parts = []
+    g_mu = g_act = g_adv = g_pred = g_hw = None
+    if dc is not None:
+        wd = w.unsqueeze(-1) * dc
+        parts.append(k * (wd * (action - mu)).sum((-1, -2)))
+        g_mu = (-k) * g.view(-1, 1, 1) * wd
+        g_act = -g_mu
+    if pred is not None:
+        e = pred - adv
+        E = cpred
+        if cadv is not None:
+            E = -cadv if E is None else E - cadv
+        de = None
+        if E is not None:
+            eE = (e * E).sum(-1)
+            parts.append((2.0 / N) * hw * eE)
+            de = (2.0 / N) * (g * hw).unsqueeze(-1) * E
+            g_hw = ((2.0 / N) * (g * eE).sum()).reshape(hw.shape)
+        if chw is not None:
+            parts.append(chw * e.pow(2).mean(-1))
+            t2 = (2.0 / N) * (chw * g).unsqueeze(-1) * e
+            de = t2 if de is None else de + t2
+        if de is not None:
+            g_pred, g_adv = de, -de
+    g_g = sum(parts[1:], parts[0]) if parts else torch.zeros_like(g)
+    return g_g, g_mu, g_act, g_adv, g_pred, g_hw
+
+
+def _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts):
+    """`_double_backward_torch` in one Triton launch (plus a sum over tasks for d/dhw)."""
+    K = load_kernels("_awr_loss_kernels")
+    check_triton_mode(mu.device, _OP)
+    T, N, A = mu.shape
+    head = pred is not None
+    if not head:
+        cadv = cpred = chw = None
+    par = scalar_params(consts, mu.dtype, mu.device)
+    kw = {"dtype": mu.dtype, "device": mu.device}
+    has_cd = cmu is not None or cact is not None
+    has_ce = cpred is not None or cadv is not None
+    gg = torch.empty((T,), **kw)
+    gmu = torch.empty((T, N, A), **kw) if has_cd else None
+    gact = torch.empty((T, N, A), **kw) if has_cd else None
+    gadv = torch.empty((T, N), **kw) if head else None
+    gpred = torch.empty((T, N), **kw) if head else None
+    ghw_t = torch.empty((T,), **kw) if head else None
+    dummy = gg
+    c = lambda t: dummy if t is None else t.contiguous()  # noqa: E731
+    pr, av = (pred, adv) if head else (mu, mu)
+    cfg = awr_double_backward_launch_config(T, N, A, head, cmu is not None, cact is not None,
+                                            cpred is not None, cadv is not None, chw is not None)
+    K.awr_loss_dbwd_kernel[cfg["grid"]](
+        c(cmu), c(cact), c(cadv), c(cpred), dummy if chw is None else chw.reshape(1), g, mu, action,
+        av, pr, hw.reshape(1) if head else par, w, par, gg, c(gmu), c(gact), c(gadv), c(gpred), c(ghw_t), N, A,
+        g.stride(0),
+        mu.stride(0), mu.stride(1), mu.stride(2), action.stride(0), action.stride(1), action.stride(2),
+        av.stride(0), av.stride(1) if head else av.stride(2), pr.stride(0), pr.stride(1) if head else pr.stride(2),
+        num_warps=cfg["num_warps"], **cfg["constexprs"])
+    g_hw = ghw_t.sum().reshape(hw.shape) if has_ce else None
+    if head and not (has_ce or chw is not None):
+        gadv = gpred = None
+    return gg, gmu, gact, gadv, gpred, g_hw
+
+
+class AWRDoubleBackward(torch.autograd.Function):
+    """The second-order backward of `awr_loss` (`AWRBackward`'s backward): one Triton launch plus a
+    sum for d/dhw. Inputs: cotangents (cmu, cact, cadv, cpred, chw) (None when absent), then
+    AWRBackward's inputs. Outputs (d/dg, d/dmu, d/daction, d/dadv, d/dpred, d/dhw), None where a
+    term is zero. Its own backward (third order) is the VJP of `_double_backward_torch`.
+    """
+
+    @staticmethod
+    def forward(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts):
+        return _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:12])
+        ctx.consts = inputs[12]
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, *cots):
+        saved = ctx.saved_tensors
+        w = saved[11]
+        prim = [k for k in range(11) if saved[k] is not None]
+        keep = [k for k, c in enumerate(cots) if c is not None]
+        if not keep:
+            return (None,) * 13
+
+        def f(*args):
+            v = list(saved[:11])
+            for k, a in zip(prim, args):
+                v[k] = a
+            outs = _double_backward_torch(*v, w, ctx.consts[0])
+            return tuple(outs[k] if outs[k] is not None else torch.zeros_like(cots[k]) for k in keep)
+
+        _, vjp = torch.func.vjp(f, *(saved[k] for k in prim))
+        got = dict(zip(prim, vjp(tuple(cots[k] for k in keep))))
+        return tuple(got.get(k) for k in range(11)) + (None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: AWRDoubleBackward.apply(*a), info, in_dims, *args)
+
+
 class AWRBackward(torch.autograd.Function):
     """The first-order backward of `awr_loss` as its own Function (one Triton launch, plus a sum
     for dL/dhw). Outputs (dmu, daction, dadv, dpred, dhw); the last three are empty without the
-    head term. Its own backward is the VJP of the differentiable torch twin, so every order is exact.
+    head term. Its own backward is `AWRDoubleBackward` (one Triton launch plus a sum), itself
+    differentiable, so every order is exact.
     """
 
     @staticmethod
@@ -128,28 +261,19 @@ class AWRBackward(torch.autograd.Function):
         g, mu, action, adv, pred, hw, w, consts = inputs
         ctx.save_for_backward(g, mu, action, adv, pred, hw, w)
         ctx.consts = consts
+        ctx.set_materialize_grads(False)          # absent cotangents stay None: no zero tensors made
         if pred is None:
             ctx.mark_non_differentiable(*output[2:])
 
     @staticmethod
-    def backward(ctx, *cot):
+    def backward(ctx, c_mu, c_act, c_adv, c_pred, c_hw):
         g, mu, action, adv, pred, hw, w = ctx.saved_tensors
-        head = pred is not None
-        prim = [g, mu, action] + ([adv, pred, hw] if head else [])
-
-        def f(g_, mu_, act_, *rest):
-            adv_, pred_, hw_ = rest if head else (adv, None, None)
-            out = _backward_torch(g_, mu_, act_, adv_, pred_, hw_, w, ctx.consts[0])
-            return out if head else out[:2]
-
-        shapes = [mu.shape, mu.shape] + ([adv.shape, adv.shape, hw.shape] if head else [])
-        cots = tuple(mu.new_zeros(sh) if c is None else c for c, sh in zip(cot, shapes))
-        _, vjp = torch.func.vjp(f, *prim)
-        gr = list(vjp(cots))
-        if not head:
-            gr += [None, None, None]
-        g_g, g_mu, g_act, g_adv, g_pred, g_hw = gr
-        return g_g, g_mu, g_act, g_adv, g_pred, g_hw, None, None
+        if pred is None:
+            c_adv = c_pred = c_hw = None
+        if all(c is None for c in (c_mu, c_act, c_adv, c_pred, c_hw)):
+            return (None,) * 8
+        out = AWRDoubleBackward.apply(c_mu, c_act, c_adv, c_pred, c_hw, g, mu, action, adv, pred, hw, w, ctx.consts)
+        return (*out, None, None)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -169,6 +293,7 @@ class AWRLoss(torch.autograd.Function):
         mu, action, adv, pred, hw, sigma, temp, max_weight, backend = inputs
         _, w = output
         ctx.mark_non_differentiable(w)
+        ctx.set_materialize_grads(False)          # no zero tensor for the weights' (absent) gradient
         ctx.save_for_backward(mu, action, adv, pred, hw, w)
         ctx.consts = _constants(sigma, temp, max_weight, mu.shape[-1])
         ctx.backend = backend
@@ -176,6 +301,8 @@ class AWRLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _gw):
         mu, action, adv, pred, hw, w = ctx.saved_tensors
+        if g is None:
+            return (None,) * 9
         if ctx.backend == "triton":
             gmu, gact, gadv, gpred, ghw = AWRBackward.apply(g, mu, action, adv, pred, hw, w, ctx.consts)
             if pred is None:
