@@ -483,3 +483,170 @@ def test_wrapper_task_mapping_errors():
         MetaBatchSampler([t], 8)
     with pytest.raises(ValueError, match="batch_size"):
         MetaBatchSampler([make_task(50)], -3)
+
+
+# ------------------------------------------------------------------------------------------------
+# slots= (a subset of the task batch's slots, as the data-parallel ranks use), batches=, the
+# stateful C++ Sampler, the distinct-row draw's two set representations, the thread pool.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", S.INNER_MODES)
+def test_slots_sample_the_rows_of_the_full_batch(backend, mode):
+    tasks = [make_task(n, seed=i) for i, n in enumerate([60, 45, 80, 50, 70])]
+    ids, B = [3, 0, 4, 1, 0], 16  # task 0 twice: slot, not task, tells its two rows apart
+    (fi, fo), fin, fout = run(backend, tasks, ids, B, 9, 21, mode, True)
+    fn = C.sample_meta_batch if backend == "cpp" else sample_meta_batch_numpy
+    for slots in ([0], [4, 1], [2, 3, 4], [1, 4], [0, 1, 2, 3, 4], [3, 3]):
+        inner, outer = outputs(len(slots), B), outputs(len(slots), B)
+        ii, oi = fn([arrays(t) for t in tasks], ids, B, 9, 21, mode, True, inner, outer, 2, slots)
+        np.testing.assert_array_equal(ii, fi[slots])
+        np.testing.assert_array_equal(oi, fo[slots])
+        for a, b in zip(inner + outer, fin + fout):
+            np.testing.assert_array_equal(a, b[slots])
+    # One batch only: the other is neither drawn nor written (None in, None out).
+    outer = outputs(2, B)
+    ii, oi = fn([arrays(t) for t in tasks], ids, B, 9, 21, mode, True, None, outer, 1, [1, 2])
+    assert ii is None
+    np.testing.assert_array_equal(oi, fo[[1, 2]])
+    inner = outputs(2, B)
+    ii, oi = fn([arrays(t) for t in tasks], ids, B, 9, 21, mode, True, inner, None, 1, [1, 2])
+    assert oi is None
+    np.testing.assert_array_equal(ii, fi[[1, 2]])
+    for a, b in zip(inner, fin):
+        np.testing.assert_array_equal(a, b[[1, 2]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_slots_only_check_the_sampled_tasks_and_reject_bad_slots(backend):
+    tasks = [make_task(60, seed=0), make_task(10, seed=1)]  # task 1 is too short for B=16
+    fn = C.sample_meta_batch if backend == "cpp" else sample_meta_batch_numpy
+    t = [arrays(x) for x in tasks]
+    fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(1, 16), outputs(1, 16), 1, [0])
+    with pytest.raises(ValueError, match="task 1: has 10 rows"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(1, 16), outputs(1, 16), 1, [1])
+    with pytest.raises(IndexError, match=r"slots\[1\]: slot 2 out of range for 2 task ids"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(2, 16), outputs(2, 16), 1, [0, 2])
+    with pytest.raises(IndexError, match=r"slots\[0\]: slot -1 out of range"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(1, 16), outputs(1, 16), 1, [-1])
+    with pytest.raises(ValueError, match="slots: expected at least one slot"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(0, 16), outputs(0, 16), 1, [])
+    with pytest.raises(ValueError, match=r"inner output 'obs': expected shape \(1, 16, dim\)"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, outputs(2, 16), outputs(2, 16), 1, [0])
+    with pytest.raises(ValueError, match="inner_out, outer_out: both are None"):
+        fn(t, [0, 1], 16, 0, 0, "contiguous", True, None, None, 1, [0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrapper_slots_and_batches(tasks, backend):
+    s = MetaBatchSampler(tasks, 32, seed=8, backend=backend, inner_mode="uniform")
+    ids = [6, 2, 2, 5, 0]
+    full = s.sample(4, ids, return_indices=True)
+    want = [{f: getattr(b, f).clone() for f in FIELDS} for b in full[:2]]
+    inner, outer, ii, oi = s.sample(4, ids, slots=[4, 0, 2], return_indices=True)
+    assert inner.obs.shape[0] == 3
+    np.testing.assert_array_equal(ii, full[2][[4, 0, 2]])
+    np.testing.assert_array_equal(oi, full[3][[4, 0, 2]])
+    for f in FIELDS:
+        assert torch.equal(getattr(inner, f), want[0][f][[4, 0, 2]])
+        assert torch.equal(getattr(outer, f), want[1][f][[4, 0, 2]])
+    buf = s.allocate(2)
+    before = buf[0].obs.clone()
+    got_in, got_out = s.sample(4, ids, out=(buf[0], None), slots=[1, 3], batches="inner")
+    assert got_out is None and got_in is buf[0]
+    assert torch.equal(got_in.obs, want[0]["obs"][[1, 3]]) and not torch.equal(before, got_in.obs)
+    got_in, got_out, i_idx, o_idx = s.sample(4, ids, out=(None, buf[1]), slots=[1, 3], batches="outer",
+                                             return_indices=True)
+    assert got_in is None and i_idx is None
+    np.testing.assert_array_equal(o_idx, full[3][[1, 3]])
+    with pytest.raises(ValueError, match="batches: expected 'both', 'inner' or 'outer'"):
+        s.sample(4, ids, batches="all")
+    with pytest.raises(ValueError, match="out: a buffer is None"):
+        s.sample(4, ids, out=(None, buf[1]), slots=[1, 3])
+    with pytest.raises(IndexError, match="slot 5 out of range for 5 task ids"):
+        s.sample(4, ids, slots=[5])
+
+
+def test_cpp_sampler_object_validates_once_and_matches_the_function(tasks):
+    t = [arrays(x) for x in tasks]
+    core = C.Sampler(t, 40, "uniform", False, 77)
+    assert (core.num_tasks, core.obs_dim, core.act_dim, core.batch_size) == (7, 6, 3, 40)
+    assert core.n_rows == [len(x["obs"]) for x in tasks]
+    ids = [1, 6, 3]
+    a = run("cpp", tasks, ids, 40, 77, 5, "uniform", False, 6, 3)
+    inner, outer = outputs(3, 40, 6, 3), outputs(3, 40, 6, 3)
+    idx = core.sample(5, ids, inner, outer, None, 2, True)
+    for x, y in zip(a[0] + tuple(a[1]) + tuple(a[2]), tuple(idx) + tuple(inner) + tuple(outer)):
+        np.testing.assert_array_equal(x, y)
+    assert core.sample(5, ids, inner, outer, None, 2, False) == (None, None)  # indices not returned
+    bad_tasks = [list(x) for x in t]
+    bad_tasks[4][2] = bad_tasks[4][2].astype(np.float64)
+    with pytest.raises(TypeError, match="task 4: field 'reward': expected dtype float32"):
+        C.Sampler(bad_tasks, 40, "uniform", False, 77)
+    with pytest.raises(ValueError, match="tasks: expected at least one task"):
+        C.Sampler([], 40, "uniform", False, 77)
+    with pytest.raises(ValueError, match=r"inner output 'obs': expected shape \(2, 40, dim\)"):
+        core.sample(5, ids, inner, outer, [0, 1], 1, True)
+
+
+@pytest.mark.parametrize("n, b", [(5000, 4), (3000, 40), (24000, 256), (300, 256), (256, 256), (1, 1), (2**31, 7)])
+def test_distinct_rows_bitmap_and_hash_paths_match_twin(n, b):
+    # Small n/b ratios use a bitmap of n bits, large ones a hash set: both must give the twin's rows.
+    for seed in range(3):
+        kr, ks = S.stream_key(seed, 1, 2, 3, 3), S.stream_key(seed, 1, 2, 3, 4)
+        got = C.distinct_rows(kr, ks, n, b)
+        np.testing.assert_array_equal(got, S._distinct_rows(kr, ks, n, b))
+        assert len(set(got.tolist())) == b and 0 <= got.min() and got.max() < n
+
+
+def test_concurrent_callers_share_the_pool_safely(tasks):
+    # Several Python threads sampling at once (the loader's thread and a second user, say) must each
+    # get exactly the serial result: the pool serves one job at a time, the others run inline.
+    import threading
+
+    s = MetaBatchSampler(tasks, 48, seed=3, backend="cpp", num_threads=2)
+    ids = [0, 1, 2, 3, 4, 5, 6]
+    want = {step: s.sample(step, ids, out=s.allocate(7), return_indices=True)[2:] for step in range(12)}
+    errors = []
+
+    def worker(k: int) -> None:
+        try:
+            out = s.allocate(7)
+            for step in range(12):
+                got = s.sample(step, ids, out=out, return_indices=True)
+                for g, w in zip(got[2:], want[step]):
+                    np.testing.assert_array_equal(g, w)
+                src = tasks[ids[k % 7]]["obs"]
+                np.testing.assert_array_equal(got[1].obs[k % 7].numpy(), src[got[3][k % 7]])
+        except BaseException as e:  # reported on the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_pool_works_in_a_forked_child(tasks):
+    # The pool's threads do not survive fork(); the child must still sample (a fresh pool).
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    s = MetaBatchSampler(tasks, 48, seed=3, backend="cpp", num_threads=2)
+    ids = [0, 1, 2, 3, 4, 5, 6]
+    want = s.sample(7, ids, out=s.allocate(7), return_indices=True)[2:]  # the parent's pool exists now
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process ... fork()"
+        pid = os.fork()
+    if pid == 0:  # child: exit status says whether it sampled the parent's rows
+        code = 1
+        try:
+            got = s.sample(7, ids, out=s.allocate(7), return_indices=True)[2:]
+            code = 0 if all(np.array_equal(g, w) for g, w in zip(got, want)) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

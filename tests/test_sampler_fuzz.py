@@ -79,6 +79,19 @@ def rand_outputs(rng: np.random.Generator, T: int, B: int, obs_dim: int, act_dim
     return outs
 
 
+def rand_slots(rng: np.random.Generator, T: int) -> list[int] | None:
+    """None (all slots) or a random subset/ordering of [0, T), sometimes malformed (out of range, empty)."""
+    r = rng.random()
+    if r < 0.5:
+        return None
+    if r < 0.53:
+        return []
+    k = int(rng.integers(1, max(T, 1) + 1))
+    if r < 0.6:
+        return [int(x) for x in rng.integers(-1, T + 2, k)]
+    return [int(x) for x in rng.integers(0, max(T, 1), k)]
+
+
 def test_fuzz_random_and_malformed_arguments():
     rng = np.random.default_rng(20261117)
     deadline = time.monotonic() + SECONDS
@@ -98,25 +111,62 @@ def test_fuzz_random_and_malformed_arguments():
         mode = str(rng.choice(["contiguous", "uniform", "bogus"], p=[0.49, 0.49, 0.02]))
         paper = bool(rng.random() < 0.5)
         nt = int(rng.integers(0, 5))
-        inner, outer = rand_outputs(rng, T, B, obs_dim, act_dim), rand_outputs(rng, T, B, obs_dim, act_dim)
-        inner2, outer2 = [a.copy() for a in inner], [a.copy() for a in outer]
-        for a, b in zip(inner + outer, inner2 + outer2):
+        slots = rand_slots(rng, T)
+        rows = T if slots is None else len(slots)
+        inner, outer = rand_outputs(rng, rows, B, obs_dim, act_dim), rand_outputs(rng, rows, B, obs_dim, act_dim)
+        r = rng.random()
+        if r < 0.05:
+            inner = None
+        elif r < 0.1:
+            outer = None
+        elif r < 0.11:
+            inner = outer = None
+        inner2 = None if inner is None else [a.copy() for a in inner]
+        outer2 = None if outer is None else [a.copy() for a in outer]
+        pairs = list(zip(inner or [], inner2 or [])) + list(zip(outer or [], outer2 or []))
+        for a, b in pairs:
             b.flags.writeable = a.flags.writeable
         calls += 1
         try:
-            got = C.sample_meta_batch(tasks, ids, B, seed, step, mode, paper, inner, outer, nt)
+            got = C.sample_meta_batch(tasks, ids, B, seed, step, mode, paper, inner, outer, nt, slots)
         except ERRORS:
             got = None
         try:
-            want = sample_meta_batch_numpy(tasks, ids, B, seed, step, mode, paper, inner2, outer2, nt)
+            want = sample_meta_batch_numpy(tasks, ids, B, seed, step, mode, paper, inner2, outer2, nt, slots)
         except ERRORS:
             want = None
-        assert (got is None) == (want is None), (calls, B, ids, mode, paper)
+        assert (got is None) == (want is None), (calls, B, ids, slots, mode, paper)
         if got is not None:
             ok += 1
             for a, b in zip(got, want):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    np.testing.assert_array_equal(a, b)
+            for a, b in pairs:
                 np.testing.assert_array_equal(a, b)
-            for a, b in zip(inner + outer, inner2 + outer2):
-                np.testing.assert_array_equal(a, b)
+        # The stateful sampler: it validates every task up front (an error there is fine), and
+        # then must agree with the twin on every call.
+        try:
+            core = C.Sampler(tasks, B, mode, paper, seed)
+        except ERRORS:
+            core = None
+        if core is not None:
+            calls += 1
+            inner3 = None if inner is None else [np.zeros_like(a) for a in inner]
+            outer3 = None if outer is None else [np.zeros_like(a) for a in outer]
+            for a, b in zip((inner3 or []) + (outer3 or []), (inner or []) + (outer or [])):
+                a.flags.writeable = b.flags.writeable
+            try:
+                got3 = core.sample(step, ids, inner3, outer3, slots, nt, True)
+            except ERRORS:
+                got3 = None
+            assert (got3 is None) == (want is None), (calls, B, ids, slots, mode, paper)
+            if got3 is not None:
+                for a, b in zip(got3, want):
+                    assert (a is None) == (b is None)
+                    if a is not None:
+                        np.testing.assert_array_equal(a, b)
+                for a, b in zip((inner3 or []) + (outer3 or []), (inner2 or []) + (outer2 or [])):
+                    np.testing.assert_array_equal(a, b)
     print(f"fuzz: {calls} calls, {ok} valid")
     assert calls > 50 and ok > 5, (calls, ok)  # the fuzzer exercised both outcomes
