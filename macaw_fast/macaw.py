@@ -19,8 +19,14 @@ from torch import Tensor, nn
 
 from .config import MacawConfig
 from .data.batch import Batch
-from .nets import PolicyNet, WLinear, ValueNet, advantage_weights, gaussian_log_prob
+from .nets import (PolicyNet, WLinear, ValueNet, accumulate_theta_leaf_grads, advantage_weights,
+                   gaussian_log_prob, theta_leaves)
 
+
+#: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
+#: one pass; larger ones in the fewest equal chunks of at most this many tasks (bounds the memory
+#: held by the graph; measured at the paper config, see `MetaLearner.meta_step`).
+AUTO_CHUNK_MAX = 12
 
 #: Names of the metrics `MetaLearner.meta_loss` returns, in order.
 METRIC_NAMES = ("loss/value_inner", "loss/value_outer", "loss/policy_inner", "loss/policy_outer",
@@ -62,10 +68,13 @@ class MetaLearner:
         fused: run the step with the fused ops of `macaw_fast.ops` (same results).
         ops_backend: with ``fused``, the ops backend: 'auto' (Triton on CUDA, or on CPU under
             ``TRITON_INTERPRET=1``; the torch twins otherwise), 'triton' or 'torch'.
+        chunk_size: tasks per backward pass in `meta_step` ('auto': see `AUTO_CHUNK_MAX`; an int:
+            at most that many). Same meta-gradient whatever the value; smaller holds less memory.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, n_train_tasks: int, config: MacawConfig | None = None,
-                 *, device=None, dtype=torch.float32, fused: bool = False, ops_backend: str = "auto") -> None:
+                 *, device=None, dtype=torch.float32, fused: bool = False, ops_backend: str = "auto",
+                 chunk_size: int | str = "auto") -> None:
         self.config = config = config if config is not None else MacawConfig()
         config.validate()
         for name, v in (("obs_dim", obs_dim), ("act_dim", act_dim), ("n_train_tasks", n_train_tasks)):
@@ -73,6 +82,9 @@ class MetaLearner:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
         self.obs_dim, self.act_dim, self.n_train_tasks = obs_dim, act_dim, n_train_tasks
         self.fused = fused
+        #: Default tasks per backward pass of `meta_step` ('auto' or a positive int).
+        self.chunk_size = chunk_size
+        self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
         #: Backend name handed to every op when fused, else None (plain torch ops).
@@ -129,10 +141,14 @@ class MetaLearner:
             raise ValueError(f"{name}: advantage weights need at least 2 rows per task (unbiased std), "
                              f"got batch size {batch.batch_size}")
 
-    def _adapt_value(self, inner: Batch, with_target: bool):
-        """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters."""
+    def _adapt_value(self, inner: Batch, with_target: bool, thetas: Sequence[Tensor] | None = None):
+        """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters.
+
+        ``thetas``: the value net's generated parameters to start from (default: generated here).
+        """
         T = inner.num_tasks
-        thetas = self.vf.thetas(low_rank_grad=not self.fused)
+        if thetas is None:
+            thetas = self.vf.thetas(low_rank_grad=not self.fused)
         per_task = [th.expand(T, -1) for th in thetas]
         v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
         loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
@@ -180,11 +196,16 @@ class MetaLearner:
             loss = loss + self.head_weight() * (pred - adv).pow(2).mean(-1)
         return loss
 
-    def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None):
-        """theta'_i for every task; ``layers`` limits the result to the first few layers."""
+    def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None,
+                      thetas: Sequence[Tensor] | None = None):
+        """theta'_i for every task; ``layers`` limits the result to the first few layers.
+
+        ``thetas``: the policy's generated parameters to start from (default: generated here).
+        """
         T = inner.num_tasks
-        thetas = [layer.theta(not self.fused) if isinstance(layer, WLinear) else layer.theta()
-                  for layer in self.policy.layers]
+        if thetas is None:
+            thetas = [layer.theta(not self.fused) if isinstance(layer, WLinear) else layer.theta()
+                      for layer in self.policy.layers]
         per_task = [th.expand(T, -1) for th in thetas]
         loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
         n = len(thetas) if layers is None else layers
@@ -217,14 +238,29 @@ class MetaLearner:
 
         inner, outer: per-task batches (T, B, ...) of the same T tasks, in the same order.
         """
+        self._check_pair(inner, outer)
+        loss, parts = self._meta_loss_parts(inner, outer)
+        metrics = dict(zip(METRIC_NAMES, self._metric_values([parts]).tolist()))
+        return loss, metrics
+
+    def _check_pair(self, inner: Batch, outer: Batch) -> None:
         self._check(inner, "inner")
         self._check(outer, "outer")
         if inner.num_tasks != outer.num_tasks:
             raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
                              f"outer has T={outer.num_tasks}")
+
+    def _meta_loss_parts(self, inner: Batch, outer: Batch, thetas: tuple | None = None) -> tuple[Tensor, tuple]:
+        """`meta_loss` without input checks or metrics: (loss, per-task pieces of the metrics).
+
+        ``thetas``: (value thetas, policy thetas) to start from (default: generated here).
+        The pieces, all detached, are the inner and outer value and policy losses (T,) and the
+        outer advantages and weights (T, B); `_metric_values` turns a list of them into metrics.
+        """
         c = self.config
+        v_th, p_th = thetas if thetas is not None else (None, None)
         # Value function: inner step, target mix, bootstrapped outer regression.
-        v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True)
+        v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True, thetas=v_th)
         v_out = self.vf.forward_thetas(v_new, outer.obs, self.backend)
         with torch.no_grad():
             target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
@@ -239,7 +275,7 @@ class MetaLearner:
             w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
             w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
         n_trunk = self.policy.num_trunk_layers
-        p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk)
+        p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk, thetas=p_th)
         mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
         if self.fused:
             from .ops import awr_loss
@@ -249,25 +285,76 @@ class MetaLearner:
             lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
         loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
-        # All metrics in one tensor: a single host sync however many there are.
+        parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
+        return loss, parts
+
+    def _metric_values(self, parts: Sequence[tuple], extra: Sequence[Tensor] = ()) -> Tensor:
+        """The metrics (`METRIC_NAMES` order, then ``extra``) as one tensor, from the per-task
+        pieces of one or more task chunks: every metric is over all tasks of all chunks."""
         with torch.no_grad():
-            values = torch.stack([
+            lv_in, lv_out, lp_in, lp_out, adv_out, w_out = (torch.cat(p) for p in zip(*parts))
+            return torch.stack([
                 lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
                 adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
-                self.value_rates().mean(), self.policy_rates().mean(), self.head_weight(),
-            ]).tolist()
-        metrics = dict(zip(METRIC_NAMES, values))
-        return loss, metrics
+                self.value_rates().mean(), self.policy_rates().mean(), self.head_weight(), *extra,
+            ])
 
-    def meta_step(self, inner: Batch, outer: Batch) -> dict:
-        """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics."""
+    def resolve_chunk_size(self, num_tasks: int, chunk_size: int | str | None = None) -> int:
+        """Tasks per backward pass that `meta_step` uses for a task batch of ``num_tasks``.
+
+        ``chunk_size``: None for this learner's `chunk_size`; 'auto' for the measured default
+        (all tasks at once up to `AUTO_CHUNK_MAX` tasks, else the fewest equal chunks of at most
+        that many); a positive int for at most that many tasks per chunk.
+        """
+        cs = self.chunk_size if chunk_size is None else chunk_size
+        if cs == "auto":
+            n_chunks = -(-num_tasks // AUTO_CHUNK_MAX)
+            return -(-num_tasks // n_chunks)
+        if not isinstance(cs, int) or isinstance(cs, bool) or cs < 1:
+            raise ValueError(f"chunk_size: expected 'auto' or a positive integer, got {cs!r}")
+        return min(cs, num_tasks)
+
+    def meta_step(self, inner: Batch, outer: Batch, chunk_size: int | str | None = None) -> dict:
+        """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics.
+
+        The backward runs per chunk of at most ``chunk_size`` tasks (see `resolve_chunk_size`;
+        default: this learner's `chunk_size`). The meta-loss is a sum over tasks, so the
+        gradients accumulate to the same meta-gradient while only one chunk's graph is held
+        at a time; each W's gradient is still formed by one GEMM from all chunks' low-rank
+        factors (generated parameters are made once, as leaves shared by the chunks). The
+        metrics are over all tasks, as `meta_loss`'s.
+        """
+        self._check_pair(inner, outer)
+        T = inner.num_tasks
+        cs = self.resolve_chunk_size(T, chunk_size)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.meta_loss(inner, outer)
-        value = loss.item()
+        thetas = None
+        if not self.fused:
+            thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
+        losses, parts = [], []
+        for start in range(0, T, cs):
+            stop = min(start + cs, T)
+            if cs == T:
+                inner_c, outer_c = inner, outer
+            else:
+                inner_c, outer_c = (Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
+            chunk_thetas = None
+            if thetas is not None:   # plain (non-WLinear) layers regenerate theta per chunk
+                chunk_thetas = tuple([layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
+                                     for net, ths in zip((self.vf, self.policy), thetas))
+            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas)
+            loss.backward()
+            losses.append(loss.detach())
+            parts.append(part)
+        if thetas is not None:
+            for net, ths in zip((self.vf, self.policy), thetas):
+                accumulate_theta_leaf_grads(net.layers, ths)
+        values = self._metric_values(parts, [torch.stack(losses).sum()]).tolist()
+        value = values[-1]
         if not math.isfinite(value):
             raise FloatingPointError(f"meta-loss is not finite ({value}); parameters left unchanged")
-        loss.backward()
         self.optimizer.step()
+        metrics = dict(zip(METRIC_NAMES, values))
         metrics["loss/meta"] = value
         return metrics
 
@@ -308,11 +395,12 @@ class MetaLearner:
         self.optimizer.load_state_dict(state["optimizer"])
 
     @classmethod
-    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False, ops_backend: str = "auto") -> "MetaLearner":
+    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False, ops_backend: str = "auto",
+                        chunk_size: int | str = "auto") -> "MetaLearner":
         """Build a learner from a `state_dict` (dims, config and dtype taken from it)."""
         dims = state["dims"]
         learner = cls(dims["obs_dim"], dims["act_dim"], dims["n_train_tasks"],
                       MacawConfig.from_dict(state["config"]), device=device,
-                      dtype=state["vf_lrs"].dtype, fused=fused, ops_backend=ops_backend)
+                      dtype=state["vf_lrs"].dtype, fused=fused, ops_backend=ops_backend, chunk_size=chunk_size)
         learner.load_state_dict(state)
         return learner

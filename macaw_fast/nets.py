@@ -174,6 +174,49 @@ class WLinear(nn.Module):
         return theta_new, theta_tgt
 
 
+    def theta_leaf(self) -> Tensor:
+        """theta = W z + b, made without a graph, as a leaf that gathers W-gradient factors.
+
+        For a backward split into several passes (task chunks): every pass that uses the leaf
+        (directly, or through `adapt`) adds dL/dtheta to its ``.grad`` and records the low-rank
+        factors of W's gradient; `accumulate_theta_leaf_grad` then turns them into the gradients
+        of z, W (one GEMM for all passes) and b. First-order only, like ``theta(low_rank_grad=True)``.
+        """
+        with torch.no_grad():
+            theta = torch.addmv(self.bias, self.weight, self.z)
+        theta.requires_grad_(True)
+        theta._macaw_w_grad = _LowRankWGrad()
+        return theta
+
+    def accumulate_theta_leaf_grad(self, theta: Tensor) -> None:
+        """Add the gradients gathered by a `theta_leaf` to z, W and b's ``.grad`` (in place)."""
+        acc = theta._macaw_w_grad
+        dtheta = theta.grad
+        if dtheta is None:
+            dtheta = torch.zeros_like(theta)
+        with torch.no_grad():
+            u = torch.cat([dtheta.unsqueeze(1)] + [f.t() for f in acc.u], dim=1)
+            v = torch.cat([self.z.unsqueeze(0)] + acc.v)
+            acc.u, acc.v = [], []
+            for p, g in ((self.weight, u @ v), (self.z, self.weight.t() @ dtheta), (self.bias, dtheta)):
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+
+
+def theta_leaves(layers: Sequence[nn.Module]) -> list[Tensor | None]:
+    """`WLinear.theta_leaf` of every WLinear layer; None for other layers."""
+    return [layer.theta_leaf() if isinstance(layer, WLinear) else None for layer in layers]
+
+
+def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Tensor | None]) -> None:
+    """`WLinear.accumulate_theta_leaf_grad` for every leaf made by `theta_leaves`."""
+    for layer, theta in zip(layers, thetas):
+        if theta is not None:
+            layer.accumulate_theta_leaf_grad(theta)
+
+
 class PlainLinear(nn.Module):
     """Plain linear layer for the no-WLinear ablation: weight (in, out), bias (out,).
 

@@ -166,3 +166,70 @@ def test_config_defaults_are_the_papers():
     assert abs(learner.head_weight().item() - math.log1p(0.01)) < 1e-15
     groups = {g["name"]: g["lr"] for g in learner.optimizer.param_groups}
     assert groups == {"value": 1e-5, "policy": 1e-4, "lrs": 1e-3}
+
+
+@pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("fused", [False, True], ids=["batched", "fused-torch"])
+def test_chunked_meta_step_matches_unchunked_and_reference(wlinear, head, fused):
+    """meta_step's backward per chunk of tasks: same meta-gradient, parameters and metrics."""
+    T, B, obs, act = 5, 9, 6, 2
+    kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
+              advantage_head=head, fused=fused, ops_backend="torch")
+    inner, outer = random_batch(T, B, obs, act, seed=5), random_batch(T, B, obs, act, seed=6)
+    ref = make_learner(obs, act, **kw)
+    reference_backward(ref, inner, outer)
+    reference = grads_of(ref)
+    ref.optimizer.step()
+    _, metrics_ref = make_learner(obs, act, **kw).meta_loss(inner, outer)
+
+    for chunk in (T, 1, 2, 3, "auto"):
+        learner = make_learner(obs, act, **kw)
+        metrics = learner.meta_step(inner, outer, chunk_size=chunk)
+        assert learner.resolve_chunk_size(T, chunk) == (T if chunk == "auto" else chunk)
+        for name, a, b in zip(param_names(learner), grads_of(learner), reference):  # .grad survives Adam
+            if b.norm() == 0:
+                assert a.norm() == 0, name
+                continue
+            assert rel_err(a, b) <= TOL, f"chunk {chunk}, {name}: relative error {rel_err(a, b):.3e}"
+        for name, a, b in zip(param_names(learner), learner.parameters(), ref.parameters()):
+            assert rel_err(a.detach(), b.detach()) <= TOL, f"chunk {chunk}, {name} after Adam"
+        assert metrics.keys() == set(metrics_ref) | {"loss/meta"}
+        for k, v in metrics_ref.items():
+            assert abs(metrics[k] - v) <= 1e-12 * max(abs(v), 1e-300), (chunk, k)
+
+
+def test_chunked_meta_step_uneven_chunks_and_default():
+    """7 tasks in chunks of 3 (3, 3, 1); the learner's chunk_size is the default of meta_step."""
+    T, B, obs, act = 7, 6, 5, 3
+    kw = dict(n_train=9, net_width=10, net_depth=3, wlinear_dim=6, head_width=3)
+    inner, outer = random_batch(T, B, obs, act, seed=8), random_batch(T, B, obs, act, seed=9)
+    ref = make_learner(obs, act, **kw)
+    loss, _ = ref.meta_loss(inner, outer)
+    loss.backward()
+    whole = grads_of(ref)
+    learner = make_learner(obs, act, **kw)
+    learner.chunk_size = 3
+    assert learner.resolve_chunk_size(T) == 3
+    metrics = learner.meta_step(inner, outer)
+    assert abs(metrics["loss/meta"] - loss.item()) <= TOL * abs(loss.item())
+    for name, a, b in zip(param_names(learner), grads_of(learner), whole):
+        assert rel_err(a, b) <= TOL, name
+
+
+def test_chunk_size_resolution_and_errors():
+    from macaw_fast.macaw import AUTO_CHUNK_MAX
+
+    learner = make_learner(4, 2, n_train=3, net_width=4, net_depth=1, wlinear_dim=3, head_width=2)
+    assert learner.resolve_chunk_size(1) == 1
+    assert learner.resolve_chunk_size(AUTO_CHUNK_MAX) == AUTO_CHUNK_MAX
+    # the fewest chunks of at most AUTO_CHUNK_MAX tasks, as equal as possible
+    for T in (AUTO_CHUNK_MAX + 1, 35, 40, 3 * AUTO_CHUNK_MAX):
+        cs = learner.resolve_chunk_size(T)
+        n = -(-T // cs)
+        assert cs <= AUTO_CHUNK_MAX and n == -(-T // AUTO_CHUNK_MAX) and n * cs - T < n
+    assert learner.resolve_chunk_size(5, 100) == 5
+    for bad in (0, -2, 1.5, "big", True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            learner.resolve_chunk_size(5, bad)
+        with pytest.raises(ValueError, match="chunk_size"):
+            MetaLearner(4, 2, 3, chunk_size=bad)
