@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <optional>
@@ -196,6 +197,13 @@ class Pool {
             for (size_t i = 0; i < n; ++i) fn(i);
             return;
         }
+        if (skip_ > 0) {  // helpers have not paid off lately (see below): run inline for a while
+            --skip_;
+            for (size_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        using clock = std::chrono::steady_clock;
+        const auto t0 = clock::now();
         auto job = std::make_shared<Job>(&fn, n, static_cast<int>(helpers));
         {
             std::lock_guard<std::mutex> lock(m_);
@@ -204,7 +212,8 @@ class Pool {
             ++generation_;
         }
         cv_.notify_all();
-        job->work();
+        const size_t mine = job->work();
+        const auto t1 = clock::now();
         for (unsigned spins = 0; job->done.load(std::memory_order_acquire) < n; ++spins) {
             if (spins < 2000) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -214,9 +223,26 @@ class Pool {
                 std::this_thread::yield();
             }
         }
+        const auto t2 = clock::now();
         {
             std::lock_guard<std::mutex> lock(m_);
             if (job_ == job) job_.reset();
+        }
+        // Did the helpers pay off? The caller's own rate gives the time it would have taken alone.
+        // No help at all (they woke too late), or a total no faster than that (a helper was
+        // descheduled mid-item on a busy machine and the caller waited for it): a strike. Two strikes
+        // in a row switch the pool off for `backoff_` calls, doubling up to 1024 while it keeps
+        // failing; one good call resets it.
+        const double alone = std::chrono::duration<double>(t1 - t0).count() * static_cast<double>(n) /
+                             static_cast<double>(std::max<size_t>(mine, 1));
+        const bool paid = mine < n && std::chrono::duration<double>(t2 - t0).count() < 0.9 * alone;
+        if (paid) {
+            strikes_ = 0;
+            backoff_ = kMinBackoff;
+        } else if (++strikes_ >= 2) {
+            skip_ = backoff_;
+            backoff_ = std::min<unsigned>(2 * backoff_, kMaxBackoff);
+            strikes_ = 1;  // after the pause one more bad call pauses again
         }
         if (job->error) std::rethrow_exception(job->error);
     }
@@ -233,10 +259,11 @@ class Pool {
         std::mutex error_mutex;
         std::exception_ptr error;
 
-        void work() {
-            for (;;) {
+        // Claims and runs items until none is left; returns how many this thread ran.
+        size_t work() {
+            for (size_t ran = 0;; ++ran) {
                 const size_t i = next.fetch_add(1, std::memory_order_relaxed);
-                if (i >= n) return;
+                if (i >= n) return ran;
                 if (!failed.load(std::memory_order_relaxed)) {
                     try {
                         (*fn)(i);
@@ -265,6 +292,10 @@ class Pool {
         }
     }
 
+    static constexpr unsigned kMinBackoff = 16, kMaxBackoff = 1024;
+    // Adaptive switch-off, guarded by busy_: calls left to run inline, failed calls in a row, and
+    // the next pause's length.
+    unsigned skip_ = 0, strikes_ = 0, backoff_ = kMinBackoff;
     std::mutex busy_;  // held by the caller for the whole job
     std::mutex m_;     // guards job_, generation_, workers_
     std::condition_variable cv_;
