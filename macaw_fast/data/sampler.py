@@ -30,6 +30,7 @@ and give identical indices and identical data.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from typing import Any, Sequence
@@ -61,6 +62,7 @@ _MAX_ROWS = 1 << 32
 # Stream ids (csrc/sampler.hpp, enum Stream).
 _INNER_START, _INNER_ROWS, _INNER_SHUFFLE, _OUTER_ROWS, _OUTER_SHUFFLE, _TASK_CHOICE = range(6)
 _VECTOR = frozenset(VECTOR_FIELDS)
+_batch_fields = operator.attrgetter(*FIELDS)  # a Batch's 8 tensors, FIELDS order, in one C call
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,10 +576,10 @@ class MetaBatchSampler:
 
     def _numpy_views(self, batch: Batch) -> list[np.ndarray]:
         """numpy views of a Batch's 8 tensors (FIELDS order), checked once and cached per Batch."""
-        tensors = [getattr(batch, k) for k in FIELDS]
         cached = self._views.get(id(batch))
-        if cached is not None and all(a is b for a, b in zip(cached[0], tensors)):
+        if cached is not None and all(map(operator.is_, cached[0], _batch_fields(batch))):
             return cached[1]
+        tensors = [getattr(batch, k) for k in FIELDS]
         if not isinstance(batch, Batch):
             raise TypeError(f"out: expected Batch objects (see MetaBatchSampler.allocate), got {type(batch).__name__}")
         for t in tensors:
@@ -614,22 +616,26 @@ class MetaBatchSampler:
         ``batches``: ``"both"``, ``"inner"`` or ``"outer"``; a batch not sampled is returned as None
         (its buffer in ``out`` may be None, and its index array is None).
         """
-        if batches not in ("both", "inner", "outer"):
-            raise ValueError(f"batches: expected 'both', 'inner' or 'outer', got {batches!r}")
         if out is None:
             rows = len(task_ids) if slots is None else len(slots)
             out = self._buffers.get(rows)
             if out is None:
                 out = self._buffers[rows] = self.allocate(rows)
         inner, outer = out
-        inner = inner if batches != "outer" else None
-        outer = outer if batches != "inner" else None
+        if batches != "both":
+            if batches == "inner":
+                outer = None
+            elif batches == "outer":
+                inner = None
+            else:
+                raise ValueError(f"batches: expected 'both', 'inner' or 'outer', got {batches!r}")
         if (batches != "outer" and inner is None) or (batches != "inner" and outer is None):
             raise ValueError(f"out: a buffer is None but batches={batches!r} samples it")
         v_in = None if inner is None else self._numpy_views(inner)
         v_out = None if outer is None else self._numpy_views(outer)
-        step = _u64("step", step)
-        if not isinstance(task_ids, list):
+        if type(step) is not int or not 0 <= step <= _M64:  # noqa: E721  (a plain int: checked fast)
+            step = _u64("step", step)
+        if type(task_ids) is not list:  # noqa: E721
             task_ids = list(task_ids)
         if self._core is not None:
             idx = self._core.sample(step, task_ids, v_in, v_out, slots, self.num_threads, return_indices)
