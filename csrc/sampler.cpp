@@ -377,8 +377,10 @@ void fill(const Request& r, int threads) {
     const size_t per_row = static_cast<size_t>(do_inner) + static_cast<size_t>(do_outer);
     const std::function<void(size_t)> item = [&](size_t i) {
         thread_local std::vector<uint64_t> scratch;
-        const size_t j = i / per_row;
-        const bool is_outer = !do_inner || (do_outer && i % per_row == 1);
+        // The outer batches (random rows: the slow items) come first, so the fast window copies fill
+        // in at the end and the threads finish together.
+        const bool is_outer = do_outer && i < rows;
+        const size_t j = is_outer || !do_outer ? i : i - rows;
         const TaskView& v = *r.view[j];
         int64_t* idx = (is_outer ? r.outer_idx : r.inner_idx) + j * r.B;
         if (is_outer) {
