@@ -34,3 +34,27 @@ def cheetah_memmaps(tmp_path_factory) -> list[dict[str, np.ndarray]]:
             task[f].reshape(-1)[:: 4096 // 4].sum()
         tasks.append(task)
     return tasks
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After bench_sampler.py: paper-style time / each sampler's time (min and median), with the load."""
+    import os
+    import sys
+
+    mod = sys.modules.get("bench_sampler")
+    results = getattr(mod, "RESULTS", None)
+    if not results:
+        return
+    tr = terminalreporter
+    tr.section("meta-batch sampling: speed-up over the paper-style sampler (same run)")
+    tr.write_line(f"load average now (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+                  f"CPUs: {os.cpu_count()}")
+    for T in sorted({t for t, _ in results}):
+        paper = results.get((T, "paper_style"))
+        if paper is None:
+            continue
+        for impl in ("numpy_twin", "cpp_1_thread", "cpp"):
+            if (T, impl) in results:
+                mn, med = results[(T, impl)]
+                tr.write_line(f"T={T:<3d} {impl:13s} min {mn * 1e3:8.3f} ms ({paper[0] / mn:5.1f}x)   "
+                              f"median {med * 1e3:8.3f} ms ({paper[1] / med:5.1f}x)")
