@@ -49,6 +49,12 @@ def test_demo_fast(tmp_path):
               "--eval-rollouts", 1)
     assert "forward (+1)" in out and "backward (-1)" in out and "mean" in out
     assert (tmp_path / "demo" / "curves.png").exists()
+    # Training read the paper's buffer_skip 7 subsample of the scripted data.
+    from macaw_fast.data import open_dataset
+
+    full, sub = open_dataset(tmp_path / "cache" / "demo-scripted-s0"), open_dataset(tmp_path / "cache" / "demo-scripted-s0-skip7")
+    assert [sub[t].num_rows for t in sub.tasks] == [full[t].num_rows // 7 for t in full.tasks]
+    assert str(tmp_path / "cache" / "demo-scripted-s0-skip7") in (tmp_path / "demo" / "config.json").read_text()
     # A second run reuses the cached data and makes a new run directory.
     out2 = cli("demo", "--fast", "--out", tmp_path / "demo", "--cache", tmp_path / "cache", "--eval-batches", 2,
                "--eval-rollouts", 1)
