@@ -60,17 +60,15 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
             for i, o, kind in layers:
                 flags = {"IN_RELU": kind != "first", "OUT_RELU": False, "CONCAT": kind == "concat"}
                 add("batched_linear_kernel", kl.batched_linear_kernel, dtype, linear_launch_config(T, N, i, o), flags)
-                # the inner loss is differentiated w.r.t. per-task (expanded) theta: SHARED=False
-                lb = linear_backward_launch_config(T, N, i, o, shared=False)
-                add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, lb["input"], flags)
-                add("linear_bwd_theta_kernel", kl.linear_bwd_theta_kernel, dtype, lb["theta"], flags)
+                # the inner loss is differentiated w.r.t. per-task (expanded) theta: SHARED=False;
+                # the first layer's input (observations) needs no gradient: no dL/dx part
+                first = kind == "first"
+                add("linear_bwd_kernel", kl.linear_bwd_kernel, dtype,
+                    linear_backward_launch_config(T, N, i, o, shared=False, do_input=not first), flags)
                 # the meta-gradient's double backward: the first layer's dL/dx has no cotangent
-                db = linear_double_backward_launch_config(T, N, i, o, shared=False)
-                has = {"HAS_GGX": kind != "first", "HAS_GGTH": True}
-                add("linear_dbwd_gy_kernel", kl.linear_dbwd_gy_kernel, dtype, db["gy"], dict(flags, **has))
-                if kind != "first":
-                    add("linear_dbwd_theta_kernel", kl.linear_dbwd_theta_kernel, dtype, db["theta"], flags)
-                add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, db["input"], flags)
+                add("linear_dbwd_kernel", kl.linear_dbwd_kernel, dtype,
+                    linear_double_backward_launch_config(T, N, i, o, False, has_ggx=not first, has_ggth=True,
+                                                         do_input=not first), flags)
                 a = adapt_launch_config(T, i * o + o, D, with_target=(net == "value"))
                 add("adapt_reduce_kernel", kw.adapt_reduce_kernel, dtype, a["reduce"])
                 add("adapt_mix_kernel", kw.adapt_mix_kernel, dtype, a["mix"])
@@ -83,11 +81,11 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         add("batched_linear_kernel", kl.batched_linear_kernel, dtype,
             linear_launch_config(T, N, shape_kw.get("width", 100), shape_kw.get("width", 100)),
             {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
-        lb = linear_backward_launch_config(T, N, 100, 100, shared=True)
-        add("linear_bwd_theta_kernel", kl.linear_bwd_theta_kernel, dtype, lb["theta"],
-            {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
-        add("linear_bwd_input_kernel", kl.linear_bwd_input_kernel, dtype, lb["input"],
-            {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False})
+        relu2 = {"IN_RELU": True, "OUT_RELU": True, "CONCAT": False}
+        add("linear_bwd_kernel", kl.linear_bwd_kernel, dtype,
+            linear_backward_launch_config(T, N, 100, 100, shared=True), relu2)
+        add("linear_dbwd_kernel", kl.linear_dbwd_kernel, dtype,
+            linear_double_backward_launch_config(T, N, 100, 100, True), relu2)
         act = shape_kw.get("act", 6)
         for head in (False, True):
             add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head))

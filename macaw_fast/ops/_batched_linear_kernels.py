@@ -65,15 +65,15 @@ def batched_linear_kernel(x_ptr, a_ptr, th_ptr, y_ptr, N, K, K1, OUT,
 
 
 @triton.jit
-def linear_bwd_input_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr, N, K, K1, OUT,
-                            stride_gyt, stride_gyn, stride_yt, stride_yn,
-                            stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
-                            stride_tht, stride_thp,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-                            IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr):
+def _linear_bwd_input(pid0, pid1, pid2, gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr, N, K, K1, OUT,
+                      stride_gyt, stride_gyn, stride_yt, stride_yn,
+                      stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                      stride_tht, stride_thp,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                      IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr):
     """dL/dX[t] = mask_in * ((gy[t] * mask_out) @ weight_t^T) for one (rows, features) tile.
 
-    Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K), T). mask_out = (y > 0) with OUT_RELU; mask_in =
+    Tile (pid0, pid1, pid2) of (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K), T). mask_out = (y > 0) with OUT_RELU; mask_in =
     (X > 0) with IN_RELU (X = concat(x, a) with CONCAT: features < K1 go to gx, the rest to ga).
 
     Args:
@@ -86,9 +86,9 @@ def linear_bwd_input_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr,
         stride_*: strides of gy and y (tasks, rows), x and a (tasks, rows, features), theta (tasks, params).
         BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
     """
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    t = tl.program_id(2)
+    pid_n = pid0
+    pid_k = pid1
+    t = pid2
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=th_ptr.dtype.element_ty)
@@ -124,15 +124,15 @@ def linear_bwd_input_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr,
 
 
 @triton.jit
-def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, OUT,
-                            stride_gyt, stride_gyn, stride_yt, stride_yn,
-                            stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-                            IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
-                            SHARED: tl.constexpr):
+def _linear_bwd_theta(pid0, pid1, pid2, gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, OUT,
+                      stride_gyt, stride_gyn, stride_yt, stride_yn,
+                      stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                      IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                      SHARED: tl.constexpr):
     """dL/dtheta: weight part act_in(X[t])^T (gy[t] * mask_out), bias part sum_n gy[t] * mask_out.
 
-    Grid: (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (one theta for all
+    Tile (pid0, pid1, pid2) of (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (one theta for all
     tasks: the program sums over t). Programs with feature block 0 also write the bias part.
 
     Args:
@@ -144,8 +144,8 @@ def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, O
         BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
         SHARED: theta is shared by all tasks.
     """
-    pid_k = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    pid_k = pid0
+    pid_o = pid1
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     acc = tl.zeros((BLOCK_K, BLOCK_O), dtype=gy_ptr.dtype.element_ty)
@@ -154,7 +154,7 @@ def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, O
         t_lo = 0
         t_hi = T
     else:
-        t_lo = tl.program_id(2)
+        t_lo = pid2
         t_hi = t_lo + 1
     for t in range(t_lo, t_hi):
         for n0 in range(0, N, BLOCK_N):
@@ -187,12 +187,12 @@ def linear_bwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, O
 
 
 @triton.jit
-def linear_dbwd_gy_kernel(ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_ptr, out_ptr, N, K, K1, OUT,
-                          stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
-                          stride_tht, stride_thp, stride_ggtht, stride_yt, stride_yn,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-                          IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
-                          HAS_GGX: tl.constexpr, HAS_GGTH: tl.constexpr):
+def _linear_dbwd_gy(pid0, pid1, pid2, ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_ptr, out_ptr, N, K, K1, OUT,
+                    stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                    stride_tht, stride_thp, stride_ggtht, stride_yt, stride_yn,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                    IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                    HAS_GGX: tl.constexpr, HAS_GGTH: tl.constexpr):
     """Double backward of the layer, gradient w.r.t. gy, for one (rows, outputs) tile of task t.
 
     out[t] = mask_out * ((mask_in * ggX[t]) @ weight_t + act_in(X[t]) @ ggweight_t + ggbias_t),
@@ -212,9 +212,9 @@ def linear_dbwd_gy_kernel(ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_pt
         BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT: as in the forward.
         HAS_GGX: the dL/dX cotangent is present. HAS_GGTH: the dL/dtheta cotangent is present.
     """
-    pid_n = tl.program_id(0)
-    pid_o = tl.program_id(1)
-    t = tl.program_id(2)
+    pid_n = pid0
+    pid_o = pid1
+    t = pid2
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     nm = n[:, None] < N
@@ -259,16 +259,16 @@ def linear_dbwd_gy_kernel(ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_pt
 
 
 @triton.jit
-def linear_dbwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_ptr, T, N, K, K1, OUT,
-                             stride_gyt, stride_gyn, stride_yt, stride_yn,
-                             stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
-                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-                             IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
-                             SHARED: tl.constexpr):
+def _linear_dbwd_theta(pid0, pid1, pid2, gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_ptr, T, N, K, K1, OUT,
+                       stride_gyt, stride_gyn, stride_yt, stride_yn,
+                       stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
+                       IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                       SHARED: tl.constexpr):
     """Double backward of the layer, gradient w.r.t. theta: weight part (mask_in * ggX[t])^T gy'[t].
 
     gy' = gy * mask_out; the bias part is zero (the first-order backward does not read the bias).
-    Grid: (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (sums over tasks).
+    Tile (pid0, pid1, pid2) of (cdiv(K, BLOCK_K), cdiv(OUT, BLOCK_O), T), or (.., .., 1) with SHARED (sums over tasks).
 
     Args:
         gy_ptr, y_ptr: the first backward's incoming gradient and the forward output, (T, N, OUT),
@@ -281,8 +281,8 @@ def linear_dbwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_
         BLOCK_N, BLOCK_K, BLOCK_O: tile sizes (>= 16). IN_RELU, OUT_RELU, CONCAT, SHARED: as in
             `linear_bwd_theta_kernel`.
     """
-    pid_k = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    pid_k = pid0
+    pid_o = pid1
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     acc = tl.zeros((BLOCK_K, BLOCK_O), dtype=gy_ptr.dtype.element_ty)
@@ -290,7 +290,7 @@ def linear_dbwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_
         t_lo = 0
         t_hi = T
     else:
-        t_lo = tl.program_id(2)
+        t_lo = pid2
         t_hi = t_lo + 1
     for t in range(t_lo, t_hi):
         for n0 in range(0, N, BLOCK_N):
@@ -327,3 +327,121 @@ def linear_dbwd_theta_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, out_
     tl.store(out + k[:, None] * OUT + o[None, :], acc, mask=(k[:, None] < K) & (o[None, :] < OUT))
     o_lim = tl.where(pid_k == 0, OUT, 0)                 # feature block 0 writes the (zero) bias part
     tl.store(out + K * OUT + o, tl.zeros((BLOCK_O,), dtype=gy_ptr.dtype.element_ty), mask=o < o_lim)
+
+
+# ---------------------------------------------------------------------------- merged launches
+# Each backward runs its independent parts in ONE launch: a 1-D grid whose first programs do one
+# part's tiles and the rest the other's (the per-part tile grids are flattened, pid0 fastest).
+
+
+@triton.jit
+def linear_bwd_kernel(gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr, gth_ptr, T, N, K, K1, OUT,
+                      stride_gyt, stride_gyn, stride_yt, stride_yn,
+                      stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                      stride_tht, stride_thp, NIN0, NIN1, NTH0, NTH1,
+                      BLOCK_N: tl.constexpr, BLOCK_K_IN: tl.constexpr, BLOCK_O_IN: tl.constexpr,
+                      BLOCK_K_TH: tl.constexpr, BLOCK_O_TH: tl.constexpr,
+                      IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                      SHARED: tl.constexpr, DO_INPUT: tl.constexpr):
+    """First-order backward of `batched_linear` in one launch: dL/dX (`_linear_bwd_input`) and dL/dtheta
+    (`_linear_bwd_theta`).
+
+    Grid: (NIN0 * NIN1 * T [DO_INPUT only] + NTH0 * NTH1 * (1 if SHARED else T),): the first programs
+    are the input part's tiles (grid (NIN0, NIN1, T) = (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K_IN), T)),
+    the rest the theta part's (grid (NTH0, NTH1, T or 1) = (cdiv(K, BLOCK_K_TH), cdiv(OUT, BLOCK_O_TH), ..)).
+
+    Args:
+        gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr: as in `_linear_bwd_input`.
+        gth_ptr: output dL/dtheta, as `_linear_bwd_theta`'s gth_ptr.
+        T, N, K, K1, OUT, stride_*: as in those two.
+        NIN0, NIN1, NTH0, NTH1: the parts' tile counts (above).
+        BLOCK_N: rows per step of both parts. BLOCK_K_IN, BLOCK_O_IN: the input part's tiles;
+        BLOCK_K_TH, BLOCK_O_TH: the theta part's. IN_RELU, OUT_RELU, CONCAT, SHARED: as in the parts.
+        DO_INPUT: compute dL/dX (False when no input needs a gradient, e.g. the first layer).
+    """
+    pid = tl.program_id(0)
+    if DO_INPUT:
+        n_in = NIN0 * NIN1 * T
+    else:
+        n_in = 0
+    if pid < n_in:
+        _linear_bwd_input(pid % NIN0, (pid // NIN0) % NIN1, pid // (NIN0 * NIN1),
+                          gy_ptr, y_ptr, x_ptr, a_ptr, th_ptr, gx_ptr, ga_ptr, N, K, K1, OUT,
+                          stride_gyt, stride_gyn, stride_yt, stride_yn,
+                          stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                          stride_tht, stride_thp, BLOCK_N, BLOCK_K_IN, BLOCK_O_IN, IN_RELU, OUT_RELU, CONCAT)
+    else:
+        q = pid - n_in
+        _linear_bwd_theta(q % NTH0, (q // NTH0) % NTH1, q // (NTH0 * NTH1),
+                          gy_ptr, y_ptr, x_ptr, a_ptr, gth_ptr, T, N, K, K1, OUT,
+                          stride_gyt, stride_gyn, stride_yt, stride_yn,
+                          stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                          BLOCK_N, BLOCK_K_TH, BLOCK_O_TH, IN_RELU, OUT_RELU, CONCAT, SHARED)
+
+
+@triton.jit
+def linear_dbwd_kernel(ggx_ptr, gga_ptr, ggth_ptr, gy_ptr, x_ptr, a_ptr, th_ptr, y_ptr,
+                       ggy_out_ptr, gth_out_ptr, gx_out_ptr, ga_out_ptr, T, N, K, K1, OUT,
+                       stride_gyt, stride_gyn, stride_yt, stride_yn,
+                       stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                       stride_tht, stride_thp, stride_ggtht, NGY0, NGY1, NTH0, NTH1, NIN0, NIN1,
+                       BLOCK_N_GY: tl.constexpr, BLOCK_K_GY: tl.constexpr, BLOCK_O_GY: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K_TH: tl.constexpr, BLOCK_O_TH: tl.constexpr,
+                       BLOCK_K_IN: tl.constexpr, BLOCK_O_IN: tl.constexpr,
+                       IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, CONCAT: tl.constexpr,
+                       SHARED: tl.constexpr, HAS_GGX: tl.constexpr, HAS_GGTH: tl.constexpr,
+                       DO_INPUT: tl.constexpr):
+    """Second-order backward of `batched_linear` in one launch, up to three independent parts:
+    d/dgy (`_linear_dbwd_gy`), d/dtheta (`_linear_dbwd_theta`, HAS_GGX only) and d/dX
+    (`_linear_bwd_input` run with the theta cotangent in place of theta, DO_INPUT only).
+
+    Grid: (NGY0 * NGY1 * T + [HAS_GGX] NTH0 * NTH1 * (1 if SHARED else T) + [DO_INPUT] NIN0 * NIN1 * T,),
+    the parts' flattened tile grids in that order (their own grids: (cdiv(N, BLOCK_N_GY),
+    cdiv(OUT, BLOCK_O_GY), T), (cdiv(K, BLOCK_K_TH), cdiv(OUT, BLOCK_O_TH), T or 1) and
+    (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K_IN), T)).
+
+    Args:
+        ggx_ptr, gga_ptr, ggth_ptr: cotangents of dL/dx, dL/da, dL/dtheta, contiguous (the theta
+            cotangent (T, P), or (P,) with stride_ggtht = 0).
+        gy_ptr: the first backward's incoming gradient (T, N, OUT), last dim contiguous.
+        x_ptr, a_ptr, th_ptr, y_ptr: the forward's inputs, parameters and output (as in the forward).
+        ggy_out_ptr: output d/dgy, contiguous (T, N, OUT). gth_out_ptr: output d/dtheta, contiguous
+            like theta (HAS_GGX). gx_out_ptr, ga_out_ptr: outputs d/dx, d/da, contiguous (DO_INPUT).
+        T, N, K, K1, OUT: tasks, rows, input features (total), features of x, outputs.
+        stride_*: strides of gy and y (tasks, rows), x and a (tasks, rows, features), theta (tasks,
+            params), the theta cotangent (tasks).
+        NGY0, NGY1, NTH0, NTH1, NIN0, NIN1: the parts' tile counts (above).
+        BLOCK_*_GY, BLOCK_*_TH, BLOCK_*_IN: the parts' tile sizes (BLOCK_N: theta and input parts).
+        IN_RELU, OUT_RELU, CONCAT, SHARED: as in the forward. HAS_GGX, HAS_GGTH: which cotangents
+        are present. DO_INPUT: compute d/dX (needs HAS_GGTH).
+    """
+    pid = tl.program_id(0)
+    n_gy = NGY0 * NGY1 * T
+    if HAS_GGX:
+        if SHARED:
+            n_th = NTH0 * NTH1
+        else:
+            n_th = NTH0 * NTH1 * T
+    else:
+        n_th = 0
+    if pid < n_gy:
+        _linear_dbwd_gy(pid % NGY0, (pid // NGY0) % NGY1, pid // (NGY0 * NGY1),
+                        ggx_ptr, gga_ptr, ggth_ptr, x_ptr, a_ptr, th_ptr, y_ptr, ggy_out_ptr, N, K, K1, OUT,
+                        stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                        stride_tht, stride_thp, stride_ggtht, stride_yt, stride_yn,
+                        BLOCK_N_GY, BLOCK_K_GY, BLOCK_O_GY, IN_RELU, OUT_RELU, CONCAT, HAS_GGX, HAS_GGTH)
+    elif pid < n_gy + n_th:
+        q = pid - n_gy
+        _linear_dbwd_theta(q % NTH0, (q // NTH0) % NTH1, q // (NTH0 * NTH1),
+                           gy_ptr, y_ptr, x_ptr, a_ptr, ggx_ptr, gga_ptr, gth_out_ptr, T, N, K, K1, OUT,
+                           stride_gyt, stride_gyn, stride_yt, stride_yn,
+                           stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                           BLOCK_N, BLOCK_K_TH, BLOCK_O_TH, IN_RELU, OUT_RELU, CONCAT, SHARED)
+    else:
+        if DO_INPUT:
+            q = pid - n_gy - n_th
+            _linear_bwd_input(q % NIN0, (q // NIN0) % NIN1, q // (NIN0 * NIN1),
+                              gy_ptr, y_ptr, x_ptr, a_ptr, ggth_ptr, gx_out_ptr, ga_out_ptr, N, K, K1, OUT,
+                              stride_gyt, stride_gyn, stride_yt, stride_yn,
+                              stride_xt, stride_xn, stride_xk, stride_at, stride_an, stride_ak,
+                              stride_ggtht, 1, BLOCK_N, BLOCK_K_IN, BLOCK_O_IN, IN_RELU, OUT_RELU, CONCAT)

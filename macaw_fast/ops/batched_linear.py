@@ -28,16 +28,26 @@ def linear_launch_config(T: int, N: int, K: int, OUT: int) -> dict:
             "constexprs": {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_O": block_o}}
 
 
-def linear_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool) -> dict:
-    """Grids, block sizes and warps of the two backward kernels (shared with the compile test)."""
+def _backward_tiles(T: int, N: int, K: int, OUT: int, shared: bool) -> dict:
+    """Tile sizes and tile grids of the input part and the theta part of the backward kernels."""
     bk_in, bo_in = min(64, max(16, next_pow2(K))), min(32, max(16, next_pow2(OUT)))
     bk_th, bo_th = min(32, max(16, next_pow2(K))), min(64, max(16, next_pow2(OUT)))
-    return {
-        "input": {"grid": (-(-N // 32), -(-K // bk_in), T), "num_warps": 4,
-                  "constexprs": {"BLOCK_N": 32, "BLOCK_K": bk_in, "BLOCK_O": bo_in}},
-        "theta": {"grid": (-(-K // bk_th), -(-OUT // bo_th), 1 if shared else T), "num_warps": 4,
-                  "constexprs": {"BLOCK_N": 32, "BLOCK_K": bk_th, "BLOCK_O": bo_th, "SHARED": shared}},
-    }
+    return {"in": (-(-N // 32), -(-K // bk_in), T), "th": (-(-K // bk_th), -(-OUT // bo_th), 1 if shared else T),
+            "blocks": {"BLOCK_N": 32, "BLOCK_K_IN": bk_in, "BLOCK_O_IN": bo_in, "BLOCK_K_TH": bk_th,
+                       "BLOCK_O_TH": bo_th}}
+
+
+def linear_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool, do_input: bool = True) -> dict:
+    """Grid, block sizes and warps of `linear_bwd_kernel` (shared with the compile test).
+
+    ``tiles``: the runtime tile counts (NIN0, NIN1, NTH0, NTH1) the kernel decodes its 1-D grid with.
+    """
+    tl_ = _backward_tiles(T, N, K, OUT, shared)
+    n_in = tl_["in"][0] * tl_["in"][1] * T if do_input else 0
+    n_th = tl_["th"][0] * tl_["th"][1] * tl_["th"][2]
+    return {"grid": (n_in + n_th,), "num_warps": 4,
+            "tiles": (tl_["in"][0], tl_["in"][1], tl_["th"][0], tl_["th"][1]),
+            "constexprs": dict(tl_["blocks"], SHARED=shared, DO_INPUT=do_input)}
 
 
 def _input(x, a, in_relu):
@@ -108,32 +118,30 @@ def _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, needs=(True, Tru
     return gx, ga, gth
 
 
-def _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu):
+def _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu, need_input=True):
+    """(dL/dx, dL/da, dL/dtheta) in one Triton launch; dL/dx and dL/da are None (or, without a,
+    dL/da an empty tensor) when ``need_input`` is False."""
     Kmod = load_kernels("_batched_linear_kernels")
     check_triton_mode(x.device, _OP)
     gy = gy.contiguous()
     T, N, K1 = x.shape
     K = K1 + (a.shape[-1] if a is not None else 0)
     shared = theta.dim() == 1
-    cfg = linear_backward_launch_config(T, N, K, OUT, shared)
+    c = linear_backward_launch_config(T, N, K, OUT, shared, need_input)
     kw = {"dtype": x.dtype, "device": x.device}
-    gx = torch.empty((T, N, K1), **kw)
-    ga = torch.empty((T, N, K - K1), **kw)
     gth = torch.empty(theta.shape, **kw)
+    gx = torch.empty((T, N, K1), **kw) if need_input else gth
+    ga = torch.empty((T, N, K - K1), **kw) if (need_input or a is None) else gth
     aa = a if a is not None else x
     yy = y if y is not None else gy
     stt = 0 if shared else theta.stride(0)
     flags = {"IN_RELU": in_relu, "OUT_RELU": out_relu, "CONCAT": a is not None}
-    c = cfg["input"]
-    Kmod.linear_bwd_input_kernel[c["grid"]](
-        gy, yy, x, aa, theta, gx, ga, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
+    Kmod.linear_bwd_kernel[c["grid"]](
+        gy, yy, x, aa, theta, gx, ga, gth, T, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
         x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2), stt, theta.stride(-1),
-        num_warps=c["num_warps"], **c["constexprs"], **flags)
-    c = cfg["theta"]
-    Kmod.linear_bwd_theta_kernel[c["grid"]](
-        gy, yy, x, aa, gth, T, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
-        x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
-        num_warps=c["num_warps"], **c["constexprs"], **flags)
+        *c["tiles"], num_warps=c["num_warps"], **c["constexprs"], **flags)
+    if not need_input:
+        gx, ga = None, (ga if a is None else None)
     return gx, ga, gth
 
 
@@ -180,59 +188,57 @@ def _double_backward_torch(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out
     return g_gy, g_x, g_a, g_th
 
 
-def linear_double_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool) -> dict:
-    """Grids, block sizes and warps of the double-backward kernels (shared with the compile test).
+def linear_double_backward_launch_config(T: int, N: int, K: int, OUT: int, shared: bool, has_ggx: bool = True,
+                                         has_ggth: bool = True, do_input: bool = True) -> dict:
+    """Grid, block sizes and warps of `linear_dbwd_kernel` (shared with the compile test).
 
-    'gy': `linear_dbwd_gy_kernel`; 'theta': `linear_dbwd_theta_kernel`; 'input': the first
-    backward's `linear_bwd_input_kernel` run with the theta cotangent in place of theta.
+    Its parts: d/dgy (tiles like the forward's), d/dtheta (with ``has_ggx``; tiles like the
+    backward's theta part) and d/dX (with ``has_ggth`` and ``do_input``; like the backward's input
+    part). ``tiles``: (NGY0, NGY1, NTH0, NTH1, NIN0, NIN1).
     """
     fw = linear_launch_config(T, N, K, OUT)
-    bw = linear_backward_launch_config(T, N, K, OUT, shared)
-    return {"gy": fw, "theta": bw["theta"], "input": bw["input"]}
+    bw = _backward_tiles(T, N, K, OUT, shared)
+    do_input = do_input and has_ggth
+    n = fw["grid"][0] * fw["grid"][1] * T
+    n += bw["th"][0] * bw["th"][1] * bw["th"][2] if has_ggx else 0
+    n += bw["in"][0] * bw["in"][1] * T if do_input else 0
+    fc = fw["constexprs"]
+    const = dict(bw["blocks"], BLOCK_N_GY=fc["BLOCK_N"], BLOCK_K_GY=fc["BLOCK_K"], BLOCK_O_GY=fc["BLOCK_O"],
+                 SHARED=shared, HAS_GGX=has_ggx, HAS_GGTH=has_ggth, DO_INPUT=do_input)
+    return {"grid": (n,), "num_warps": 4, "constexprs": const,
+            "tiles": (fw["grid"][0], fw["grid"][1], bw["th"][0], bw["th"][1], bw["in"][0], bw["in"][1])}
 
 
-def _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu):
+def _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu, need_x=True):
+    """`_double_backward_torch` in one Triton launch; g_x, g_a are None unless ``need_x``."""
     Kmod = load_kernels("_batched_linear_kernels")
     check_triton_mode(x.device, _OP)
     gy = gy.contiguous()
     T, N, K1 = x.shape
     K = K1 + (a.shape[-1] if a is not None else 0)
     shared = theta.dim() == 1
-    cfg = linear_double_backward_launch_config(T, N, K, OUT, shared)
+    has_x, has_th = ggx is not None, ggth is not None
+    c = linear_double_backward_launch_config(T, N, K, OUT, shared, has_x, has_th, need_x)
     kw = {"dtype": x.dtype, "device": x.device}
     aa = a if a is not None else x
     yy = y if y is not None else gy
     stt = 0 if shared else theta.stride(0)
     flags = {"IN_RELU": in_relu, "OUT_RELU": out_relu, "CONCAT": a is not None}
-    has_x, has_th = ggx is not None, ggth is not None
     ggx = ggx.contiguous() if has_x else gy
     gga = gga.contiguous() if (has_x and a is not None) else ggx
     ggth = ggth.contiguous() if has_th else theta
     g_gy = torch.empty((T, N, OUT), **kw)
-    c = cfg["gy"]
-    Kmod.linear_dbwd_gy_kernel[c["grid"]](
-        ggx, gga, ggth, x, aa, theta, yy, g_gy, N, K, K1, OUT,
+    do_input = c["constexprs"]["DO_INPUT"]
+    g_th = torch.empty(theta.shape, **kw) if has_x else None
+    g_x = torch.empty((T, N, K1), **kw) if do_input else None
+    g_a = torch.empty((T, N, K - K1), **kw) if (do_input and a is not None) else None
+    dummy = g_gy
+    Kmod.linear_dbwd_kernel[c["grid"]](
+        ggx, gga, ggth, gy, x, aa, theta, yy, g_gy, dummy if g_th is None else g_th,
+        dummy if g_x is None else g_x, dummy if g_a is None else g_a, T, N, K, K1, OUT,
+        gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
         x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2), stt, theta.stride(-1),
-        0 if shared else K * OUT + OUT, yy.stride(0), yy.stride(1),
-        HAS_GGX=has_x, HAS_GGTH=has_th, num_warps=c["num_warps"], **c["constexprs"], **flags)
-    g_x = g_a = g_th = None
-    if has_x:
-        g_th = torch.empty(theta.shape, **kw)
-        c = cfg["theta"]
-        Kmod.linear_dbwd_theta_kernel[c["grid"]](
-            gy, yy, x, aa, ggx, gga, g_th, T, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
-            x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
-            num_warps=c["num_warps"], **c["constexprs"], **flags)
-    if has_th:
-        g_x = torch.empty((T, N, K1), **kw)
-        g_a = torch.empty((T, N, K - K1), **kw)
-        c = cfg["input"]
-        Kmod.linear_bwd_input_kernel[c["grid"]](
-            gy, yy, x, aa, ggth, g_x, g_a, N, K, K1, OUT, gy.stride(0), gy.stride(1), yy.stride(0), yy.stride(1),
-            x.stride(0), x.stride(1), x.stride(2), aa.stride(0), aa.stride(1), aa.stride(2),
-            0 if shared else K * OUT + OUT, 1, num_warps=c["num_warps"], **c["constexprs"], **flags)
-        if a is None:
-            g_a = None
+        0 if shared else K * OUT + OUT, *c["tiles"], num_warps=c["num_warps"], **c["constexprs"], **flags)
     return g_gy, g_x, g_a, g_th
 
 
@@ -246,14 +252,15 @@ class LinearDoubleBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu):
-        return _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu)
+    def forward(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu, need_x=True):
+        return _double_backward_triton(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu, need_x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu = inputs
+        ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu = inputs[:11]
         ctx.save_for_backward(ggx, gga, ggth, gy, x, a, theta, y)
         ctx.cfg = (OUT, in_relu, out_relu)
+        ctx.n_inputs = len(inputs)               # need_x (the 12th) is optional
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -265,8 +272,9 @@ class LinearDoubleBackward(torch.autograd.Function):
         prim = [n for n in names if vals[n] is not None]
         cots = [c_gy, c_x, c_a, c_th]
         keep = [k for k, c in enumerate(cots) if c is not None and _double_output_present(k, ggx, ggth, a)]
+        pad = (None,) * (ctx.n_inputs - 7)
         if not keep:
-            return (None,) * 11
+            return (None,) * 7 + pad
 
         def f(*args):
             v = dict(vals, **dict(zip(prim, args)))
@@ -276,7 +284,7 @@ class LinearDoubleBackward(torch.autograd.Function):
 
         _, vjp = torch.func.vjp(f, *(vals[n] for n in prim))
         g = dict(zip(prim, vjp(tuple(cots[k] for k in keep))))
-        return tuple(g.get(n) for n in names) + (None,) * 4
+        return tuple(g.get(n) for n in names) + pad
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -284,26 +292,29 @@ class LinearDoubleBackward(torch.autograd.Function):
 
 
 def _double_output_present(k, ggx, ggth, a):
-    """Whether output k of `LinearDoubleBackward` (g_gy, g_x, g_a, g_theta) is a tensor."""
+    """Whether output k of `LinearDoubleBackward` (g_gy, g_x, g_a, g_theta) can be a tensor (g_x and
+    g_a are also None when not needed; their cotangents are then None too)."""
     return (k == 0 or (k == 1 and ggth is not None) or (k == 2 and ggth is not None and a is not None)
             or (k == 3 and ggx is not None))
 
 
 class LinearBackward(torch.autograd.Function):
-    """The first-order backward of `batched_linear` as its own Function (two Triton launches).
+    """The first-order backward of `batched_linear` as its own Function (one Triton launch).
 
-    Outputs (dL/dx, dL/da (empty without concat), dL/dtheta). Its own backward, used when the
-    inner loss is differentiated twice (MACAW's meta-gradient), is `LinearDoubleBackward`
-    (at most three Triton launches), itself differentiable, so every order stays exact.
+    Outputs (dL/dx, dL/da (empty without concat), dL/dtheta); with ``need_input`` False dL/dx and
+    dL/da are None (not computed). Its own backward, used when the inner loss is differentiated
+    twice (MACAW's meta-gradient), is `LinearDoubleBackward` (one Triton launch), itself
+    differentiable, so every order stays exact.
     """
 
     @staticmethod
-    def forward(gy, x, a, theta, y, OUT, in_relu, out_relu):
-        return _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu)
+    def forward(gy, x, a, theta, y, OUT, in_relu, out_relu, need_input=True):
+        return _backward_triton(gy, x, a, theta, y, OUT, in_relu, out_relu, need_input)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        gy, x, a, theta, y, OUT, in_relu, out_relu = inputs
+        gy, x, a, theta, y, OUT, in_relu, out_relu = inputs[:8]
+        ctx.n_inputs = len(inputs)
         ctx.save_for_backward(gy, x, a, theta, y)
         ctx.cfg = (OUT, in_relu, out_relu)
         ctx.set_materialize_grads(False)          # absent cotangents stay None: no zero tensors made
@@ -319,10 +330,13 @@ class LinearBackward(torch.autograd.Function):
         elif (ggx is None) != (gga is None):         # one half of the concat cotangent is absent
             ggx = torch.zeros_like(x) if ggx is None else ggx
             gga = torch.zeros_like(a) if gga is None else gga
+        pad = (None,) * (ctx.n_inputs - 4)
         if ggx is None and ggth is None:
-            return (None,) * 8
-        g_gy, g_x, g_a, g_th = LinearDoubleBackward.apply(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu)
-        return g_gy, g_x, g_a, g_th, None, None, None, None
+            return (None,) * 4 + pad
+        need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        g_gy, g_x, g_a, g_th = LinearDoubleBackward.apply(ggx, gga, ggth, gy, x, a, theta, y, OUT, in_relu, out_relu,
+                                                          need_x)
+        return (g_gy, g_x, g_a, g_th) + pad
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -349,7 +363,8 @@ class BatchedLinear(torch.autograd.Function):
         x, a, theta, y = ctx.saved_tensors
         OUT, in_relu, out_relu = ctx.cfg
         if ctx.backend == "triton":
-            gx, ga, gth = LinearBackward.apply(gy, x, a, theta, y, OUT, in_relu, out_relu)
+            need_input = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+            gx, ga, gth = LinearBackward.apply(gy, x, a, theta, y, OUT, in_relu, out_relu, need_input)
             ga = ga if a is not None else None
         else:
             gx, ga, gth = _backward_torch(gy, x, a, theta, y, OUT, in_relu, out_relu, ctx.needs_input_grad[:3])
