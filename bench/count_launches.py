@@ -2,6 +2,8 @@
 
 Run: ``TRITON_INTERPRET=1 python bench/count_launches.py`` (without the interpreter and without
 a GPU the fused step runs the torch twins, whose count is printed too but is not what a GPU runs).
+``--ops``: the most frequent ops/kernels per row; ``--sources``: the fused step's torch ops grouped
+by where they run (the autograd node executing, or "fwd", and the innermost macaw_fast frame).
 A launch is a non-view aten op (TorchDispatchMode) or a Triton kernel launch; counts do not depend
 on the network sizes, so small ones are used (the interpreter is slow), with the paper's T = 5.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 
 import torch
 
@@ -32,6 +35,37 @@ def launches_per_step(fused: bool, backend: str = "auto", T: int = 5, small: boo
     return count_launches(learner.meta_step, inner, outer)
 
 
+def torch_op_sources(backend: str = "triton", T: int = 5) -> Counter:
+    """The fused step's torch ops (as counted above) by (autograd node or 'fwd', innermost
+    macaw_fast frame, op name): where the launches that are not Triton kernels come from."""
+    import traceback
+
+    import bench_ops
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cfg = MacawConfig(net_width=8, wlinear_dim=4, head_width=4)
+    torch.manual_seed(0)
+    learner = MetaLearner(20, 6, 35, cfg, fused=True, ops_backend=backend)
+    g = torch.Generator().manual_seed(0)
+    inner, outer = synthetic_batch(T, 16, 20, 6, g), synthetic_batch(T, 16, 20, 6, g)
+    learner.meta_step(inner, outer)
+    src: Counter = Counter()
+
+    class _Where(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name not in bench_ops.NO_KERNEL and not bench_ops._IN_TRITON[0]:
+                node = torch._C._current_autograd_node()
+                frame = next((f"{os.path.basename(f.filename)}:{f.name}" for f in reversed(traceback.extract_stack())
+                              if "macaw_fast" in f.filename and "_common" not in f.filename), "?")
+                src[(node.name() if node is not None else "fwd", frame, name)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with bench_ops._count_triton(), _Where():
+        learner.meta_step(inner, outer)
+    return src
+
+
 def main() -> int:
     from macaw_fast.ops._common import interpreter_requested, triton_importable
 
@@ -47,6 +81,10 @@ def main() -> int:
     if "--ops" in sys.argv:
         for k, v in rows.items():
             print(k, v["ops"].most_common(25))
+    if "--sources" in sys.argv:
+        src = torch_op_sources("triton" if "fused (triton)" in rows else "torch")
+        for (node, frame, op), n in sorted(src.items(), key=lambda kv: -kv[1]):
+            print(f"{n:4d}  {node:32s} {frame:40s} {op}")
     return 0
 
 
