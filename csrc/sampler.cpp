@@ -197,13 +197,18 @@ class Pool {
             for (size_t i = 0; i < n; ++i) fn(i);
             return;
         }
-        if (skip_ > 0) {  // helpers have not paid off lately (see below): run inline for a while
-            --skip_;
-            for (size_t i = 0; i < n; ++i) fn(i);
-            return;
-        }
         using clock = std::chrono::steady_clock;
         const auto t0 = clock::now();
+        if (skip_ > 0 || serial_item_s_ <= 0) {
+            // The pool is off (helpers have not paid off lately, see below), or the serial cost per
+            // item is not known yet: run inline, and time it.
+            if (skip_ > 0) --skip_;
+            ++stats_.skipped;
+            for (size_t i = 0; i < n; ++i) fn(i);
+            const double per_item = std::chrono::duration<double>(clock::now() - t0).count() / static_cast<double>(n);
+            serial_item_s_ = serial_item_s_ <= 0 ? per_item : 0.75 * serial_item_s_ + 0.25 * per_item;
+            return;
+        }
         auto job = std::make_shared<Job>(&fn, n, static_cast<int>(helpers));
         {
             std::lock_guard<std::mutex> lock(m_);
@@ -214,13 +219,16 @@ class Pool {
         cv_.notify_all();
         const size_t mine = job->work();
         const auto t1 = clock::now();
+        // Wait for the items helpers claimed: spin briefly (they are usually about to finish), then
+        // sleep until the last one is done, so that a helper waiting for a CPU can have ours.
         for (unsigned spins = 0; job->done.load(std::memory_order_acquire) < n; ++spins) {
-            if (spins < 2000) {
 #if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
-            } else {
-                std::this_thread::yield();
+            if ((spins & 63) == 63 && clock::now() - t1 > std::chrono::microseconds(kSpinMicros)) {
+                std::unique_lock<std::mutex> lock(job->done_mutex);
+                job->done_cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) >= n; });
+                break;
             }
         }
         const auto t2 = clock::now();
@@ -228,15 +236,19 @@ class Pool {
             std::lock_guard<std::mutex> lock(m_);
             if (job_ == job) job_.reset();
         }
-        // Did the helpers pay off? The caller's own rate gives the time it would have taken alone.
-        // No help at all (they woke too late), or a total no faster than that (a helper was
-        // descheduled mid-item on a busy machine and the caller waited for it): a strike. Two strikes
-        // in a row switch the pool off for `backoff_` calls, doubling up to 1024 while it keeps
-        // failing; one good call resets it.
-        const double alone = std::chrono::duration<double>(t1 - t0).count() * static_cast<double>(n) /
-                             static_cast<double>(std::max<size_t>(mine, 1));
-        const bool paid = mine < n && std::chrono::duration<double>(t2 - t0).count() < 0.9 * alone;
+        // Did the helpers pay off? A call whose time per item is not clearly below the serial time per
+        // item (a running average of the inline calls) is a strike: on a machine with no idle CPU the
+        // woken helper takes the caller's CPU, or is descheduled holding an item, and the call ends up
+        // slower than one thread alone. Two strikes in a row switch the pool off for `backoff_` calls
+        // (16, doubling up to 1024 while it keeps failing; the inline calls refresh the serial
+        // average); one good call resets the backoff.
+        const double per_item = std::chrono::duration<double>(t2 - t0).count() / static_cast<double>(n);
+        const bool paid = mine < n && per_item < 0.9 * serial_item_s_;
+        ++stats_.pooled;
+        stats_.helped += n - mine;
+        stats_.wait_us += std::chrono::duration<double, std::micro>(t2 - t1).count();
         if (paid) {
+            ++stats_.paid;
             strikes_ = 0;
             backoff_ = kMinBackoff;
         } else if (++strikes_ >= 2) {
@@ -258,6 +270,8 @@ class Pool {
         std::atomic<bool> failed{false};
         std::mutex error_mutex;
         std::exception_ptr error;
+        std::mutex done_mutex;  // with done_cv: the caller sleeps until done == n
+        std::condition_variable done_cv;
 
         // Claims and runs items until none is left; returns how many this thread ran.
         size_t work() {
@@ -273,7 +287,10 @@ class Pool {
                         failed.store(true, std::memory_order_relaxed);
                     }
                 }
-                done.fetch_add(1, std::memory_order_release);
+                if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {  // the last item: wake the caller
+                    std::lock_guard<std::mutex> lock(done_mutex);
+                    done_cv.notify_all();
+                }
             }
         }
     };
@@ -293,9 +310,20 @@ class Pool {
     }
 
     static constexpr unsigned kMinBackoff = 16, kMaxBackoff = 1024;
+    static constexpr int kSpinMicros = 20;
     // Adaptive switch-off, guarded by busy_: calls left to run inline, failed calls in a row, and
     // the next pause's length.
     unsigned skip_ = 0, strikes_ = 0, backoff_ = kMinBackoff;
+    double serial_item_s_ = 0;  // running average of an inline call's seconds per item (0: none yet)
+
+   public:
+    // Counters since the pool started (read with busy_ free; for diagnostics and tests).
+    struct Stats {
+        uint64_t pooled = 0, paid = 0, skipped = 0, helped = 0;
+        double wait_us = 0;
+    } stats_;
+
+   private:
     std::mutex busy_;  // held by the caller for the whole job
     std::mutex m_;     // guards job_, generation_, workers_
     std::condition_variable cv_;
@@ -631,6 +659,19 @@ void register_sampler(py::module_& m) {
     m.def("sample_indices", &sample_indices, py::arg("n_rows"), py::arg("task_ids"), py::arg("batch_size"),
           py::arg("seed"), py::arg("step"), py::arg("inner_mode"), py::arg("paper_window"), py::arg("num_threads") = 1,
           "Row indices of one meta-batch: (inner_idx, outer_idx), each (T, B) int64, for tasks with n_rows rows.");
+    m.def(
+        "_pool_stats",
+        []() {
+            const auto& st = Pool::get().stats_;
+            py::dict d;
+            d["pooled"] = st.pooled;    // calls that published a job to the helper threads
+            d["paid"] = st.paid;        // ... of which the helpers made faster
+            d["skipped"] = st.skipped;  // multi-threaded calls run inline while the pool was switched off
+            d["helped"] = st.helped;    // items the helpers ran
+            d["wait_us"] = st.wait_us;  // time callers waited for helpers after their own items
+            return d;
+        },
+        "Diagnostics of the sampler's thread pool (counters since it started in this process).");
     m.def("choose_positions", &choose_positions, py::arg("seed"), py::arg("step"), py::arg("num"), py::arg("k"),
           "Positions of step's task batch: k distinct of [0, num) in random order (RNG stream 5).");
     m.def("stream_key", &macaw::stream_key, py::arg("seed"), py::arg("step"), py::arg("task"), py::arg("slot"),

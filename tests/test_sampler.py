@@ -650,3 +650,24 @@ def test_pool_works_in_a_forked_child(tasks):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_pool_measures_the_serial_cost_first_and_counts_its_calls(tasks):
+    # A multi-threaded call runs inline until the serial cost per item is known (and while the pool
+    # is switched off because helpers did not pay off); otherwise it is handed to the pool. Either
+    # way the output is the serial output, and every call is counted once.
+    s1 = MetaBatchSampler(tasks, 48, seed=3, backend="cpp", num_threads=1)
+    s2 = MetaBatchSampler(tasks, 48, seed=3, backend="cpp", num_threads=2)
+    before = C._pool_stats()
+    for step in range(40):
+        a = s1.sample(step, [0, 1, 2, 3], out=s1.allocate(4), return_indices=True)
+        b = s2.sample(step, [0, 1, 2, 3], out=s2.allocate(4), return_indices=True)
+        np.testing.assert_array_equal(a[3], b[3])
+        for f in FIELDS:
+            assert torch.equal(getattr(a[1], f), getattr(b[1], f))
+    after = C._pool_stats()
+    calls = (after["pooled"] - before["pooled"]) + (after["skipped"] - before["skipped"])
+    assert calls == 40, (before, after)  # only the 2-thread sampler's calls reach the pool
+    assert after["skipped"] > before["skipped"] or before["pooled"] > 0  # inline first, to time it
+    assert after["paid"] - before["paid"] <= after["pooled"] - before["pooled"]
+    assert 0 <= after["helped"] - before["helped"] <= 8 * (after["pooled"] - before["pooled"])
