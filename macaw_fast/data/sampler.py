@@ -26,6 +26,10 @@ counter-based RNG, so a resumed run draws exactly what an uninterrupted one draw
 
 The C++ extension (``macaw_fast._C``) and the numpy functions here implement the same definitions
 and give identical indices and identical data.
+
+Because every draw is keyed by its slot in the task batch, any subset of the slots can be sampled
+on its own (``slots=``): data-parallel ranks each sample their share of a step's task batch and
+together get exactly the single-process meta-batch.
 """
 
 from __future__ import annotations
@@ -505,7 +509,9 @@ class MetaBatchSampler:
     ``inner_mode``: ``"contiguous"`` (a window of B consecutive rows, the paper's training) or
     ``"uniform"`` (B distinct uniform rows). ``paper_window``: the window start is uniform in
     [0, N - B) like the paper's code (True) or in [0, N - B] (False). ``seed``: with the step and the
-    task ids it fixes every index. ``num_threads``: C++ worker threads (default: up to 4).
+    task ids it fixes every index. ``num_threads``: C++ threads per call, the caller's included
+    (default: min(4, CPUs)); they come from a persistent pool, which runs calls on one thread while
+    extra threads do not make them faster (a machine with no idle CPU). The output never depends on it.
     ``pin_memory``: allocate page-locked buffers for fast host-to-GPU copies (only when CUDA is
     available; otherwise a warning and ordinary memory). ``backend``: ``"auto"`` (C++ when built,
     else the numpy twin with a warning), ``"cpp"`` or ``"numpy"``.
