@@ -1,6 +1,7 @@
 """One MACAW meta-step (loss, backward, Adam) at the paper's config: per-task loop vs batched vs fused.
 
-Run: ``pytest bench/bench_meta_step.py --benchmark-only`` (one table per T; 2 torch threads).
+Run: ``pytest bench/bench_meta_step.py --benchmark-only`` (one table per T; 2 torch threads, or
+``MACAW_BENCH_THREADS=n``: on a loaded machine, 1 thread gives steadier loop/batched ratios).
 ``paper_loop`` is `macaw_fast.reference.reference_backward` (per task: copy every parameter, inner
 step with create_graph, outer losses, backward — what the paper's code does with `higher`) followed
 by the same Adam step; ``batched`` is `MetaLearner.meta_step`; ``fused`` the same with ``fused=True``.
@@ -23,6 +24,7 @@ from macaw_fast._malloc import tune_malloc
 tune_malloc()   # as the CLI does; applies to every implementation alike
 
 OBS, ACT, B, N_TRAIN = 20, 6, 256, 35
+THREADS = int(os.environ.get("MACAW_BENCH_THREADS", "2"))
 IMPLS = ["paper_loop", "batched", "fused"]
 
 
@@ -52,7 +54,7 @@ def peak_memory_mb(impl: str, T: int) -> float:
     """Peak RSS growth (MB) over two meta-steps, in a fresh process (after building nets and data)."""
     code = f"""
 import json, resource, torch
-torch.set_num_threads(2)
+torch.set_num_threads({THREADS})
 import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
 from bench_meta_step import make_step   # (tunes malloc on import, like the timed runs)
 step, _ = make_step({impl!r}, {T})
@@ -70,15 +72,17 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - bas
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("T", [5, 35])
 def test_meta_step(benchmark, impl, T):
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     if impl == "fused":
         from macaw_fast.macaw import fused_available
         if not fused_available():
             pytest.skip("fused meta-step not available")
     step, learner = make_step(impl, T)
-    benchmark.group = f"meta-step T={T} (paper config, fp32, 2 threads)"
+    benchmark.group = f"meta-step T={T} (paper config, fp32, {THREADS} threads)"
     benchmark.extra_info.update({"impl": impl, "T": T, "torch": torch.__version__,
                                  "threads": torch.get_num_threads(),
                                  "peak_mem_mb": round(peak_memory_mb(impl, T), 1)})
+    if impl != "paper_loop":
+        benchmark.extra_info["chunk_size"] = learner.resolve_chunk_size(T)
     slow = impl == "paper_loop" and T == 35
     benchmark.pedantic(step, rounds=3 if slow else 15, warmup_rounds=1 if slow else 3)

@@ -292,7 +292,8 @@ class MetaLearner:
         """The metrics (`METRIC_NAMES` order, then ``extra``) as one tensor, from the per-task
         pieces of one or more task chunks: every metric is over all tasks of all chunks."""
         with torch.no_grad():
-            lv_in, lv_out, lp_in, lp_out, adv_out, w_out = (torch.cat(p) for p in zip(*parts))
+            lv_in, lv_out, lp_in, lp_out, adv_out, w_out = (
+                p[0] if len(p) == 1 else torch.cat(p) for p in zip(*parts))
             return torch.stack([
                 lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
                 adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
