@@ -38,6 +38,8 @@ NO_KERNEL = {
     "unsqueeze", "squeeze", "as_strided", "alias", "detach", "empty", "empty_strided", "empty_like",
     "split", "split_with_sizes", "unbind", "lift_fresh", "lift_fresh_copy", "_reshape_alias",
     "new_empty", "new_empty_strided", "numpy_T", "_local_scalar_dense", "is_same_size", "sym_size",
+    # profiler annotations (torch.autograd.profiler.record_function, e.g. in Optimizer.step)
+    "_record_function_enter_new", "_record_function_exit",
 }
 
 

@@ -111,6 +111,28 @@ def signature(fn, dtype: torch.dtype, constexprs: dict) -> dict:
     return sig
 
 
+def _gpu_function(fn):
+    """``fn`` with every interpreted helper it calls (``triton.jit`` under TRITON_INTERPRET=1)
+    swapped for a GPU ``JITFunction`` in its globals, so the compiler can inline it."""
+    import types
+
+    from triton.runtime.jit import JITFunction
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:          # pragma: no cover - older triton
+        return fn
+    names = fn.__code__.co_names
+    swap = {k: v for k, v in fn.__globals__.items() if k in names and isinstance(v, InterpretedFunction)}
+    if not swap:
+        return fn
+    glb = dict(fn.__globals__)
+    for k, v in swap.items():
+        glb[k] = JITFunction(_gpu_function(v.fn))
+    new = types.FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__doc__, new.__module__, new.__qualname__ = fn.__doc__, fn.__module__, fn.__qualname__
+    return new
+
+
 def compile_spec(spec: dict, capability: int) -> dict:
     """Compile one spec for ``cuda`` sm_<capability> (warp size 32) without a GPU.
 
@@ -122,7 +144,7 @@ def compile_spec(spec: dict, capability: int) -> dict:
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    fn = JITFunction(spec["fn"])            # a GPU JIT function even under TRITON_INTERPRET=1
+    fn = JITFunction(_gpu_function(spec["fn"]))   # a GPU JIT function even under TRITON_INTERPRET=1
     src = ASTSource(fn=fn, signature=signature(spec["fn"], spec["dtype"], spec["constexprs"]),
                     constexprs=spec["constexprs"])
     t0 = time.perf_counter()
