@@ -397,6 +397,24 @@ struct Request {
     int64_t* outer_idx = nullptr;
 };
 
+// Copies one task's rows idx[0..B) of all fields into dst. The row lengths of the paper's
+// environments (obs_dim, act_dim: HalfCheetah 20, 6; Ant 27, 8; Walker 17, 6) get copy loops
+// compiled for them; any other shape takes the generic loop (same result).
+void gather(const TaskView& v, const int64_t* idx, uint64_t B, float* const (&dst)[kNumFields]) {
+    static_assert(kNumFields == 8 && kFieldKind[0] == 1 && kFieldKind[1] == 2 && kFieldKind[3] == 1 && kFieldKind[6] == 1,
+                  "the fixed layouts below follow kFieldKind");
+    const uint64_t od = v.len[0], ad = v.len[1];
+    if (od == 20 && ad == 6) {
+        macaw::gather_task_rows_with<kScalarMask>(macaw::FixedLens<20, 6, 1, 20, 1, 1, 20, 1>{}, v.src, v.len, v.n, idx, B, dst);
+    } else if (od == 27 && ad == 8) {
+        macaw::gather_task_rows_with<kScalarMask>(macaw::FixedLens<27, 8, 1, 27, 1, 1, 27, 1>{}, v.src, v.len, v.n, idx, B, dst);
+    } else if (od == 17 && ad == 6) {
+        macaw::gather_task_rows_with<kScalarMask>(macaw::FixedLens<17, 6, 1, 17, 1, 1, 17, 1>{}, v.src, v.len, v.n, idx, B, dst);
+    } else {
+        macaw::gather_task_rows<kScalarMask>(v.src, v.len, v.n, idx, B, dst);
+    }
+}
+
 // Draws the indices and copies the rows of every (output row, batch): one pool item each.
 // Called without the GIL.
 void fill(const Request& r, int threads) {
@@ -419,7 +437,7 @@ void fill(const Request& r, int threads) {
         const float* const* out = is_outer ? r.outer_ptr : r.inner_ptr;
         float* dst[kNumFields];
         for (int f = 0; f < kNumFields; ++f) dst[f] = const_cast<float*>(out[f]) + j * r.B * v.len[f];
-        macaw::gather_task_rows<kScalarMask>(v.src, v.len, v.n, idx, r.B, dst);
+        gather(v, idx, r.B, dst);
     };
     Pool::get().run(rows * per_row, threads, item);
 }

@@ -671,3 +671,21 @@ def test_pool_measures_the_serial_cost_first_and_counts_its_calls(tasks):
     assert after["skipped"] > before["skipped"] or before["pooled"] > 0  # inline first, to time it
     assert after["paid"] - before["paid"] <= after["pooled"] - before["pooled"]
     assert 0 <= after["helped"] - before["helped"] <= 8 * (after["pooled"] - before["pooled"])
+
+
+@pytest.mark.parametrize("obs_dim, act_dim", [(20, 6), (27, 8), (17, 6), (20, 8), (3, 1), (4, 4)])
+@pytest.mark.parametrize("mode", S.INNER_MODES)
+def test_compiled_row_layouts_match_twin(obs_dim, act_dim, mode):
+    # The paper's environments' row lengths have copy loops compiled for them (csrc/sampler.cpp,
+    # gather); these and the generic loop must all give the twin's rows.
+    tasks = [make_task(n, obs_dim, act_dim, scalar_2d=bool(i % 2), seed=i) for i, n in enumerate([90, 70, 120])]
+    ids = [2, 0, 1, 2]
+    (ci, co), cin, cout = run("cpp", tasks, ids, 33, 5, 8, mode, True, obs_dim, act_dim, num_threads=2)
+    (ni, no), nin, nout = run("numpy", tasks, ids, 33, 5, 8, mode, True, obs_dim, act_dim)
+    np.testing.assert_array_equal(co, no)
+    for a, b in zip(cin + cout, nin + nout):
+        np.testing.assert_array_equal(a, b)
+    for slot, t in enumerate(ids):
+        for f, name in enumerate(FIELDS):
+            src = tasks[t][name].reshape(len(tasks[t][name]), -1)
+            np.testing.assert_array_equal(cout[f][slot].reshape(33, -1), src[co[slot]])
