@@ -26,7 +26,7 @@ from .nets import (PolicyNet, WLinear, ValueNet, accumulate_theta_leaf_grads, ad
 #: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
 #: one pass; larger ones in the fewest equal chunks of at most this many tasks (bounds the memory
 #: held by the graph; measured at the paper config, see `MetaLearner.meta_step`).
-AUTO_CHUNK_MAX = 12
+AUTO_CHUNK_MAX = 18
 
 #: Names of the metrics `MetaLearner.meta_loss` returns, in order.
 METRIC_NAMES = ("loss/value_inner", "loss/value_outer", "loss/policy_inner", "loss/policy_outer",
@@ -250,10 +250,14 @@ class MetaLearner:
             raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
                              f"outer has T={outer.num_tasks}")
 
-    def _meta_loss_parts(self, inner: Batch, outer: Batch, thetas: tuple | None = None) -> tuple[Tensor, tuple]:
+    def _meta_loss_parts(self, inner: Batch, outer: Batch, thetas: tuple | None = None,
+                         value_backward: bool = False) -> tuple[Tensor, tuple]:
         """`meta_loss` without input checks or metrics: (loss, per-task pieces of the metrics).
 
         ``thetas``: (value thetas, policy thetas) to start from (default: generated here).
+        ``value_backward``: run the value part's backward as soon as it is built, so that the value
+        and policy graphs (each about half the memory) are never held together; the returned
+        loss has the same value but its graph is the policy part's only (call backward on it).
         The pieces, all detached, are the inner and outer value and policy losses (T,) and the
         outer advantages and weights (T, B); `_metric_values` turns a list of them into metrics.
         """
@@ -266,6 +270,9 @@ class MetaLearner:
             target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
                 [t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
         lv_out = (v_out - target).pow(2).mean(-1)
+        if value_backward:
+            (lv_out.sum() / self.n_train_tasks).backward()
+            lv_out = lv_out.detach()
 
         # Policy: advantages from the adapted value function, no gradient into it.
         adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer, v_obs=v_out)
@@ -343,7 +350,7 @@ class MetaLearner:
             if thetas is not None:   # plain (non-WLinear) layers regenerate theta per chunk
                 chunk_thetas = tuple([layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
                                      for net, ths in zip((self.vf, self.policy), thetas))
-            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas)
+            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas, value_backward=True)
             loss.backward()
             losses.append(loss.detach())
             parts.append(part)
