@@ -138,7 +138,7 @@ def register(sub) -> None:
     """Add the `demo` sub-command."""
     p = sub.add_parser("demo", help="end-to-end demo: collect Cheetah-Dir data, meta-train --fused, evaluate, plot")
     p.add_argument("--fast", action="store_true", help="seconds-long smoke run (scripted data, tiny networks)")
-    p.add_argument("--steps", type=int, default=None, help="meta-steps (default 2500; 20 with --fast)")
+    p.add_argument("--steps", type=int, default=None, help="meta-steps (default 3000; 20 with --fast)")
     p.add_argument("--sac-steps", type=int, default=30_000, help="SAC env steps per task for the data")
     p.add_argument("--buffer-skip", type=int, default=7,
                    help="train on every k-th stored row, as the paper did (default 7; 1 = all rows)")
@@ -156,5 +156,5 @@ def _run(args) -> int:
         return 2
     args.steps_given = args.steps is not None
     if args.steps is None:
-        args.steps = 2500
+        args.steps = 3000
     return run(args)
