@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from .config import MacawConfig
 from .data.batch import Batch
-from .nets import (PolicyNet, WLinear, ValueNet, accumulate_theta_leaf_grads, advantage_weights,
-                   gaussian_log_prob, theta_leaves)
+from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads, accumulate_theta_leaf_grads,
+                   advantage_weights, fused_theta_leaves, gaussian_log_prob, theta_leaves)
 
 
 #: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
@@ -329,15 +329,17 @@ class MetaLearner:
         default: this learner's `chunk_size`). The meta-loss is a sum over tasks, so the
         gradients accumulate to the same meta-gradient while only one chunk's graph is held
         at a time; each W's gradient is still formed by one GEMM from all chunks' low-rank
-        factors (generated parameters are made once, as leaves shared by the chunks). The
-        metrics are over all tasks, as `meta_loss`'s.
+        factors (generated parameters are made once, as leaves shared by the chunks; fused, each
+        WLinear layer's leaf gradient becomes W, b and z's by one `ops.wlinear_theta_backward`).
+        The metrics are over all tasks, as `meta_loss`'s.
         """
         self._check_pair(inner, outer)
         T = inner.num_tasks
         cs = self.resolve_chunk_size(T, chunk_size)
         self.optimizer.zero_grad(set_to_none=True)
-        thetas = None
-        if not self.fused:
+        if self.fused:   # leaves without the low-rank W-gradient gatherer: one fused op per layer
+            thetas = (fused_theta_leaves(self.vf.layers), fused_theta_leaves(self.policy.layers))
+        else:
             thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
         losses, parts = [], []
         for start in range(0, T, cs):
@@ -346,16 +348,17 @@ class MetaLearner:
                 inner_c, outer_c = inner, outer
             else:
                 inner_c, outer_c = (Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
-            chunk_thetas = None
-            if thetas is not None:   # plain (non-WLinear) layers regenerate theta per chunk
-                chunk_thetas = tuple([layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
-                                     for net, ths in zip((self.vf, self.policy), thetas))
+            # plain (non-WLinear) layers regenerate theta per chunk
+            chunk_thetas = tuple([layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
+                                 for net, ths in zip((self.vf, self.policy), thetas))
             loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas, value_backward=True)
             loss.backward()
             losses.append(loss.detach())
             parts.append(part)
-        if thetas is not None:
-            for net, ths in zip((self.vf, self.policy), thetas):
+        for net, ths in zip((self.vf, self.policy), thetas):
+            if self.fused:
+                accumulate_fused_theta_grads(net.layers, ths, self.backend)
+            else:
                 accumulate_theta_leaf_grads(net.layers, ths)
         values = self._metric_values(parts, [torch.stack(losses).sum()]).tolist()
         value = values[-1]

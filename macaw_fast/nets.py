@@ -208,6 +208,33 @@ def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Te
             layer.accumulate_theta_leaf_grad(theta)
 
 
+def fused_theta_leaves(layers: Sequence[nn.Module]) -> list[Tensor | None]:
+    """For the fused meta-step: theta = W z + b of every WLinear layer made without a graph, as a
+    plain leaf (its ``.grad`` gathers dL/dtheta over all backward passes); None for other layers.
+
+    `accumulate_fused_theta_grads` then adds the gradients of W, b and z in one fused op per layer.
+    """
+    out: list[Tensor | None] = []
+    for layer in layers:
+        if isinstance(layer, WLinear):
+            with torch.no_grad():
+                theta = torch.addmv(layer.bias, layer.weight, layer.z)
+            out.append(theta.requires_grad_(True))
+        else:
+            out.append(None)
+    return out
+
+
+def accumulate_fused_theta_grads(layers: Sequence[nn.Module], thetas: Sequence[Tensor | None],
+                                 backend: str) -> None:
+    """Add dL/dW, dL/db, dL/dz of every leaf made by `fused_theta_leaves` to the layers' ``.grad``
+    (`macaw_fast.ops.wlinear_theta_backward`, in place; leaves without a gradient are skipped)."""
+    from .ops import wlinear_theta_backward
+    for layer, theta in zip(layers, thetas):
+        if theta is not None and theta.grad is not None:
+            wlinear_theta_backward(layer.weight, layer.bias, layer.z, theta.grad, backend=backend)
+
+
 class PlainLinear(nn.Module):
     """Plain linear layer for the no-WLinear ablation: weight (in, out), bias (out,).
 

@@ -10,6 +10,8 @@ vector-Jacobian product of that differentiable torch backward.
 * `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
   with fused ReLUs.
+* `wlinear_theta_backward`: the gradients of theta = W z + b added to W, b and z's ``.grad``
+  in place (first order, no graph; the fused meta-step's parameter-generation backward).
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
 
 Dispatch (every op takes ``backend='auto' | 'triton' | 'torch'``): CUDA tensors run the Triton
@@ -25,9 +27,11 @@ import torch
 
 from .awr_loss import awr_loss
 from .batched_linear import batched_linear, concat_relu_linear
+from .theta_grad import wlinear_theta_backward
 from .wlinear_adapt import wlinear_adapt
 
-__all__ = ["available", "awr_loss", "batched_linear", "concat_relu_linear", "wlinear_adapt"]
+__all__ = ["available", "awr_loss", "batched_linear", "concat_relu_linear", "wlinear_adapt",
+           "wlinear_theta_backward"]
 
 
 def _probe(device: torch.device, backend: str) -> None:
