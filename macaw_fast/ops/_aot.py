@@ -15,6 +15,7 @@ import torch
 from .awr_loss import awr_double_backward_launch_config, awr_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
+from .theta_grad import theta_backward_launch_config
 from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
@@ -45,6 +46,7 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
     """
     from . import _awr_loss_kernels as ka
     from . import _batched_linear_kernels as kl
+    from . import _theta_grad_kernels as kt
     from . import _wlinear_adapt_kernels as kw
     shapes = paper_layer_shapes(**shape_kw)
     specs: dict = {}
@@ -77,6 +79,10 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
                 add("adapt_bwd_reduce_kernel", kw.adapt_bwd_reduce_kernel, dtype, a["reduce"])
                 add("adapt_bwd_mix_kernel", kw.adapt_bwd_mix_kernel, dtype, a["mix"])
                 add("adapt_bwd_expand_kernel", kw.adapt_bwd_expand_kernel, dtype, a["expand"])
+                # after the backward: adapted layers add to .grad, the unadapted head writes it
+                for accumulate in (True, False):
+                    add("theta_grad_kernel", kt.theta_grad_kernel, dtype,
+                        theta_backward_launch_config(i * o + o, D, accumulate))
         # the output-ReLU flag is part of the public op: compile it once per dtype too
         add("batched_linear_kernel", kl.batched_linear_kernel, dtype,
             linear_launch_config(T, N, shape_kw.get("width", 100), shape_kw.get("width", 100)),
