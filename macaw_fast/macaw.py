@@ -338,7 +338,8 @@ class MetaLearner:
         cs = self.resolve_chunk_size(T, chunk_size)
         self.optimizer.zero_grad(set_to_none=True)
         if self.fused:   # leaves without the low-rank W-gradient gatherer: one fused op per layer
-            thetas = (fused_theta_leaves(self.vf.layers), fused_theta_leaves(self.policy.layers))
+            rows = T if cs == T else None       # one chunk: per-task (T, P) leaves, no expand sums
+            thetas = (fused_theta_leaves(self.vf.layers, rows), fused_theta_leaves(self.policy.layers, rows))
         else:
             thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
         losses, parts = [], []

@@ -208,9 +208,11 @@ def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Te
             layer.accumulate_theta_leaf_grad(theta)
 
 
-def fused_theta_leaves(layers: Sequence[nn.Module]) -> list[Tensor | None]:
+def fused_theta_leaves(layers: Sequence[nn.Module], tasks: int | None = None) -> list[Tensor | None]:
     """For the fused meta-step: theta = W z + b of every WLinear layer made without a graph, as a
     plain leaf (its ``.grad`` gathers dL/dtheta over all backward passes); None for other layers.
+    With ``tasks`` the leaf is theta expanded to (tasks, P) (no copy), so that the per-task uses
+    need no expand-backward sum: its (tasks, P) gradient is summed by the fused op instead.
 
     `accumulate_fused_theta_grads` then adds the gradients of W, b and z in one fused op per layer.
     """
@@ -219,6 +221,8 @@ def fused_theta_leaves(layers: Sequence[nn.Module]) -> list[Tensor | None]:
         if isinstance(layer, WLinear):
             with torch.no_grad():
                 theta = torch.addmv(layer.bias, layer.weight, layer.z)
+                if tasks is not None:
+                    theta = theta.expand(tasks, -1)
             out.append(theta.requires_grad_(True))
         else:
             out.append(None)

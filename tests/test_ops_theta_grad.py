@@ -62,6 +62,18 @@ def test_accumulates_in_place_and_strided_weight(backend):
     torch.testing.assert_close(z.grad, bufs[2] + W.detach().t() @ dth, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("R", [1, 3])
+def test_rows_of_dtheta_are_summed(backend, R):
+    """dtheta (R, P) (a theta used as R per-task copies) acts as its row sum."""
+    P, D = 70, 5
+    W, b, z = _layer(P, D, seed=6)
+    dth = torch.randn(R, P, dtype=F64)
+    ops.wlinear_theta_backward(W, b, z, dth, backend=backend)
+    want = torch.autograd.grad(torch.addmv(b, W, z).expand(R, -1), (W, b, z), dth)
+    for p, w in zip((W, b, z), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-12, atol=1e-12)
+
+
 def test_float32(backend):
     """float32 inputs give float32 gradients equal to autograd's."""
     P, D = 70, 6

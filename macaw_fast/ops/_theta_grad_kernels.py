@@ -11,7 +11,7 @@ import triton.language as tl
 
 
 @triton.jit
-def theta_grad_kernel(dth_ptr, w_ptr, z_ptr, gw_ptr, gb_ptr, gz_ptr, P, D, P_CHUNK,
+def theta_grad_kernel(dth_ptr, w_ptr, z_ptr, gw_ptr, gb_ptr, gz_ptr, R, P, D, P_CHUNK,
                       stride_wp, stride_wd,
                       BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, ACCUMULATE: tl.constexpr):
     """gW (+)= dtheta z^T, gb (+)= dtheta, gz += W^T dtheta for one chunk of W's rows.
@@ -22,13 +22,14 @@ def theta_grad_kernel(dth_ptr, w_ptr, z_ptr, gw_ptr, gb_ptr, gz_ptr, P, D, P_CHU
     atomic add per column (gz must hold its old value or zeros: it is always accumulated).
 
     Args:
-        dth_ptr: dL/dtheta, contiguous (P,).
+        dth_ptr: dL/dtheta, contiguous (R, P): its R rows are summed (R > 1: the gradient of a
+            theta used as R per-task copies).
         w_ptr: W, shape (P, D) (strides given).
         z_ptr: z, contiguous (D,).
         gw_ptr: W's gradient buffer, contiguous (P, D): added to (ACCUMULATE) or overwritten.
         gb_ptr: b's gradient buffer, contiguous (P,): added to (ACCUMULATE) or overwritten.
         gz_ptr: z's gradient buffer, contiguous (D,): always added to.
-        P, D: generated parameters, latent size.
+        R, P, D: rows of dtheta, generated parameters, latent size.
         P_CHUNK: rows per program (a multiple of BLOCK_P).
         stride_wp, stride_wd: strides of W.
         BLOCK_P, BLOCK_D: tile sizes.
@@ -45,6 +46,8 @@ def theta_grad_kernel(dth_ptr, w_ptr, z_ptr, gw_ptr, gb_ptr, gz_ptr, P, D, P_CHU
         p = start + p0 + tl.arange(0, BLOCK_P)
         pmask = p < P
         dth = tl.load(dth_ptr + p, mask=pmask, other=0.0)
+        for r in range(1, R):
+            dth += tl.load(dth_ptr + r * P + p, mask=pmask, other=0.0)
         m2 = pmask[:, None] & dmask[None, :]
         w = tl.load(w_ptr + p[:, None] * stride_wp + d[None, :] * stride_wd, mask=m2, other=0.0)
         acc += tl.sum(w * dth[:, None], axis=0)

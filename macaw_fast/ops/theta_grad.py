@@ -47,7 +47,8 @@ def wlinear_theta_backward(weight: Tensor, bias: Tensor, z: Tensor, dtheta: Tens
 
     Args:
         weight: W, (P, D). bias: b, (P,). z: (D,). All three of one float dtype and device.
-        dtheta: dL/dtheta, (P,), same dtype and device.
+        dtheta: dL/dtheta, (P,), or (R, P) for a theta used as R per-task copies (the rows are
+            summed); same dtype and device.
         backend: 'auto' | 'triton' | 'torch' (see `macaw_fast.ops`).
 
     Each ``.grad`` that is None is created; an existing one is added to in place (it must be
@@ -58,10 +59,15 @@ def wlinear_theta_backward(weight: Tensor, bias: Tensor, z: Tensor, dtheta: Tens
     dt, dev = weight.dtype, weight.device
     check_tensor(_OP, "bias", bias, 1, dtype=dt, device=dev, shape=(P,))
     check_tensor(_OP, "z", z, 1, dtype=dt, device=dev, shape=(D,))
-    check_tensor(_OP, "dtheta", dtheta, 1, dtype=dt, device=dev, shape=(P,))
+    if isinstance(dtheta, Tensor) and dtheta.dim() == 2:
+        check_tensor(_OP, "dtheta", dtheta, 2, dtype=dt, device=dev, shape=(None, P))
+    else:
+        check_tensor(_OP, "dtheta", dtheta, 1, dtype=dt, device=dev, shape=(P,))
     gw, gb, gz = (_grad_buffer(p, n) for p, n in ((weight, "weight"), (bias, "bias"), (z, "z")))
     with torch.no_grad():
         if resolve_backend(backend, dev, _OP) == "torch":
+            if dtheta.dim() == 2:
+                dtheta = dtheta.sum(0)
             for p, g, new in ((weight, gw, lambda: torch.outer(dtheta, z)),
                               (bias, gb, lambda: dtheta.clone()),
                               (z, gz, lambda: weight.t() @ dtheta)):
@@ -85,7 +91,8 @@ def wlinear_theta_backward(weight: Tensor, bias: Tensor, z: Tensor, dtheta: Tens
             z.grad = gz
         cfg = theta_backward_launch_config(P, D, accumulate)
         dth = dtheta.contiguous()
-        K.theta_grad_kernel[cfg["grid"]](dth, weight, z.contiguous(), gw, gb, gz, P, D, cfg["P_CHUNK"],
+        R = dth.shape[0] if dth.dim() == 2 else 1
+        K.theta_grad_kernel[cfg["grid"]](dth, weight, z.contiguous(), gw, gb, gz, R, P, D, cfg["P_CHUNK"],
                                          weight.stride(0), weight.stride(1),
                                          num_warps=cfg["num_warps"], **cfg["constexprs"])
         if not accumulate:
