@@ -133,3 +133,38 @@ def test_outside_update_fraction_T40(tmp_path):
     print(f"\nT=40 width 256: {5 * 40 / wall:.1f} env steps/s, outside-update fraction {100 * frac:.1f}%")
     c.close()
     assert frac < 0.5
+
+
+def _step_loop(env, n: int, seed: int = 0):
+    """Reset, then n random-action steps (resetting at episode ends); the actions are drawn up front."""
+    acts = np.random.default_rng(seed).uniform(-1, 1, (n, ACT))
+    env.reset(seed=seed)
+    for a in acts:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+
+
+@pytest.mark.parametrize("env_name", ["gymnasium HalfCheetah-v5", "macaw_fast CheetahVel", "macaw_fast CheetahDir"])
+@pytest.mark.parametrize("layer", ["raw", "gym.make"])
+def test_env_step(benchmark, env_name, layer):
+    """1,000 env steps: our Cheetah envs against gymnasium's HalfCheetah-v5 (same model, frame skip).
+
+    ``raw`` is ``env.unwrapped`` (what the collector steps); ``gym.make`` adds the wrappers
+    gymnasium.make puts on (TimeLimit, OrderEnforcing; no passive checker). ``extra_info`` has
+    µs per step (from the fastest round).
+    """
+    import gymnasium as gym
+
+    if env_name.startswith("gymnasium"):
+        env = gym.make("HalfCheetah-v5", ctrl_cost_weight=0.05, disable_env_checker=True, max_episode_steps=200)
+    else:
+        fam = "cheetah_vel" if env_name.endswith("Vel") else "cheetah_dir"
+        env = envs.make(fam, envs.FAMILIES[fam].paper_tasks()[0], disable_env_checker=True)
+    if layer == "raw":
+        env = env.unwrapped
+    benchmark.group = f"env-step {layer}"
+    benchmark.extra_info.update(env=env_name, layer=layer)
+    benchmark.pedantic(_step_loop, args=(env, 1000), rounds=5, warmup_rounds=1)
+    benchmark.extra_info["us_per_step"] = 1000 * benchmark.stats.stats.min
+    env.close()

@@ -51,9 +51,14 @@ def make_step(impl: str, T: int, dtype=torch.float32):
 
 
 def peak_memory_mb(impl: str, T: int) -> float:
-    """Peak RSS growth (MB) over two meta-steps, in a fresh process (after building nets and data)."""
+    """Peak RSS growth (MB) over two meta-steps, in a fresh process (after building nets and data).
+
+    The peak is the child's VmHWM (per address space). Not ``ru_maxrss``: Linux carries that across
+    fork + exec, so it reported the pytest parent's RSS whenever the parent was bigger (measured:
+    batched T=5 read 221 MB after a paper_loop benchmark in the parent, 90 MB in a fresh one).
+    """
     code = f"""
-import json, resource, torch
+import json, torch
 torch.set_num_threads({THREADS})
 import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
 from bench_meta_step import make_step   # (tunes malloc on import, like the timed runs)
@@ -63,7 +68,10 @@ def rss_mb():
         return int(f.read().split()[1]) * 4096 / 2**20
 base = rss_mb()
 step(); step()
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base))
+def hwm_mb():
+    with open('/proc/self/status') as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith('VmHWM:')) / 1024
+print(json.dumps(hwm_mb() - base))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
