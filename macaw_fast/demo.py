@@ -36,10 +36,10 @@ def _dataset(args) -> str:
 
     out = f"{full.rstrip(os.sep)}-skip{args.buffer_skip}"
     try:
-        ds = open_dataset(out)
+        ds, src_ds = open_dataset(out), open_dataset(full)
         src = ds[ds.tasks[0]].manifest.get("source", {})
         if src.get("from") == os.path.abspath(full) and \
-                ds.num_rows == sum(open_dataset(full)[t].num_rows // args.buffer_skip for t in ds.tasks):
+                ds.num_rows == sum(src_ds[t].num_rows // args.buffer_skip for t in ds.tasks):
             return out
     except Exception:  # noqa: BLE001 - missing, partial or stale: make it again
         pass

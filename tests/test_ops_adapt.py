@@ -8,18 +8,9 @@ import pytest
 import torch
 
 from macaw_fast.ops import wlinear_adapt
-from macaw_fast.ops._common import interpreter_requested, triton_importable
 from macaw_fast.ops.wlinear_adapt import wlinear_adapt_reference
 
 F64 = torch.float64
-
-
-@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def backend(request):
-    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
-    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
-        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
-    return request.param
 
 
 def make(T, P, D, dtype=F64, seed=0):

@@ -15,14 +15,6 @@ from macaw_fast.ops.awr_loss import awr_loss_reference
 F64 = torch.float64
 
 
-@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def backend(request):
-    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
-    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
-        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
-    return request.param
-
-
 def make(T, N, A, seed=0, dtype=F64):
     """mu, actions, advantages (spread wide enough that some weights hit the clamp), predictions."""
     g = torch.Generator().manual_seed(seed)

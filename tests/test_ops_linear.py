@@ -13,14 +13,6 @@ from macaw_fast.ops.batched_linear import batched_linear_reference
 F64 = torch.float64
 
 
-@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def backend(request):
-    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
-    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
-        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
-    return request.param
-
-
 def rand(*shape, seed=0, dtype=F64):
     """A random tensor requiring grad, deterministic per seed."""
     g = torch.Generator().manual_seed(seed)

@@ -20,14 +20,6 @@ from macaw_fast.ops.wlinear_adapt import wlinear_adapt_reference
 F64 = torch.float64
 
 
-@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def backend(request):
-    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
-    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
-        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
-    return request.param
-
-
 def policy_params(obs, act, width, head, D, seed=0):
     """Weight-transform layers (z, W, b) of a policy trunk [obs, width, width, act] and head."""
     g = torch.Generator().manual_seed(seed)

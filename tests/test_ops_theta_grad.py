@@ -6,17 +6,8 @@ import pytest
 import torch
 
 import macaw_fast.ops as ops
-from macaw_fast.ops._common import interpreter_requested, triton_importable
 
 F64 = torch.float64
-
-
-@pytest.fixture(params=["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def backend(request):
-    """The backend under test; Triton runs only under its interpreter here (no GPU)."""
-    if request.param == "triton" and not (interpreter_requested() and triton_importable()):
-        pytest.skip("Triton tests need TRITON_INTERPRET=1 (set before triton is imported) and triton")
-    return request.param
 
 
 def _layer(P, D, seed, dtype=F64):
