@@ -295,12 +295,24 @@ class MetaLearner:
         parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
         return loss, parts
 
-    def _metric_values(self, parts: Sequence[tuple], extra: Sequence[Tensor] = ()) -> Tensor:
-        """The metrics (`METRIC_NAMES` order, then ``extra``) as one tensor, from the per-task
-        pieces of one or more task chunks: every metric is over all tasks of all chunks."""
+    def _metric_values(self, parts: Sequence[tuple], extra: Sequence[Tensor] = (),
+                       losses: Sequence[Tensor] | None = None) -> Tensor:
+        """The metrics (`METRIC_NAMES` order, then ``extra``, then the sum of ``losses`` if given)
+        as one tensor, from the per-task pieces of one or more task chunks: every metric is over
+        all tasks of all chunks. Fused: one `ops.step_metrics` launch (the losses summed in it)."""
         with torch.no_grad():
             lv_in, lv_out, lp_in, lp_out, adv_out, w_out = (
                 p[0] if len(p) == 1 else torch.cat(p) for p in zip(*parts))
+            if self.fused:
+                from .ops import step_metrics
+                out = step_metrics(lv_in, lv_out, lp_in, lp_out, adv_out, w_out, self.vf_lrs, self.policy_lrs,
+                                   self.adv_coef, losses, backend=self.backend)
+                if extra:
+                    n = len(METRIC_NAMES)
+                    out = torch.cat([out[:n], torch.stack(list(extra)), out[n:]])
+                return out
+            if losses is not None:
+                extra = [*extra, torch.stack(list(losses)).sum()]
             return torch.stack([
                 lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
                 adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
@@ -361,7 +373,10 @@ class MetaLearner:
                 accumulate_fused_theta_grads(net.layers, ths, self.backend)
             else:
                 accumulate_theta_leaf_grads(net.layers, ths)
-        values = self._metric_values(parts, [torch.stack(losses).sum()]).tolist()
+        if self.fused:       # the chunks' losses are summed inside the metrics launch
+            values = self._metric_values(parts, losses=losses).tolist()
+        else:
+            values = self._metric_values(parts, [torch.stack(losses).sum()]).tolist()
         value = values[-1]
         if not math.isfinite(value):
             raise FloatingPointError(f"meta-loss is not finite ({value}); parameters left unchanged")

@@ -78,3 +78,24 @@ def test_fp32_steps_fused_vs_unfused():
         assert moved > 0, name
         ratio = (a - b).norm().item() / moved
         assert ratio < 1e-3, f"{name}: fused differs by {ratio:.3e} of the displacement"
+
+
+@pytest.mark.parametrize("ops_backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("chunk_size", [3, 2])
+def test_meta_step_fused_vs_unfused_float64(ops_backend, chunk_size):
+    """One float64 meta_step, fused vs unfused, in one chunk and in two: the metrics (the fused
+    step's come from `ops.step_metrics`, the chunks' losses summed in it) and the updated
+    parameters agree to rounding."""
+    if ops_backend == "triton" and not (interpreter_requested() and triton_importable()):
+        pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported) and triton")
+    kw = dict(n_train=4, net_width=6, net_depth=2, wlinear_dim=3, head_width=3)
+    base = make_learner(5, 2, **kw)
+    fused = make_learner(5, 2, fused=True, ops_backend=ops_backend, **kw)
+    inner, outer = random_batch(3, 7, 5, 2, seed=3), random_batch(3, 7, 5, 2, seed=4)
+    want = base.meta_step(inner, outer, chunk_size=chunk_size)
+    got = fused.meta_step(inner, outer, chunk_size=chunk_size)
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert abs(got[k] - v) <= 1e-10 * max(abs(v), 1e-12), (k, got[k], v)
+    for name, a, b in zip(param_names(base), fused.parameters(), base.parameters()):
+        assert rel_err(a, b) <= 1e-10, name

@@ -13,6 +13,7 @@ import time
 import torch
 
 from .awr_loss import awr_double_backward_launch_config, awr_launch_config
+from .metrics import metrics_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
 from .theta_grad import theta_backward_launch_config
@@ -46,6 +47,7 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
     """
     from . import _awr_loss_kernels as ka
     from . import _batched_linear_kernels as kl
+    from . import _metrics_kernels as km
     from . import _theta_grad_kernels as kt
     from . import _wlinear_adapt_kernels as kw
     shapes = paper_layer_shapes(**shape_kw)
@@ -100,6 +102,9 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype, awr_double_backward_launch_config(T, N, act, True))
         add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype,
             awr_double_backward_launch_config(T, N, act, True, True, True, True, True, True))
+        # the step's metrics: meta_step (with the chunk losses) and meta_loss (without)
+        for has_loss in (True, False):
+            add("step_metrics_kernel", km.step_metrics_kernel, dtype, metrics_launch_config(has_loss))
     return list(specs.values())
 
 
