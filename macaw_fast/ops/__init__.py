@@ -14,6 +14,7 @@ vector-Jacobian product of that differentiable torch backward.
   in place (first order, no graph; the fused meta-step's parameter-generation backward).
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
 * `step_metrics`: the meta-step's scalar metrics in one launch (no autograd).
+* `all_finite`: whether several tensors hold only finite values (one launch per eight tensors).
 
 Dispatch (every op takes ``backend='auto' | 'triton' | 'torch'``): CUDA tensors run the Triton
 kernels; CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1`` is set
@@ -28,11 +29,12 @@ import torch
 
 from .awr_loss import awr_loss
 from .batched_linear import batched_linear, concat_relu_linear
+from .finite import all_finite
 from .metrics import step_metrics
 from .theta_grad import wlinear_theta_backward
 from .wlinear_adapt import wlinear_adapt
 
-__all__ = ["available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics", "wlinear_adapt",
+__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics", "wlinear_adapt",
            "wlinear_theta_backward"]
 
 

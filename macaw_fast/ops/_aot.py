@@ -13,6 +13,7 @@ import time
 import torch
 
 from .awr_loss import awr_double_backward_launch_config, awr_launch_config
+from .finite import finite_launch_config
 from .metrics import metrics_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
@@ -47,6 +48,7 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
     """
     from . import _awr_loss_kernels as ka
     from . import _batched_linear_kernels as kl
+    from . import _finite_kernels as kf
     from . import _metrics_kernels as km
     from . import _theta_grad_kernels as kt
     from . import _wlinear_adapt_kernels as kw
@@ -105,6 +107,9 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         # the step's metrics: meta_step (with the chunk losses) and meta_loss (without)
         for has_loss in (True, False):
             add("step_metrics_kernel", km.step_metrics_kernel, dtype, metrics_launch_config(has_loss))
+        # the batches' NaN/inf check: Batch.validate passes its eight fields (one tensor: the smallest case)
+        for n_tensors in (8, 1):
+            add("nonfinite_kernel", kf.nonfinite_kernel, dtype, finite_launch_config(n_tensors))
     return list(specs.values())
 
 
