@@ -151,8 +151,15 @@ class MetaLearner:
             thetas = self.vf.thetas(low_rank_grad=not self.fused)
         per_task = [th.expand(T, -1) for th in thetas]
         v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
-        loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
-        grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
+        if self.fused:       # one launch for the loss, one for its backward, one for the double backward
+            from .ops import value_mse
+            from .ops._common import cached_full
+            loss_in = value_mse(v, inner.mc_return, backend=self.backend)
+            grads = torch.autograd.grad(loss_in, per_task, cached_full((T,), 1.0, v.dtype, v.device),
+                                        create_graph=True)
+        else:
+            loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
+            grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
         rates = self.value_rates()
         if self.fused:
             rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
@@ -209,7 +216,12 @@ class MetaLearner:
         per_task = [th.expand(T, -1) for th in thetas]
         loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
         n = len(thetas) if layers is None else layers
-        grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
+        if self.fused:       # a cached seed instead of sum + ones_like
+            from .ops._common import cached_full
+            grads = torch.autograd.grad(loss_in, per_task[:n], cached_full((T,), 1.0, loss_in.dtype, loss_in.device),
+                                        create_graph=True)
+        else:
+            grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
         rates = self.policy_rates()
         if self.fused:
             rates = rates.unbind(0)
@@ -266,12 +278,22 @@ class MetaLearner:
         # Value function: inner step, target mix, bootstrapped outer regression.
         v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True, thetas=v_th)
         v_out = self.vf.forward_thetas(v_new, outer.obs, self.backend)
-        with torch.no_grad():
-            target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
-                [t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
-        lv_out = (v_out - target).pow(2).mean(-1)
+        if self.fused:       # the bootstrapped target is formed inside ops.value_mse
+            from .ops import value_mse
+            from .ops._common import cached_full
+            with torch.no_grad():
+                v_next = self.vf.forward_thetas([t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
+            lv_out = value_mse(v_out, outer.mc_return, outer.terminal_discount, v_next, backend=self.backend)
+        else:
+            with torch.no_grad():
+                target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
+                    [t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
+            lv_out = (v_out - target).pow(2).mean(-1)
         if value_backward:
-            (lv_out.sum() / self.n_train_tasks).backward()
+            if self.fused:   # d(meta-loss)/d(lv_out) = 1 / N_train: a cached seed, no launches
+                lv_out.backward(cached_full(lv_out.shape, 1.0, lv_out.dtype, lv_out.device, self.n_train_tasks))
+            else:
+                (lv_out.sum() / self.n_train_tasks).backward()
             lv_out = lv_out.detach()
 
         # Policy: advantages from the adapted value function, no gradient into it.

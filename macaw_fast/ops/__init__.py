@@ -13,6 +13,7 @@ vector-Jacobian product of that differentiable torch backward.
 * `wlinear_theta_backward`: the gradients of theta = W z + b added to W, b and z's ``.grad``
   in place (first order, no graph; the fused meta-step's parameter-generation backward).
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
+* `value_mse`: the per-task value regression loss with its bootstrapped target (any order).
 * `step_metrics`: the meta-step's scalar metrics in one launch (no autograd).
 * `all_finite`: whether several tensors hold only finite values (one launch per eight tensors).
 
@@ -32,10 +33,11 @@ from .batched_linear import batched_linear, concat_relu_linear
 from .finite import all_finite
 from .metrics import step_metrics
 from .theta_grad import wlinear_theta_backward
+from .value_mse import value_mse
 from .wlinear_adapt import wlinear_adapt
 
-__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics", "wlinear_adapt",
-           "wlinear_theta_backward"]
+__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics",
+           "value_mse", "wlinear_adapt", "wlinear_theta_backward"]
 
 
 def _probe(device: torch.device, backend: str) -> None:

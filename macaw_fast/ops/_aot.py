@@ -15,6 +15,7 @@ import torch
 from .awr_loss import awr_double_backward_launch_config, awr_launch_config
 from .finite import finite_launch_config
 from .metrics import metrics_launch_config
+from .value_mse import value_mse_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
 from .theta_grad import theta_backward_launch_config
@@ -50,6 +51,7 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
     from . import _batched_linear_kernels as kl
     from . import _finite_kernels as kf
     from . import _metrics_kernels as km
+    from . import _value_mse_kernels as kv
     from . import _theta_grad_kernels as kt
     from . import _wlinear_adapt_kernels as kw
     shapes = paper_layer_shapes(**shape_kw)
@@ -107,6 +109,11 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         # the step's metrics: meta_step (with the chunk losses) and meta_loss (without)
         for has_loss in (True, False):
             add("step_metrics_kernel", km.step_metrics_kernel, dtype, metrics_launch_config(has_loss))
+        # the value losses: inner (returns) and outer (bootstrapped target), forward and two backwards
+        for has_next in (False, True):
+            add("value_mse_kernel", kv.value_mse_kernel, dtype, value_mse_launch_config(T, N, has_next))
+            add("value_mse_bwd_kernel", kv.value_mse_bwd_kernel, dtype, value_mse_launch_config(T, N, has_next, True))
+            add("value_mse_dbwd_kernel", kv.value_mse_dbwd_kernel, dtype, value_mse_launch_config(T, N, has_next))
         # the batches' NaN/inf check: Batch.validate passes its eight fields (one tensor: the smallest case)
         for n_tensors in (8, 1):
             add("nonfinite_kernel", kf.nonfinite_kernel, dtype, finite_launch_config(n_tensors))

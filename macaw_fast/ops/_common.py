@@ -154,3 +154,25 @@ def scalar_params(values: Sequence[float], dtype: torch.dtype, device: torch.dev
         t = torch.tensor(key[0], dtype=dtype, device=device)
         _SCALARS[key] = t
     return t
+
+
+_FULL: dict = {}
+
+
+def cached_full(shape: Sequence[int], value: float, dtype: torch.dtype, device: torch.device,
+                divisor: int | None = None) -> Tensor:
+    """A cached constant tensor of ``shape`` holding ``value`` (divided by ``divisor`` in ``dtype``,
+    so it rounds like ``torch.ones(()) * value / divisor``), made once per key: no launch later.
+
+    For autograd seeds (``grad_outputs``) of the fused meta-step; callers must not write to it.
+    """
+    key = (tuple(int(s) for s in shape), float(value), divisor, dtype, str(device))
+    t = _FULL.get(key)
+    if t is None:
+        if len(_FULL) > 256:
+            _FULL.clear()
+        t = torch.full(key[0], float(value), dtype=dtype, device=device)
+        if divisor is not None:
+            t = t / divisor
+        _FULL[key] = t
+    return t
