@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import lowrank_adam
 from .config import MacawConfig
 from .data.batch import Batch
-from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads, accumulate_theta_leaf_grads,
+from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads,
                    advantage_weights, fused_theta_leaves, gaussian_log_prob, theta_leaves)
 
 
@@ -84,6 +85,11 @@ class MetaLearner:
         self.fused = fused
         #: Default tasks per backward pass of `meta_step` ('auto' or a positive int).
         self.chunk_size = chunk_size
+        #: Unfused `meta_step` on the CPU: Adam-update each WLinear weight straight from its
+        #: low-rank gradient factors (`macaw_fast.lowrank_adam`: one pass over W, no dense
+        #: gradient, so W's ``.grad`` stays None after the step). False: form W's dense gradient
+        #: and leave every update to ``optimizer.step()`` (same parameters to rounding).
+        self.lowrank_adam = True
         self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
@@ -390,11 +396,9 @@ class MetaLearner:
             loss.backward()
             losses.append(loss.detach())
             parts.append(part)
-        for net, ths in zip((self.vf, self.policy), thetas):
-            if self.fused:
+        if self.fused:
+            for net, ths in zip((self.vf, self.policy), thetas):
                 accumulate_fused_theta_grads(net.layers, ths, self.backend)
-            else:
-                accumulate_theta_leaf_grads(net.layers, ths)
         if self.fused:       # the chunks' losses are summed inside the metrics launch
             values = self._metric_values(parts, losses=losses).tolist()
         else:
@@ -402,10 +406,25 @@ class MetaLearner:
         value = values[-1]
         if not math.isfinite(value):
             raise FloatingPointError(f"meta-loss is not finite ({value}); parameters left unchanged")
+        if not self.fused:   # after the finiteness check: the low-rank path updates W right away
+            self._apply_theta_leaf_grads(thetas)
         self.optimizer.step()
         metrics = dict(zip(METRIC_NAMES, values))
         metrics["loss/meta"] = value
         return metrics
+
+    def _apply_theta_leaf_grads(self, thetas: tuple) -> None:
+        """Turn the theta leaves' gradients into z, W and b's: with `lowrank_adam`, W is updated
+        here from its low-rank factors (`macaw_fast.lowrank_adam`; W's ``.grad`` stays None);
+        otherwise W's dense gradient is formed and left to ``optimizer.step()``."""
+        pairs = [(layer, th) for net, ths in zip((self.vf, self.policy), thetas)
+                 for layer, th in zip(net.layers, ths) if th is not None]
+        layers = [layer for layer, _ in pairs]
+        if self.lowrank_adam and lowrank_adam.applicable(self.optimizer, [layer.weight for layer in layers]):
+            lowrank_adam.lowrank_adam_step(self.optimizer, layers, [layer.theta_leaf_factors(th) for layer, th in pairs])
+        else:
+            for layer, th in pairs:
+                layer.accumulate_theta_leaf_grad(th)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

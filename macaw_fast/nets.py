@@ -179,6 +179,20 @@ class WLinear(nn.Module):
         theta._macaw_w_grad = _LowRankWGrad()
         return theta
 
+    def theta_leaf_factors(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """W's gradient gathered by a `theta_leaf` as factors (A (K, P), B (K, D)), dL/dW = A^T B.
+
+        Row 0 of A is dL/dtheta (b's gradient; W^T A[0] is z's), row 0 of B is z. Clears the
+        gathered factors. For `macaw_fast.lowrank_adam`, which never forms the dense gradient.
+        """
+        acc = theta._macaw_w_grad
+        dtheta = theta.grad if theta.grad is not None else torch.zeros_like(theta)
+        with torch.no_grad():
+            a = torch.cat([dtheta.unsqueeze(0)] + acc.u)
+            b = torch.cat([self.z.unsqueeze(0)] + acc.v)
+        acc.u, acc.v = [], []
+        return a, b
+
     def accumulate_theta_leaf_grad(self, theta: Tensor) -> None:
         """Add the gradients gathered by a `theta_leaf` to z, W and b's ``.grad`` (in place)."""
         acc = theta._macaw_w_grad

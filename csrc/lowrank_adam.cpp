@@ -1,0 +1,226 @@
+// Adam on weight-transform matrices whose gradient is low rank, without forming the gradient.
+//
+// In MACAW's batched meta-step every use of a WLinear layer's W (P x D) is a matrix product, so
+// dL/dW = sum_k a_k b_k^T = A^T B with A (K, P), B (K, D) and K = 1 + 2T at most. The plain way
+// forms that P x D gradient with one GEMM (writing 4 MB per paper-sized layer), reads W again for
+// z's gradient W^T dtheta, and then Adam reads the gradient, W and both moments and writes W and
+// the moments back. `lowrank_adam_step` does it in ONE pass over W's rows: per row it builds the
+// gradient row from the factors in a small buffer, adds the row's share of W^T a_0 (row 0 of A is
+// dL/dtheta, so that is z's gradient) using W BEFORE the update, and applies torch.optim.Adam's
+// update (no weight decay, amsgrad or maximize) to W and its moments in place.
+//
+// Rows are split in blocks over up to `num_threads` threads (the caller's included), with the GIL
+// released. Each block's share of W^T a_0 is summed in double into its own slot and the slots are
+// added in block order, so z's gradient does not depend on the thread count.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int64_t kRowsPerBlock = 256;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MACAW_ISA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MACAW_ISA_CLONES
+#endif
+
+struct AdamConsts {
+    double c1;         // 1 - beta1 (lerp weight)
+    double beta2, c2;  // beta2, 1 - beta2
+    double step_size;  // lr / (1 - beta1^step)
+    double bc2_sqrt;   // sqrt(1 - beta2^step)
+    double eps;
+};
+
+template <typename T>
+struct Layer {
+    T* w;
+    T* m;
+    T* v;
+    const T* a;  // (K, P)
+    const T* b;  // (K, D)
+    int64_t P, D, K;
+    AdamConsts c;
+    std::vector<double> z_part;  // (blocks, D)
+    int64_t first_block, blocks;
+};
+
+// Rows [r0, r1) of one layer; `g` is a scratch row of D values, `zacc` this block's z slot.
+template <typename T>
+MACAW_ISA_CLONES void update_rows(const Layer<T>& L, int64_t r0, int64_t r1, T* __restrict g,
+                                  double* __restrict zacc) {
+    const int64_t D = L.D, K = L.K, P = L.P;
+    const T c1 = static_cast<T>(L.c.c1), beta2 = static_cast<T>(L.c.beta2), c2 = static_cast<T>(L.c.c2);
+    const T step_size = static_cast<T>(L.c.step_size), bc2_sqrt = static_cast<T>(L.c.bc2_sqrt);
+    const T eps = static_cast<T>(L.c.eps);
+    for (int64_t i = r0; i < r1; ++i) {
+        T* __restrict w = L.w + i * D;
+        T* __restrict m = L.m + i * D;
+        T* __restrict v = L.v + i * D;
+        const T a0 = L.a[i];
+        const T* __restrict b0 = L.b;
+        for (int64_t d = 0; d < D; ++d) {
+            zacc[d] += static_cast<double>(w[d]) * static_cast<double>(a0);
+            g[d] = a0 * b0[d];
+        }
+        for (int64_t k = 1; k < K; ++k) {
+            const T ak = L.a[k * P + i];
+            const T* __restrict bk = L.b + k * D;
+            for (int64_t d = 0; d < D; ++d) g[d] += ak * bk[d];
+        }
+        for (int64_t d = 0; d < D; ++d) {
+            const T gd = g[d];
+            const T md = m[d] + c1 * (gd - m[d]);
+            const T vd = beta2 * v[d] + c2 * gd * gd;
+            m[d] = md;
+            v[d] = vd;
+            w[d] = w[d] - step_size * md / (std::sqrt(vd) / bc2_sqrt + eps);
+        }
+    }
+}
+
+template <typename T>
+void run(std::vector<Layer<T>>& layers, int num_threads) {
+    int64_t total = 0;
+    for (auto& L : layers) {
+        L.first_block = total;
+        L.blocks = (L.P + kRowsPerBlock - 1) / kRowsPerBlock;
+        L.z_part.assign(static_cast<size_t>(L.blocks * L.D), 0.0);
+        total += L.blocks;
+    }
+    std::atomic<int64_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto worker = [&]() {
+        try {
+            int64_t max_d = 0;
+            for (auto& L : layers) max_d = std::max(max_d, L.D);
+            std::vector<T> g(static_cast<size_t>(max_d));
+            size_t li = 0;
+            for (int64_t blk; (blk = next.fetch_add(1)) < total;) {
+                while (blk >= layers[li].first_block + layers[li].blocks) ++li;  // blocks are taken in order
+                Layer<T>& L = layers[li];
+                const int64_t local = blk - L.first_block;
+                const int64_t r0 = local * kRowsPerBlock, r1 = std::min(L.P, r0 + kRowsPerBlock);
+                update_rows<T>(L, r0, r1, g.data(), L.z_part.data() + local * L.D);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+        }
+    };
+    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), total)) - 1;
+    std::vector<std::thread> threads;
+    threads.reserve(static_cast<size_t>(std::max(helpers, 0)));
+    for (int t = 0; t < helpers; ++t) threads.emplace_back(worker);
+    worker();
+    for (auto& th : threads) th.join();
+    if (error) std::rethrow_exception(error);
+}
+
+std::string shape_of(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void require(bool ok, const std::string& msg) {
+    if (!ok) throw py::value_error(msg);
+}
+
+template <typename T>
+py::list step_typed(const py::list& specs, int num_threads) {
+    std::vector<Layer<T>> layers;
+    std::vector<py::array> keep;  // the arrays stay referenced while the GIL is released
+    for (size_t n = 0; n < specs.size(); ++n) {
+        const py::tuple spec = specs[n].cast<py::tuple>();
+        require(spec.size() == 10, "lowrank_adam_step: layer " + std::to_string(n) +
+                                       ": expected (W, exp_avg, exp_avg_sq, A, B, lr, beta1, beta2, eps, step)");
+        const std::string where = "lowrank_adam_step: layer " + std::to_string(n) + ": ";
+        py::array arrs[5];
+        const char* names[5] = {"W", "exp_avg", "exp_avg_sq", "A", "B"};
+        for (int j = 0; j < 5; ++j) {
+            arrs[j] = spec[j].cast<py::array>();
+            require(arrs[j].dtype().equal(py::dtype::of<T>()),
+                    where + names[j] + " has dtype " + std::string(py::str(arrs[j].dtype())) + ", expected " +
+                        std::string(py::str(py::dtype::of<T>())));
+            require(arrs[j].ndim() == 2, where + names[j] + " must be 2-D, got shape " + shape_of(arrs[j]));
+            require((arrs[j].flags() & py::array::c_style) != 0, where + names[j] + " must be C-contiguous");
+            if (j < 3) require(arrs[j].writeable(), where + names[j] + " must be writeable");
+        }
+        const int64_t P = arrs[0].shape(0), D = arrs[0].shape(1), K = arrs[3].shape(0);
+        for (int j = 1; j < 3; ++j)
+            require(arrs[j].shape(0) == P && arrs[j].shape(1) == D,
+                    where + names[j] + " has shape " + shape_of(arrs[j]) + ", expected W's " + shape_of(arrs[0]));
+        require(K >= 1 && arrs[3].shape(1) == P, where + "A has shape " + shape_of(arrs[3]) + ", expected (K >= 1, " +
+                                                     std::to_string(P) + ")");
+        require(arrs[4].shape(0) == K && arrs[4].shape(1) == D,
+                where + "B has shape " + shape_of(arrs[4]) + ", expected (" + std::to_string(K) + ", " +
+                    std::to_string(D) + ")");
+        const double lr = spec[5].cast<double>(), beta1 = spec[6].cast<double>(), beta2 = spec[7].cast<double>();
+        const double eps = spec[8].cast<double>(), step = spec[9].cast<double>();
+        require(step >= 1, where + "step must be >= 1 (the step count after this update)");
+        Layer<T> L;
+        L.w = static_cast<T*>(arrs[0].mutable_data());
+        L.m = static_cast<T*>(arrs[1].mutable_data());
+        L.v = static_cast<T*>(arrs[2].mutable_data());
+        L.a = static_cast<const T*>(arrs[3].data());
+        L.b = static_cast<const T*>(arrs[4].data());
+        L.P = P;
+        L.D = D;
+        L.K = K;
+        L.c = AdamConsts{1.0 - beta1, beta2, 1.0 - beta2, lr / (1.0 - std::pow(beta1, step)),
+                         std::sqrt(1.0 - std::pow(beta2, step)), eps};
+        layers.push_back(std::move(L));
+        for (auto& a : arrs) keep.push_back(a);
+    }
+    {
+        py::gil_scoped_release release;
+        run<T>(layers, num_threads);
+    }
+    py::list out;
+    for (auto& L : layers) {
+        py::array_t<T> gz(L.D);
+        T* dst = gz.mutable_data();
+        for (int64_t d = 0; d < L.D; ++d) {
+            double s = 0.0;
+            for (int64_t blk = 0; blk < L.blocks; ++blk) s += L.z_part[static_cast<size_t>(blk * L.D + d)];
+            dst[d] = static_cast<T>(s);
+        }
+        out.append(gz);
+    }
+    return out;
+}
+
+py::list lowrank_adam_step(const py::list& specs, int num_threads) {
+    if (specs.size() == 0) return py::list();
+    const py::array w = specs[0].cast<py::tuple>()[0].cast<py::array>();
+    if (w.dtype().equal(py::dtype::of<double>())) return step_typed<double>(specs, num_threads);
+    if (w.dtype().equal(py::dtype::of<float>())) return step_typed<float>(specs, num_threads);
+    throw py::value_error("lowrank_adam_step: W must be float32 or float64, got " + std::string(py::str(w.dtype())));
+}
+
+}  // namespace
+
+void register_lowrank_adam(py::module_& m) {
+    m.def("lowrank_adam_step", &lowrank_adam_step, py::arg("layers"), py::arg("num_threads") = 1,
+          "One Adam step (torch.optim.Adam's rule, no weight decay/amsgrad/maximize) of matrices W whose "
+          "gradient is A^T B, in place, without forming it. layers: list of (W (P, D), exp_avg, exp_avg_sq, "
+          "A (K, P), B (K, D), lr, beta1, beta2, eps, step) with C-contiguous float32 or float64 arrays "
+          "(all of one dtype) and step the count after this update. Returns, per layer, W_old^T A[0] (D,), "
+          "computed with W before the update.");
+}
