@@ -379,7 +379,9 @@ class MetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         if self.fused:   # leaves without the low-rank W-gradient gatherer: one fused op per layer
             rows = T if cs == T else None       # one chunk: per-task (T, P) leaves, no expand sums
-            thetas = (fused_theta_leaves(self.vf.layers, rows), fused_theta_leaves(self.policy.layers, rows))
+            n_vf = len(self.vf.layers)       # both nets' thetas in one ops.wlinear_generate launch
+            leaves = fused_theta_leaves(list(self.vf.layers) + self.policy.layers, rows, self.backend)
+            thetas = (leaves[:n_vf], leaves[n_vf:])
         else:
             thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
         losses, parts = [], []

@@ -222,21 +222,31 @@ def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Te
             layer.accumulate_theta_leaf_grad(theta)
 
 
-def fused_theta_leaves(layers: Sequence[nn.Module], tasks: int | None = None) -> list[Tensor | None]:
+def fused_theta_leaves(layers: Sequence[nn.Module], tasks: int | None = None,
+                       backend: str | None = None) -> list[Tensor | None]:
     """For the fused meta-step: theta = W z + b of every WLinear layer made without a graph, as a
     plain leaf (its ``.grad`` gathers dL/dtheta over all backward passes); None for other layers.
     With ``tasks`` the leaf is theta expanded to (tasks, P) (no copy), so that the per-task uses
     need no expand-backward sum: its (tasks, P) gradient is summed by the fused op instead.
+    ``backend`` (an ops backend name): all thetas by one `macaw_fast.ops.wlinear_generate` (one
+    launch for up to ten layers); None: one addmv per layer.
 
     `accumulate_fused_theta_grads` then adds the gradients of W, b and z in one fused op per layer.
     """
+    wl = [layer for layer in layers if isinstance(layer, WLinear)]
+    with torch.no_grad():
+        if backend is not None:
+            from .ops import wlinear_generate
+            made = iter(wlinear_generate([m.weight for m in wl], [m.bias for m in wl], [m.z for m in wl],
+                                         backend=backend))
+        else:
+            made = iter([torch.addmv(m.bias, m.weight, m.z) for m in wl])
     out: list[Tensor | None] = []
     for layer in layers:
         if isinstance(layer, WLinear):
-            with torch.no_grad():
-                theta = torch.addmv(layer.bias, layer.weight, layer.z)
-                if tasks is not None:
-                    theta = theta.expand(tasks, -1)
+            theta = next(made)
+            if tasks is not None:
+                theta = theta.expand(tasks, -1)
             out.append(theta.requires_grad_(True))
         else:
             out.append(None)

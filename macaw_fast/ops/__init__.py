@@ -10,6 +10,7 @@ vector-Jacobian product of that differentiable torch backward.
 * `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
   with fused ReLUs.
+* `wlinear_generate`: theta = W z + b of up to ten layers in one launch (no graph).
 * `wlinear_theta_backward`: the gradients of theta = W z + b added to W, b and z's ``.grad``
   in place (first order, no graph; the fused meta-step's parameter-generation backward).
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
@@ -31,13 +32,14 @@ import torch
 from .awr_loss import awr_loss
 from .batched_linear import batched_linear, concat_relu_linear
 from .finite import all_finite
+from .generate import wlinear_generate
 from .metrics import step_metrics
 from .theta_grad import wlinear_theta_backward
 from .value_mse import value_mse
 from .wlinear_adapt import wlinear_adapt
 
 __all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics",
-           "value_mse", "wlinear_adapt", "wlinear_theta_backward"]
+           "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward"]
 
 
 def _probe(device: torch.device, backend: str) -> None:
