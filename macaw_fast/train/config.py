@@ -69,7 +69,8 @@ class TrainConfig:
     numbered_interval: int = 10_000
     """Keep a numbered checkpoint every this many meta-steps (0 = never)."""
     fused: bool = False
-    """Use the fused ops for the meta-step (same results, faster)."""
+    """Use the fused ops for the meta-step (same results). On a GPU they run as Triton kernels; on
+    the CPU as their torch twins, which are currently slower than the default step (RESULTS.md)."""
     device: str = "auto"
     """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)."""
     dtype: str = "float32"
