@@ -54,6 +54,10 @@ def applicable(optimizer: torch.optim.Optimizer, weights: Sequence[Tensor]) -> b
             return False
         if w.grad is not None:                    # a dense gradient exists: let Adam use it
             return False
+        state = optimizer.state.get(w)
+        if state and not all(key in state and state[key].shape == w.shape and state[key].dtype == w.dtype
+                             and state[key].is_contiguous() for key in ("exp_avg", "exp_avg_sq")):
+            return False                          # e.g. a strided state loaded from elsewhere
     return True
 
 

@@ -98,6 +98,12 @@ def test_declines_what_it_does_not_implement():
     assert not lowrank_adam.applicable(torch.optim.Adam([layers[0].z]), w)      # W not in the optimizer
     layers[0].weight.grad = torch.zeros_like(layers[0].weight)                    # a dense gradient exists
     assert not lowrank_adam.applicable(_adam(layers), w)
+    fresh = _layers([(4, 3, 5)], torch.float64)
+    opt = _adam(fresh)
+    w = fresh[0].weight
+    opt.state[w].update(step=torch.tensor(1.0), exp_avg=torch.zeros(w.shape[::-1], dtype=w.dtype).t(),
+                        exp_avg_sq=torch.zeros_like(w))
+    assert not lowrank_adam.applicable(opt, [w])                                 # strided moments
     half = _layers([(4, 3, 5)], torch.float16)
     assert not lowrank_adam.applicable(_adam(half), [half[0].weight])
 
