@@ -216,6 +216,14 @@ def export_archive(learner: MetaLearner, grads: bool = False) -> dict[str, Any]:
     """
     if not learner.config.wlinear:
         raise ValueError("export_archive: the paper's format holds weight-transform layers only (config.wlinear=False)")
+    if grads:
+        for name, layer in [(f"vf.layers.{i}", m) for i, m in enumerate(learner.vf.layers)] + \
+                [(f"policy.layers.{i}", m) for i, m in enumerate(learner.policy.layers)]:
+            if layer.weight.grad is None and (layer.z.grad is not None or layer.bias.grad is not None):
+                raise ValueError(
+                    f"export_archive(grads=True): {name}.weight has no .grad while its z/bias have one; "
+                    "meta_step's low-rank Adam updates W without forming its gradient. Set "
+                    "learner.lowrank_adam = False before meta_step, or use meta_loss(...)[0].backward()")
     vf = {}
     for i, layer in enumerate(learner.vf.layers):
         vf.update(_layer_entries(f"seq.fc_{i}", *(_value_of(getattr(layer, n), grads) for n in ("z", "weight", "bias"))))

@@ -136,6 +136,22 @@ def test_export_grads():
     assert g["adv_coef"].item() == learner.adv_coef.grad.item()
 
 
+def test_export_grads_after_low_rank_meta_step_refuses_missing_weight_grads():
+    """meta_step's low-rank Adam leaves W's .grad None: exporting gradients then must not write
+    zeros for W silently; with learner.lowrank_adam = False the dense gradients are there."""
+    batches = random_batch(2, 8, 5, 2, seed=1), random_batch(2, 8, 5, 2, seed=2)
+    learner = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=4, head_width=3)
+    learner.meta_step(*batches)
+    with pytest.raises(ValueError, match=r"vf.layers.0.weight has no .grad.*lowrank_adam = False"):
+        export_archive(learner, grads=True)
+    dense = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=4, head_width=3)
+    dense.lowrank_adam = False
+    dense.meta_step(*batches)
+    g = export_archive(dense, grads=True)
+    assert torch.equal(g["vf"]["seq.fc_0.fc.weight"], dense.vf.layers[0].weight.grad)
+    assert g["vf"]["seq.fc_0.fc.weight"].norm() > 0
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda a: a["vf"].pop("seq.fc_1.fc.weight"), "missing key 'seq.fc_1.fc.weight'"),
     (lambda a: a["policy"].pop("pre_seq.fc_0.z"), "missing alias key 'pre_seq.fc_0.z'"),
