@@ -183,6 +183,17 @@ class MetaLearner:
         """
         with torch.no_grad():
             th = [t.detach() for t in value_thetas]
+            if self.fused:   # mc_return + discount * V(terminal_obs) - V(obs) in one launch
+                from .ops import bootstrap_advantage
+                if v_obs is None:
+                    both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
+                    v = self.vf.forward_thetas(th, both, self.backend)
+                    B = batch.batch_size
+                    v_next, v_obs = v[:, :B], v[:, B:]
+                else:
+                    v_next = self.vf.forward_thetas(th, batch.terminal_obs, self.backend)
+                return bootstrap_advantage(batch.mc_return, batch.terminal_discount, v_next, v_obs.detach(),
+                                           backend=self.backend)
             if v_obs is not None:
                 return batch.mc_return + batch.terminal_discount * self.vf.forward_thetas(
                     th, batch.terminal_obs, self.backend) - v_obs.detach()
@@ -319,7 +330,11 @@ class MetaLearner:
         else:
             lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
-        loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
+        if self.fused:
+            from .ops import meta_objective
+            loss = meta_objective(lv_out, lp_out, self.n_train_tasks, backend=self.backend)
+        else:
+            loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
         parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
         return loss, parts
 

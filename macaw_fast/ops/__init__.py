@@ -15,6 +15,8 @@ vector-Jacobian product of that differentiable torch backward.
   in place (first order, no graph; the fused meta-step's parameter-generation backward).
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
 * `value_mse`: the per-task value regression loss with its bootstrapped target (any order).
+* `bootstrap_advantage`: advantages ret + disc * V(next) - V in one launch (no graph).
+* `meta_objective`: (sum of outer value losses + sum of outer policy losses) / N_train.
 * `step_metrics`: the meta-step's scalar metrics in one launch (no autograd).
 * `all_finite`: whether several tensors hold only finite values (one launch per eight tensors).
 
@@ -29,17 +31,19 @@ from __future__ import annotations
 
 import torch
 
+from .advantage import bootstrap_advantage
 from .awr_loss import awr_loss
 from .batched_linear import batched_linear, concat_relu_linear
 from .finite import all_finite
 from .generate import wlinear_generate
 from .metrics import step_metrics
+from .objective import meta_objective
 from .theta_grad import wlinear_theta_backward
 from .value_mse import value_mse
 from .wlinear_adapt import wlinear_adapt
 
-__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "step_metrics",
-           "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward"]
+__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "bootstrap_advantage", "concat_relu_linear",
+           "meta_objective", "step_metrics", "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward"]
 
 
 def _probe(device: torch.device, backend: str) -> None:

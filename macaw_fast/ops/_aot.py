@@ -13,9 +13,11 @@ import time
 import torch
 
 from .awr_loss import awr_double_backward_launch_config, awr_launch_config
+from .advantage import advantage_launch_config
 from .finite import finite_launch_config
 from .generate import generate_launch_config
 from .metrics import metrics_launch_config
+from .objective import objective_launch_config
 from .value_mse import value_mse_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
@@ -50,7 +52,9 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
     """
     from . import _awr_loss_kernels as ka
     from . import _batched_linear_kernels as kl
+    from . import _advantage_kernels as kadv
     from . import _finite_kernels as kf
+    from . import _objective_kernels as kobj
     from . import _generate_kernels as kg
     from . import _metrics_kernels as km
     from . import _value_mse_kernels as kv
@@ -121,6 +125,8 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         P_max = max(i * o + o for layers in shapes.values() for i, o, _ in layers)
         for n_layers in (10, 8, 1):
             add("wlinear_generate_kernel", kg.wlinear_generate_kernel, dtype, generate_launch_config(P_max, n_layers, D))
+        add("advantage_kernel", kadv.advantage_kernel, dtype, advantage_launch_config(T, N))
+        add("objective_kernel", kobj.objective_kernel, dtype, objective_launch_config())
         # the batches' NaN/inf check: Batch.validate passes its eight fields (one tensor: the smallest case)
         for n_tensors in (8, 1):
             add("nonfinite_kernel", kf.nonfinite_kernel, dtype, finite_launch_config(n_tensors))
