@@ -413,9 +413,9 @@ class MetaLearner:
             loss.backward()
             losses.append(loss.detach())
             parts.append(part)
-        if self.fused:
-            for net, ths in zip((self.vf, self.policy), thetas):
-                accumulate_fused_theta_grads(net.layers, ths, self.backend)
+        if self.fused:       # both nets' layers in one ops.wlinear_theta_backward_many launch
+            accumulate_fused_theta_grads(list(self.vf.layers) + self.policy.layers, thetas[0] + thetas[1],
+                                         self.backend)
         if self.fused:       # the chunks' losses are summed inside the metrics launch
             values = self._metric_values(parts, losses=losses).tolist()
         else:

@@ -256,11 +256,12 @@ def fused_theta_leaves(layers: Sequence[nn.Module], tasks: int | None = None,
 def accumulate_fused_theta_grads(layers: Sequence[nn.Module], thetas: Sequence[Tensor | None],
                                  backend: str) -> None:
     """Add dL/dW, dL/db, dL/dz of every leaf made by `fused_theta_leaves` to the layers' ``.grad``
-    (`macaw_fast.ops.wlinear_theta_backward`, in place; leaves without a gradient are skipped)."""
-    from .ops import wlinear_theta_backward
-    for layer, theta in zip(layers, thetas):
-        if theta is not None and theta.grad is not None:
-            wlinear_theta_backward(layer.weight, layer.bias, layer.z, theta.grad, backend=backend)
+    (`macaw_fast.ops.wlinear_theta_backward_many`, in place: one Triton launch for up to ten layers;
+    leaves without a gradient are skipped)."""
+    from .ops import wlinear_theta_backward_many
+    pairs = [(layer, theta) for layer, theta in zip(layers, thetas) if theta is not None and theta.grad is not None]
+    wlinear_theta_backward_many([m.weight for m, _ in pairs], [m.bias for m, _ in pairs], [m.z for m, _ in pairs],
+                                [th.grad for _, th in pairs], backend=backend)
 
 
 class PlainLinear(nn.Module):

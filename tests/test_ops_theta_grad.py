@@ -91,3 +91,61 @@ def test_bad_input_raises_clear_errors():
     W.grad = None
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.wlinear_theta_backward(W, b, z, torch.zeros(5, dtype=F64), backend="cuda")
+
+
+# ------------------------------------------------------------------ many layers in one launch
+
+def _many(shapes, seed):
+    return [_layer(P, D, seed=seed + k) for k, (P, D) in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("shapes", [
+    [(7, 3)],
+    [(1, 4), (65, 4), (8300, 4), (9, 4)],                 # several row chunks in one layer (P_CHUNK > 64)
+    [(P, 3) for P in range(1, 13)],                       # 12 layers: two launches
+    [(9, 4), (20, 100), (5, 4), (70, 100)],               # groups by D
+])
+def test_many_matches_autograd_of_addmv(backend, shapes):
+    """Each layer's .grad after the grouped op equals old .grad + autograd's gradient of addmv, for
+    a mix of existing .grad (none / all / only W / only z), skipped layers and (R, P) dthetas."""
+    layers = _many(shapes, seed=len(shapes))
+    g = torch.Generator().manual_seed(2)
+    dths, olds, wants = [], [], []
+    for k, (W, b, z) in enumerate(layers):
+        P = W.shape[0]
+        if k % 5 == 3:
+            dths.append(None)
+            olds.append({})
+            wants.append(None)
+            continue
+        dth = torch.randn(*((3, P) if k % 2 else (P,)), generator=g, dtype=F64)
+        dths.append(dth)
+        pre = {0: "", 1: "Wbz", 2: "W", 4: "z"}.get(k % 5, "")
+        old = {}
+        for name, p in zip("Wbz", (W, b, z)):
+            if name in pre:
+                p.grad = torch.randn(p.shape, generator=g, dtype=F64)
+                old[name] = p.grad.clone()
+        olds.append(old)
+        d = dth.sum(0) if dth.dim() == 2 else dth
+        wants.append(torch.autograd.grad(torch.addmv(b, W, z), (W, b, z), d))
+    ops.wlinear_theta_backward_many(*(list(x) for x in zip(*layers)), dths, backend=backend)
+    for k, ((W, b, z), old, want) in enumerate(zip(layers, olds, wants)):
+        if want is None:
+            assert W.grad is None and b.grad is None and z.grad is None, k
+            continue
+        for name, p, w in zip("Wbz", (W, b, z), want):
+            expect = w + old[name] if name in old else w
+            torch.testing.assert_close(p.grad, expect, rtol=1e-12, atol=1e-12, msg=f"layer {k} grad of {name}")
+
+
+def test_many_bad_input(backend):
+    (W, b, z), (W2, b2, z2) = _many([(6, 3), (5, 3)], seed=9)
+    with pytest.raises(ValueError, match="one entry per layer"):
+        ops.wlinear_theta_backward_many([W, W2], [b, b2], [z], [None, None], backend=backend)
+    with pytest.raises(ValueError, match="dthetas\\[1\\] must have shape"):
+        ops.wlinear_theta_backward_many([W, W2], [b, b2], [z, z2], [torch.zeros(6, dtype=F64),
+                                                                     torch.zeros(6, dtype=F64)], backend=backend)
+    # nothing to do: no error, no .grad
+    ops.wlinear_theta_backward_many([W], [b], [z], [None], backend=backend)
+    assert W.grad is None

@@ -61,7 +61,8 @@ def test_specs_cover_every_kernel():
                      "awr_loss_kernel", "awr_loss_bwd_kernel", "awr_loss_dbwd_kernel", "theta_grad_kernel",
                      "step_metrics_kernel", "nonfinite_kernel",
                      "value_mse_kernel", "value_mse_bwd_kernel", "value_mse_dbwd_kernel",
-                     "wlinear_generate_kernel", "advantage_kernel", "objective_kernel"}
+                     "wlinear_generate_kernel", "advantage_kernel", "objective_kernel",
+                     "theta_grad_group_kernel"}
 
 
 @pytest.mark.triton

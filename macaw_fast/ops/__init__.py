@@ -12,7 +12,8 @@ vector-Jacobian product of that differentiable torch backward.
   with fused ReLUs.
 * `wlinear_generate`: theta = W z + b of up to ten layers in one launch (no graph).
 * `wlinear_theta_backward`: the gradients of theta = W z + b added to W, b and z's ``.grad``
-  in place (first order, no graph; the fused meta-step's parameter-generation backward).
+  in place (first order, no graph; the fused meta-step's parameter-generation backward);
+  `wlinear_theta_backward_many`: the same for up to ten layers in one launch.
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
 * `value_mse`: the per-task value regression loss with its bootstrapped target (any order).
 * `bootstrap_advantage`: advantages ret + disc * V(next) - V in one launch (no graph).
@@ -38,12 +39,13 @@ from .finite import all_finite
 from .generate import wlinear_generate
 from .metrics import step_metrics
 from .objective import meta_objective
-from .theta_grad import wlinear_theta_backward
+from .theta_grad import wlinear_theta_backward, wlinear_theta_backward_many
 from .value_mse import value_mse
 from .wlinear_adapt import wlinear_adapt
 
 __all__ = ["all_finite", "available", "awr_loss", "batched_linear", "bootstrap_advantage", "concat_relu_linear",
-           "meta_objective", "step_metrics", "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward"]
+           "meta_objective", "step_metrics", "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward",
+           "wlinear_theta_backward_many"]
 
 
 def _probe(device: torch.device, backend: str) -> None:

@@ -21,7 +21,7 @@ from .objective import objective_launch_config
 from .value_mse import value_mse_launch_config
 from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
                              linear_launch_config)
-from .theta_grad import theta_backward_launch_config
+from .theta_grad import theta_backward_group_launch_config, theta_backward_launch_config
 from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
@@ -124,9 +124,15 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         # depth 3), without it (8), and a single layer
         P_max = max(i * o + o for layers in shapes.values() for i, o, _ in layers)
         for n_layers in (10, 8, 1):
-            add("wlinear_generate_kernel", kg.wlinear_generate_kernel, dtype, generate_launch_config(P_max, n_layers, D))
+            add("wlinear_generate_kernel", kg.wlinear_generate_kernel, dtype,
+                generate_launch_config(P_max, n_layers, D))
         add("advantage_kernel", kadv.advantage_kernel, dtype, advantage_launch_config(T, N))
         add("objective_kernel", kobj.objective_kernel, dtype, objective_launch_config())
+        # after the backward: every layer's theta gradient into W, b, z in one launch (10, 8, 1 layers)
+        Ps = [i * o + o for net in ("value", "policy", "head") for i, o, _ in shapes[net]]
+        for n_layers in (10, 8, 1):
+            add("theta_grad_group_kernel", kt.theta_grad_group_kernel, dtype,
+                theta_backward_group_launch_config(Ps[:n_layers], D))
         # the batches' NaN/inf check: Batch.validate passes its eight fields (one tensor: the smallest case)
         for n_tensors in (8, 1):
             add("nonfinite_kernel", kf.nonfinite_kernel, dtype, finite_launch_config(n_tensors))

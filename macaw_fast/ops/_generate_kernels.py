@@ -26,9 +26,12 @@ def _generate(w_ptr, b_ptr, z_ptr, o_ptr, P, D, pid, BLOCK_P: tl.constexpr, BLOC
 
 
 @triton.jit
-def wlinear_generate_kernel(w0_ptr, b0_ptr, z0_ptr, o0_ptr, w1_ptr, b1_ptr, z1_ptr, o1_ptr, w2_ptr, b2_ptr, z2_ptr, o2_ptr, w3_ptr, b3_ptr, z3_ptr, o3_ptr, w4_ptr, b4_ptr, z4_ptr, o4_ptr, w5_ptr, b5_ptr, z5_ptr, o5_ptr, w6_ptr, b6_ptr, z6_ptr, o6_ptr, w7_ptr, b7_ptr, z7_ptr, o7_ptr, w8_ptr, b8_ptr, z8_ptr, o8_ptr, w9_ptr, b9_ptr, z9_ptr, o9_ptr,
-                            P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, D,
-                            NL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+def wlinear_generate_kernel(w0_ptr, b0_ptr, z0_ptr, o0_ptr, w1_ptr, b1_ptr, z1_ptr, o1_ptr, w2_ptr, b2_ptr,
+                            z2_ptr, o2_ptr, w3_ptr, b3_ptr, z3_ptr, o3_ptr, w4_ptr, b4_ptr, z4_ptr, o4_ptr,
+                            w5_ptr, b5_ptr, z5_ptr, o5_ptr, w6_ptr, b6_ptr, z6_ptr, o6_ptr, w7_ptr, b7_ptr,
+                            z7_ptr, o7_ptr, w8_ptr, b8_ptr, z8_ptr, o8_ptr, w9_ptr, b9_ptr, z9_ptr, o9_ptr, P0,
+                            P1, P2, P3, P4, P5, P6, P7, P8, P9, D, NL: tl.constexpr, BLOCK_P: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
     """theta_l = W_l z_l + b_l for up to 10 weight-transform layers in one launch.
 
     Grid: (cdiv(max_l P_l, BLOCK_P), NL); program (i, l) writes rows [i*BLOCK_P, (i+1)*BLOCK_P) of
