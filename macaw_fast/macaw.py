@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import lowrank_adam
 from .config import MacawConfig
 from .data.batch import Batch
+from .inner_grad import value_inner_grads
 from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads,
                    advantage_weights, fused_theta_leaves, gaussian_log_prob, theta_leaves)
 
@@ -90,6 +91,9 @@ class MetaLearner:
         #: gradient, so W's ``.grad`` stays None after the step). False: form W's dense gradient
         #: and leave every update to ``optimizer.step()`` (same parameters to rounding).
         self.lowrank_adam = True
+        #: Unfused steps: the value net's inner gradients as one autograd node with a hand-written
+        #: Hessian-vector product (`macaw_fast.inner_grad`) instead of a create_graph backward.
+        self.manual_value_grads = True
         self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
@@ -155,15 +159,19 @@ class MetaLearner:
         T = inner.num_tasks
         if thetas is None:
             thetas = self.vf.thetas(low_rank_grad=not self.fused)
-        per_task = [th.expand(T, -1) for th in thetas]
-        v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
+        if not self.fused and self.manual_value_grads:
+            # one autograd node whose backward is a hand-written Hessian-vector product
+            loss_in, grads = value_inner_grads(thetas, self.vf.layer_dims(), inner.obs, inner.mc_return)
+        else:
+            per_task = [th.expand(T, -1) for th in thetas]
+            v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
         if self.fused:       # one launch for the loss, one for its backward, one for the double backward
             from .ops import value_mse
             from .ops._common import cached_full
             loss_in = value_mse(v, inner.mc_return, backend=self.backend)
             grads = torch.autograd.grad(loss_in, per_task, cached_full((T,), 1.0, v.dtype, v.device),
                                         create_graph=True)
-        else:
+        elif not self.manual_value_grads:
             loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
             grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
         rates = self.value_rates()
