@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from . import lowrank_adam
 from .config import MacawConfig
 from .data.batch import Batch
-from .inner_grad import value_inner_grads
+from .inner_grad import policy_inner_grads, value_inner_grads
 from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads,
                    advantage_weights, fused_theta_leaves, gaussian_log_prob, theta_leaves)
 
@@ -94,6 +94,8 @@ class MetaLearner:
         #: Unfused steps: the value net's inner gradients as one autograd node with a hand-written
         #: Hessian-vector product (`macaw_fast.inner_grad`) instead of a create_graph backward.
         self.manual_value_grads = True
+        #: Likewise for the policy's inner gradients (trunk, tanh mean, advantage head, kappa).
+        self.manual_policy_grads = True
         self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
@@ -238,14 +240,22 @@ class MetaLearner:
         if thetas is None:
             thetas = [layer.theta(not self.fused) if isinstance(layer, WLinear) else layer.theta()
                       for layer in self.policy.layers]
-        per_task = [th.expand(T, -1) for th in thetas]
-        loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
         n = len(thetas) if layers is None else layers
+        if not self.fused and self.manual_policy_grads:
+            c = self.config
+            head = self.policy.head
+            loss_in, grads = policy_inner_grads(
+                thetas, self.policy.trunk.layer_dims(), head.layer_dims() if head is not None else (),
+                inner.obs, inner.action, adv, weights, c.action_sigma,
+                self.head_weight() if head is not None else None, n)
+        else:
+            per_task = [th.expand(T, -1) for th in thetas]
+            loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
         if self.fused:       # a cached seed instead of sum + ones_like
             from .ops._common import cached_full
             grads = torch.autograd.grad(loss_in, per_task[:n], cached_full((T,), 1.0, loss_in.dtype, loss_in.device),
                                         create_graph=True)
-        else:
+        elif not self.manual_policy_grads:
             grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
         rates = self.policy_rates()
         if self.fused:
