@@ -177,11 +177,18 @@ class MetaLearner:
             loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
             grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
         rates = self.value_rates()
-        if self.fused:
-            rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
         alpha = self.config.target_vf_alpha if with_target else None
-        out = [layer.adapt(th, g, rates[k], alpha, self.backend)
-               for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
+        if self.fused and all(isinstance(m, WLinear) for m in self.vf.layers):
+            # every layer's inner step in three launches (ops.wlinear_adapt_many); rates stay one tensor
+            from .ops import wlinear_adapt_many
+            ls = self.vf.layers
+            out = wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
+                                     alpha, backend=self.backend)
+        else:
+            if self.fused:
+                rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
+            out = [layer.adapt(th, g, rates[k], alpha, self.backend)
+                   for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
         if with_target:
             return [o[0] for o in out], [o[1] for o in out], loss_in
         return out, None, loss_in
@@ -258,9 +265,15 @@ class MetaLearner:
         elif not self.manual_policy_grads:
             grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
         rates = self.policy_rates()
+        layers_ = self.policy.layers
+        if self.fused and all(isinstance(m, WLinear) for m in layers_[:n]):
+            # the first n layers' inner steps in three launches (ops.wlinear_adapt_many)
+            from .ops import wlinear_adapt_many
+            ls = layers_[:n]
+            return wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
+                                      None, backend=self.backend), loss_in
         if self.fused:
             rates = rates.unbind(0)
-        layers_ = self.policy.layers
         return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in
 
     def adapt(self, batch: Batch) -> Adapted:

@@ -62,7 +62,9 @@ def test_specs_cover_every_kernel():
                      "step_metrics_kernel", "nonfinite_kernel",
                      "value_mse_kernel", "value_mse_bwd_kernel", "value_mse_dbwd_kernel",
                      "wlinear_generate_kernel", "advantage_kernel", "objective_kernel",
-                     "theta_grad_group_kernel"}
+                     "theta_grad_group_kernel", "adapt_reduce_group_kernel", "adapt_mix_group_kernel",
+                     "adapt_expand_group_kernel", "adapt_bwd_reduce_group_kernel", "adapt_bwd_mix_group_kernel",
+                     "adapt_bwd_expand_group_kernel"}
 
 
 @pytest.mark.triton

@@ -7,7 +7,8 @@ first-order backward is itself a Function running Triton kernels, whose own back
 backward is differentiated again, as MACAW's meta-gradient does through the inner step) is the
 vector-Jacobian product of that differentiable torch backward.
 
-* `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5).
+* `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5);
+  `wlinear_adapt_many`: the same for a net's layers at once (three launches per six layers).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
   with fused ReLUs.
 * `wlinear_generate`: theta = W z + b of up to ten layers in one launch (no graph).
@@ -41,7 +42,7 @@ from .metrics import step_metrics
 from .objective import meta_objective
 from .theta_grad import wlinear_theta_backward, wlinear_theta_backward_many
 from .value_mse import value_mse
-from .wlinear_adapt import wlinear_adapt
+from .wlinear_adapt import wlinear_adapt, wlinear_adapt_many
 
 __all__ = ["all_finite", "available", "awr_loss", "batched_linear", "bootstrap_advantage", "concat_relu_linear",
            "meta_objective", "step_metrics", "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward",

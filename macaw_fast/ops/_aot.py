@@ -133,6 +133,20 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         for n_layers in (10, 8, 1):
             add("theta_grad_group_kernel", kt.theta_grad_group_kernel, dtype,
                 theta_backward_group_launch_config(Ps[:n_layers], D))
+        # a net's inner steps in three launches forward and three backward (ops.wlinear_adapt_many):
+        # the value net with its target mix, the policy trunk; the meta-step's backward has no target
+        # cotangent; and all six slots once
+        for net, n_layers in (("value", 4), ("policy", 4), ("policy", 6)):
+            i, o, _ = shapes[net][0]
+            tgt = net == "value"
+            a = adapt_launch_config(T, i * o + o, D, with_target=tgt)
+            for part in ("reduce", "mix", "expand"):
+                add(f"adapt_{part}_group_kernel", getattr(kw, f"adapt_{part}_group_kernel"), dtype, a[part],
+                    {"NL": n_layers})
+            a = adapt_backward_launch_config(T, i * o + o, D, with_target=False)
+            for part in ("reduce", "mix", "expand"):
+                add(f"adapt_bwd_{part}_group_kernel", getattr(kw, f"adapt_bwd_{part}_group_kernel"), dtype, a[part],
+                    {"NL": n_layers})
         # the batches' NaN/inf check: Batch.validate passes its eight fields (one tensor: the smallest case)
         for n_tensors in (8, 1):
             add("nonfinite_kernel", kf.nonfinite_kernel, dtype, finite_launch_config(n_tensors))
