@@ -4,7 +4,9 @@ Run: ``pytest bench/bench_meta_step.py --benchmark-only`` (one table per T; 2 to
 ``MACAW_BENCH_THREADS=n``: on a loaded machine, 1 thread gives steadier loop/batched ratios).
 ``paper_loop`` is `macaw_fast.reference.reference_backward` (per task: copy every parameter, inner
 step with create_graph, outer losses, backward — what the paper's code does with `higher`) followed
-by the same Adam step; ``batched`` is `MetaLearner.meta_step`; ``fused`` the same with ``fused=True``.
+by the same Adam step; ``batched`` is `MetaLearner.meta_step` (hand-written inner gradients,
+low-rank Adam on the CPU); ``batched_autograd`` the same with ``autograd.grad(create_graph=True)``
+inner gradients and dense W gradients; ``fused`` is ``fused=True``.
 Each row's ``extra_info`` has the peak memory of one step, measured in a fresh subprocess.
 Paper config: width 100, depth 3, D 100, batch 256, obs 20, act 6, N_train 35.
 """
@@ -25,7 +27,7 @@ tune_malloc()   # as the CLI does; applies to every implementation alike
 
 OBS, ACT, B, N_TRAIN = 20, 6, 256, 35
 THREADS = int(os.environ.get("MACAW_BENCH_THREADS", "2"))
-IMPLS = ["paper_loop", "batched", "fused"]
+IMPLS = ["paper_loop", "batched_autograd", "batched", "fused"]
 
 
 def make_step(impl: str, T: int, dtype=torch.float32):
@@ -37,6 +39,8 @@ def make_step(impl: str, T: int, dtype=torch.float32):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     learner = MetaLearner(OBS, ACT, N_TRAIN, dtype=dtype, fused=(impl == "fused"))
+    if impl == "batched_autograd":     # the batched step as of session 2: autograd inner gradients, dense Adam
+        learner.manual_value_grads = learner.manual_policy_grads = learner.lowrank_adam = False
     inner = synthetic_batch(T, B, OBS, ACT, g, dtype)
     outer = synthetic_batch(T, B, OBS, ACT, g, dtype)
     if impl == "paper_loop":
