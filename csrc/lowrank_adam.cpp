@@ -138,8 +138,10 @@ std::string shape_of(const py::array& a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-void require(bool ok, const std::string& msg) {
-    if (!ok) throw py::value_error(msg);
+// Throws ValueError(msg()) when !ok; the message is only built on failure.
+template <typename Msg>
+void require(bool ok, Msg&& msg) {
+    if (!ok) throw py::value_error(msg());
 }
 
 template <typename T>
@@ -148,32 +150,29 @@ py::list step_typed(const py::list& specs, int num_threads) {
     std::vector<py::array> keep;  // the arrays stay referenced while the GIL is released
     for (size_t n = 0; n < specs.size(); ++n) {
         const py::tuple spec = specs[n].cast<py::tuple>();
-        require(spec.size() == 10, "lowrank_adam_step: layer " + std::to_string(n) +
-                                       ": expected (W, exp_avg, exp_avg_sq, A, B, lr, beta1, beta2, eps, step)");
+        require(spec.size() == 10, [&] { return "lowrank_adam_step: layer " + std::to_string(n) +
+                                       ": expected (W, exp_avg, exp_avg_sq, A, B, lr, beta1, beta2, eps, step)"; });
         const std::string where = "lowrank_adam_step: layer " + std::to_string(n) + ": ";
         py::array arrs[5];
         const char* names[5] = {"W", "exp_avg", "exp_avg_sq", "A", "B"};
         for (int j = 0; j < 5; ++j) {
             arrs[j] = spec[j].cast<py::array>();
-            require(arrs[j].dtype().equal(py::dtype::of<T>()),
-                    where + names[j] + " has dtype " + std::string(py::str(arrs[j].dtype())) + ", expected " +
-                        std::string(py::str(py::dtype::of<T>())));
-            require(arrs[j].ndim() == 2, where + names[j] + " must be 2-D, got shape " + shape_of(arrs[j]));
-            require((arrs[j].flags() & py::array::c_style) != 0, where + names[j] + " must be C-contiguous");
-            if (j < 3) require(arrs[j].writeable(), where + names[j] + " must be writeable");
+            require(arrs[j].dtype().equal(py::dtype::of<T>()), [&] { return where + names[j] + " has dtype " + std::string(py::str(arrs[j].dtype())) + ", expected " +
+                        std::string(py::str(py::dtype::of<T>())); });
+            require(arrs[j].ndim() == 2, [&] { return where + names[j] + " must be 2-D, got shape " + shape_of(arrs[j]); });
+            require((arrs[j].flags() & py::array::c_style) != 0, [&] { return where + names[j] + " must be C-contiguous"; });
+            if (j < 3) require(arrs[j].writeable(), [&] { return where + names[j] + " must be writeable"; });
         }
         const int64_t P = arrs[0].shape(0), D = arrs[0].shape(1), K = arrs[3].shape(0);
         for (int j = 1; j < 3; ++j)
-            require(arrs[j].shape(0) == P && arrs[j].shape(1) == D,
-                    where + names[j] + " has shape " + shape_of(arrs[j]) + ", expected W's " + shape_of(arrs[0]));
-        require(K >= 1 && arrs[3].shape(1) == P, where + "A has shape " + shape_of(arrs[3]) + ", expected (K >= 1, " +
-                                                     std::to_string(P) + ")");
-        require(arrs[4].shape(0) == K && arrs[4].shape(1) == D,
-                where + "B has shape " + shape_of(arrs[4]) + ", expected (" + std::to_string(K) + ", " +
-                    std::to_string(D) + ")");
+            require(arrs[j].shape(0) == P && arrs[j].shape(1) == D, [&] { return where + names[j] + " has shape " + shape_of(arrs[j]) + ", expected W's " + shape_of(arrs[0]); });
+        require(K >= 1 && arrs[3].shape(1) == P, [&] { return where + "A has shape " + shape_of(arrs[3]) + ", expected (K >= 1, " +
+                                                     std::to_string(P) + ")"; });
+        require(arrs[4].shape(0) == K && arrs[4].shape(1) == D, [&] { return where + "B has shape " + shape_of(arrs[4]) + ", expected (" + std::to_string(K) + ", " +
+                    std::to_string(D) + ")"; });
         const double lr = spec[5].cast<double>(), beta1 = spec[6].cast<double>(), beta2 = spec[7].cast<double>();
         const double eps = spec[8].cast<double>(), step = spec[9].cast<double>();
-        require(step >= 1, where + "step must be >= 1 (the step count after this update)");
+        require(step >= 1, [&] { return where + "step must be >= 1 (the step count after this update)"; });
         Layer<T> L;
         L.w = static_cast<T*>(arrs[0].mutable_data());
         L.m = static_cast<T*>(arrs[1].mutable_data());
