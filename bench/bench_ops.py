@@ -27,7 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import macaw_fast.ops as ops
-from macaw_fast.ops import awr_loss, batched_linear, concat_relu_linear, wlinear_adapt
+from macaw_fast.ops import awr_loss, batched_linear, concat_relu_linear, value_mse, wlinear_adapt, wlinear_adapt_many
 from macaw_fast.ops._common import interpreter_requested, triton_importable
 
 # ------------------------------------------------------------------ launch counting
@@ -132,6 +132,20 @@ def make_cases(T=5, N=256, width=100, D=100, obs=20, act=6, head=32, dtype=torch
     x, th = r(T, N, width), r(T, P)
     h, a, th_h = r(T, N, width), r(T, N, act), r(T, (width + act) * head + head)
     mu, ac, adv, pred, hw = r(T, N, act), r(T, N, act), r(T, N).detach(), r(T, N), r(())
+    v, ret, disc, vn = r(T, N), r(T, N).detach(), torch.rand(T, N, generator=g, dtype=dtype), r(T, N).detach()
+    shapes = [(obs * width + width, D)] + [(P, D)] * 2 + [(width + 1, D)]        # the value net's layers
+    many = ([r(*s) for s in shapes] + [r(s[0]) for s in shapes] + [r(D) for _ in shapes]
+            + [r(T, s[0]) for s in shapes] + [(torch.rand(4, 3, generator=g, dtype=dtype) * 0.1).requires_grad_()])
+
+    def adapt_many(be):
+        def f(*t):
+            outs = wlinear_adapt_many(t[0:4], t[4:8], t[8:12], t[12:16], t[16], 0.9, backend=be)
+            return tuple(x for o in outs for x in o)
+        return f
+
+    def adapt_many_unfused(*t):
+        return tuple(x for k in range(4) for x in _adapt_unfused(t[k], t[4 + k], t[8 + k], t[12 + k], t[16][k], 0.9))
+
     return {
         "wlinear_adapt": (lambda be: (lambda W, b, z, G, rt: wlinear_adapt(W, b, z, G, rt, 0.9, backend=be)),
                           lambda W, b, z, G, rt: _adapt_unfused(W, b, z, G, rt, 0.9), (W, b, z, G, rates)),
@@ -141,6 +155,9 @@ def make_cases(T=5, N=256, width=100, D=100, obs=20, act=6, head=32, dtype=torch
                                lambda h, a, th: _concat_unfused(h, a, th, head), (h, a, th_h)),
         "awr_loss": (lambda be: (lambda mu, ac, pred, hw: awr_loss(mu, ac, adv, pred=pred, head_weight=hw, backend=be)),
                      lambda mu, ac, pred, hw: _awr_unfused(mu, ac, adv, pred, hw), (mu, ac, pred, hw)),
+        "value_mse": (lambda be: (lambda v: value_mse(v, ret, disc, vn, backend=be)),
+                      lambda v: (v - (ret + disc * vn)).pow(2).mean(-1), (v,)),
+        "wlinear_adapt_many": (adapt_many, adapt_many_unfused, tuple(many)),
     }
 
 
@@ -254,7 +271,8 @@ import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("impl", ["fused_torch_twin", "unfused"])
-@pytest.mark.parametrize("op", ["wlinear_adapt", "batched_linear", "concat_relu_linear", "awr_loss"])
+@pytest.mark.parametrize("op", ["wlinear_adapt", "batched_linear", "concat_relu_linear", "awr_loss", "value_mse",
+                                "wlinear_adapt_many"])
 def test_bench_op(benchmark, op, impl):
     """Forward + backward + double backward at the paper's shapes on CPU."""
     fused, unfused, inputs = make_cases()[op]
