@@ -222,14 +222,19 @@ class MetaLearner:
     def _policy_inner_loss(self, thetas: Sequence[Tensor], batch: Batch, adv: Tensor, weights: Tensor):
         c = self.config
         n_trunk = self.policy.num_trunk_layers
-        mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True, backend=self.backend)
+        if self.fused:       # the trunk's pre-activations: ops.awr_loss applies the mean's tanh
+            from .nets import mlp_forward
+            mu, hidden = mlp_forward(thetas[:n_trunk], self.policy.trunk.dims, batch.obs, return_hidden=True,
+                                     backend=self.backend)
+        else:
+            mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True, backend=self.backend)
         if self.fused:
             from .ops import awr_loss
             head = self.policy.head is not None
             pred = self.policy.advantage(thetas[n_trunk:], hidden, batch.action, self.backend) if head else None
             return awr_loss(mu, batch.action, adv, sigma=c.action_sigma, temp=c.adaptation_temp,
                             max_weight=c.exp_advantage_clip, pred=pred,
-                            head_weight=self.head_weight() if head else None, backend=self.backend)
+                            head_weight=self.head_weight() if head else None, tanh=True, backend=self.backend)
         logp = gaussian_log_prob(batch.action, mu, c.action_sigma)
         loss = (-weights * logp).mean(-1)
         if self.policy.head is not None:
@@ -353,12 +358,15 @@ class MetaLearner:
             w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
         n_trunk = self.policy.num_trunk_layers
         p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk, thetas=p_th)
-        mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
-        if self.fused:
+        if self.fused:       # the trunk's pre-activations: ops.awr_loss applies the mean's tanh
+            from .nets import mlp_forward
             from .ops import awr_loss
+            mu_out = mlp_forward(p_new, self.policy.trunk.dims, outer.obs, backend=self.backend)
             lp_out, w_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
-                                     max_weight=c.exp_advantage_clip, return_weights=True, backend=self.backend)
+                                     max_weight=c.exp_advantage_clip, return_weights=True, tanh=True,
+                                     backend=self.backend)
         else:
+            mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
             lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
 
         if self.fused:

@@ -169,7 +169,7 @@ def _dbwd_inputs(T, N, A, head, which, seed):
     return cots, (g, mu, act, adv, pred, hw_, w)
 
 
-def _vjp_oracle(cots, prim, c_half):
+def _vjp_oracle(cots, prim, c_half, tanh=False):
     """Autograd's VJP of the differentiable first-order backward (zeros for absent cotangents)."""
     g, mu, act, adv, pred, hw, w = prim
     head = pred is not None
@@ -177,7 +177,7 @@ def _vjp_oracle(cots, prim, c_half):
 
     def f(g_, mu_, act_, *rest):
         adv_, pred_, hw_ = rest if head else (adv, None, None)
-        out = _backward_torch(g_, mu_, act_, adv_, pred_, hw_, w, c_half)
+        out = _backward_torch(g_, mu_, act_, adv_, pred_, hw_, w, c_half, tanh=tanh)
         return out if head else out[:2]
     outs, vjp = torch.func.vjp(f, *xs)
     keys = ["mu", "act", "adv", "pred", "hw"][:len(outs)]
@@ -205,15 +205,70 @@ def test_double_backward_matches_vjp_of_backward(backend, T, N, A, head, which):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.triton
+@pytest.mark.parametrize("which", list(COT_SETS))
 @pytest.mark.parametrize("head", [False, True])
-def test_double_backward_function_gradcheck(head):
+@pytest.mark.parametrize("T,N,A", [(1, 2, 1), (3, 37, 6)])
+def test_double_backward_with_tanh_matches_vjp_of_backward(backend, T, N, A, head, which):
+    """The same with tanh inside the op (mu holds pre-activations): the extra curvature term."""
+    cots, prim = _dbwd_inputs(T, N, A, head, COT_SETS[which], seed=5 * T + N)
+    consts = _constants(0.2, 1.0, 20.0, A)
+    c = [cots[k] for k in ("mu", "act", "adv", "pred", "hw")]
+    if backend == "triton":
+        got = AWRDoubleBackward.apply(*c, *prim, consts + (1.0,))
+    else:
+        got = _double_backward_torch(*c, *prim, consts[0], tanh=True)
+    want = _vjp_oracle(cots, prim, consts[0], tanh=True)
+    for name, a, b in zip(("g", "mu", "act", "adv", "pred", "hw"), got, want):
+        if a is None:
+            assert b is None or torch.count_nonzero(b) == 0, name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("T,N,A", SHAPES)
+def test_tanh_inside_matches_tanh_then_loss(backend, T, N, A, head):
+    """awr_loss(x, tanh=True) == awr_loss(tanh(x)): loss, gradients and second order; the torch
+    twin is bitwise the composition (autograd's tanh_backward), as the CUDA-graph body needs."""
+    mu, act, adv, pred = make(T, N, A, seed=2)
+    x = (mu.detach() * 2.0).requires_grad_()             # pre-activations, some beyond |x| > 1
+    hw = torch.tensor(0.37, dtype=F64, requires_grad=True)
+    kw = {"pred": pred, "head_weight": hw} if head else {}
+    got = awr_loss(x, act, adv, tanh=True, backend=backend, **kw)
+    want = awr_loss(torch.tanh(x), act, adv, backend="torch", **kw)
+    ins = [x, act] + ([pred, hw] if head else [])
+    gw = torch.linspace(0.5, 1.5, T, dtype=F64)
+    ga = torch.autograd.grad((got * gw).sum(), ins, create_graph=True)
+    gb = torch.autograd.grad((want * gw).sum(), ins, create_graph=True)
+    if backend == "torch":
+        assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(ga, gb))
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-12)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    ha = torch.autograd.grad(sum((q * q.detach().cos()).sum() for q in ga), ins)
+    hb = torch.autograd.grad(sum((q * q.detach().cos()).sum() for q in gb), ins)
+    for a, b in zip(ha, hb):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_tanh_gradcheck_and_gradgradcheck(backend):
+    mu, act, adv, pred = make(2, 5, 2, seed=4)
+    fn = lambda x, a, p, h: awr_loss(x, a, adv, pred=p, head_weight=h, tanh=True, backend=backend)  # noqa: E731
+    ins = (mu, act, pred, torch.tensor(0.2, dtype=F64, requires_grad=True))
+    assert torch.autograd.gradcheck(fn, ins)
+    assert torch.autograd.gradgradcheck(fn, ins)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tanh", [False, True])
+@pytest.mark.parametrize("head", [False, True])
+def test_double_backward_function_gradcheck(head, tanh):
     """AWRDoubleBackward's own backward (third order, torch VJP) is correct too; and the op's
     gradgradcheck through it with every cotangent present."""
     if not (interpreter_requested() and triton_importable()):
         pytest.skip("the Function runs Triton kernels: needs TRITON_INTERPRET=1 and triton")
     cots, prim = _dbwd_inputs(2, 5, 2, head, COT_SETS["all"], seed=3)
-    consts = _constants(0.2, 1.0, 20.0, 2)
+    consts = _constants(0.2, 1.0, 20.0, 2) + ((1.0,) if tanh else ())
     g, mu, act, adv, pred, hw, w = prim
     keys = ("mu", "act", "adv", "pred", "hw")
     diff = [cots[k] for k in keys if cots[k] is not None] + [g, mu, act] + ([adv, pred, hw] if head else [])

@@ -105,13 +105,16 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
         add("linear_dbwd_kernel", kl.linear_dbwd_kernel, dtype,
             linear_double_backward_launch_config(T, N, 100, 100, True), relu2)
         act = shape_kw.get("act", 6)
-        for head in (False, True):
-            add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head))
-            add("awr_loss_bwd_kernel", ka.awr_loss_bwd_kernel, dtype, awr_launch_config(T, N, act, head))
-        # second order: the meta-step's flags (cotangents of dmu and dpred), and every cotangent present
-        add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype, awr_double_backward_launch_config(T, N, act, True))
-        add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype,
-            awr_double_backward_launch_config(T, N, act, True, True, True, True, True, True))
+        # the fused meta-step passes pre-activations (TANH: the policy mean's tanh inside the op)
+        for tanh in (False, True):
+            for head in (False, True):
+                add("awr_loss_kernel", ka.awr_loss_kernel, dtype, awr_launch_config(T, N, act, head, tanh))
+                add("awr_loss_bwd_kernel", ka.awr_loss_bwd_kernel, dtype, awr_launch_config(T, N, act, head, tanh))
+            # second order: the meta-step's flags (cotangents of dmu and dpred), and every cotangent present
+            add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype,
+                awr_double_backward_launch_config(T, N, act, True, tanh=tanh))
+            add("awr_loss_dbwd_kernel", ka.awr_loss_dbwd_kernel, dtype,
+                awr_double_backward_launch_config(T, N, act, True, True, True, True, True, True, tanh))
         # the step's metrics: meta_step (with the chunk losses) and meta_loss (without)
         for has_loss in (True, False):
             add("step_metrics_kernel", km.step_metrics_kernel, dtype, metrics_launch_config(has_loss))

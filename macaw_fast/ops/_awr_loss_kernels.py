@@ -7,10 +7,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _tanh(x):
+    """tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) (no overflow for any x)."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    r = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
 def awr_loss_kernel(mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, par_ptr, loss_ptr, w_ptr, N, A,
                     stride_mt, stride_mn, stride_ma, stride_at, stride_an, stride_aa,
                     stride_vt, stride_vn, stride_pt, stride_pn,
-                    BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr,
+                    TANH: tl.constexpr = False):
     """Per-task advantage-weighted Gaussian log-likelihood loss (one program per task).
 
     Three passes over the task's N rows: mean of the advantages, their unbiased variance, then the
@@ -34,6 +43,7 @@ def awr_loss_kernel(mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, par_ptr, loss_pt
         stride_pt, stride_pn: strides of pred along tasks and rows.
         BLOCK_N: rows per step. BLOCK_A: >= A (all action dims in one tile).
         HEAD: add softplus(kappa) * mean((pred - adv)^2).
+        TANH: mu_ptr holds pre-activations x and the means are mu = tanh(x).
     """
     t = tl.program_id(0)
     half_inv_var = tl.load(par_ptr)
@@ -64,6 +74,8 @@ def awr_loss_kernel(mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, par_ptr, loss_pt
         w = tl.exp(tl.minimum((v - mean) * scale, log_max_w))
         m2 = nm[:, None] & (k[None, :] < A)
         mu = tl.load(mu_ptr + t * stride_mt + n[:, None] * stride_mn + k[None, :] * stride_ma, mask=m2, other=0.0)
+        if TANH:
+            mu = _tanh(mu)
         a = tl.load(act_ptr + t * stride_at + n[:, None] * stride_an + k[None, :] * stride_aa, mask=m2, other=0.0)
         d = a - mu
         logp = -half_inv_var * tl.sum(d * d, axis=1) - log_norm
@@ -84,7 +96,8 @@ def awr_loss_bwd_kernel(g_ptr, mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, w_ptr
                         gmu_ptr, gact_ptr, gadv_ptr, gpred_ptr, ghw_ptr, N, A, stride_g,
                         stride_mt, stride_mn, stride_ma, stride_at, stride_an, stride_aa,
                         stride_vt, stride_vn, stride_pt, stride_pn,
-                        BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr,
+                        TANH: tl.constexpr = False):
     """Gradients of the per-task losses given dL/dloss g (one program per task).
 
     dL/dmu = -(2 c / N) g_t w (a - mu) with c = 0.5 / sigma^2 (the weights w are constants);
@@ -102,6 +115,7 @@ def awr_loss_bwd_kernel(g_ptr, mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, w_ptr
             (T, N) (HEAD). ghw_ptr: output per-task shares of dL/dhw, contiguous (T,) (HEAD).
         N, A: rows and action dims. stride_*: strides of mu, actions (tasks, rows, dims), adv, pred.
         BLOCK_N: rows per step. BLOCK_A: >= A. HEAD: the advantage-head term is present.
+        TANH: mu_ptr holds pre-activations x, mu = tanh(x); gmu_ptr gets dL/dx = dL/dmu (1 - mu^2).
     """
     t = tl.program_id(0)
     g = tl.load(g_ptr + t * stride_g)
@@ -118,9 +132,14 @@ def awr_loss_bwd_kernel(g_ptr, mu_ptr, act_ptr, adv_ptr, pred_ptr, hw_ptr, w_ptr
         w = tl.load(w_ptr + t * N + n, mask=nm, other=0.0)
         mu = tl.load(mu_ptr + t * stride_mt + n[:, None] * stride_mn + k[None, :] * stride_ma, mask=m2, other=0.0)
         a = tl.load(act_ptr + t * stride_at + n[:, None] * stride_an + k[None, :] * stride_aa, mask=m2, other=0.0)
+        if TANH:
+            mu = _tanh(mu)
         gmu = (scale * w)[:, None] * (a - mu)
         off = (t * N + n[:, None]) * A + k[None, :]
-        tl.store(gmu_ptr + off, gmu, mask=m2)
+        if TANH:
+            tl.store(gmu_ptr + off, gmu * (1.0 - mu * mu), mask=m2)
+        else:
+            tl.store(gmu_ptr + off, gmu, mask=m2)
         tl.store(gact_ptr + off, -gmu, mask=m2)
         if HEAD:
             v = tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=nm, other=0.0)
@@ -142,7 +161,7 @@ def awr_loss_dbwd_kernel(cmu_ptr, cact_ptr, cadv_ptr, cpred_ptr, chw_ptr, g_ptr,
                          BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr, HEAD: tl.constexpr,
                          HAS_CMU: tl.constexpr, HAS_CACT: tl.constexpr, HAS_CD: tl.constexpr,
                          HAS_CPRED: tl.constexpr, HAS_CADV: tl.constexpr, HAS_CE: tl.constexpr,
-                         HAS_CHW: tl.constexpr):
+                         HAS_CHW: tl.constexpr, TANH: tl.constexpr = False):
     """Second-order backward of `awr_loss`: the VJP of `awr_loss_bwd_kernel` (one program per task).
 
     With k = -2 c / N (c = 0.5 / sigma^2), the first-order backward is dmu = k g_t w (a - mu) = -da
@@ -168,6 +187,9 @@ def awr_loss_dbwd_kernel(cmu_ptr, cact_ptr, cadv_ptr, cpred_ptr, chw_ptr, g_ptr,
         N, A: rows and action dims. stride_*: strides of mu, actions, adv, pred (as the forward's).
         BLOCK_N: rows per step. BLOCK_A: >= A. HEAD: the head term is present.
         HAS_CD = HAS_CMU or HAS_CACT; HAS_CE = HAS_CPRED or HAS_CADV.
+        TANH: mu_ptr holds pre-activations x, mu = tanh(x), s = 1 - mu^2, and the first-order
+            output dmu is dL/dx = k g w (a - mu) s: then Dc = Cmu s - Ca, d/da = k g w Dc and
+            d/dx = s (-k g w Dc - 2 k g w mu (a - mu) Cmu).
     """
     t = tl.program_id(0)
     dt = mu_ptr.dtype.element_ty
@@ -186,18 +208,29 @@ def awr_loss_dbwd_kernel(cmu_ptr, cact_ptr, cadv_ptr, cpred_ptr, chw_ptr, g_ptr,
         if HAS_CD:
             m2 = nm[:, None] & (k[None, :] < A)
             off = (t * N + n[:, None]) * A + k[None, :]
-            dc = tl.zeros((BLOCK_N, BLOCK_A), dtype=dt)
-            if HAS_CMU:
-                dc += tl.load(cmu_ptr + off, mask=m2, other=0.0)
-            if HAS_CACT:
-                dc -= tl.load(cact_ptr + off, mask=m2, other=0.0)
             w = tl.load(w_ptr + t * N + n, mask=nm, other=0.0)
             mu = tl.load(mu_ptr + t * stride_mt + n[:, None] * stride_mn + k[None, :] * stride_ma, mask=m2, other=0.0)
+            if TANH:
+                mu = _tanh(mu)
+                sd = 1.0 - mu * mu
             a = tl.load(act_ptr + t * stride_at + n[:, None] * stride_an + k[None, :] * stride_aa, mask=m2, other=0.0)
+            dc = tl.zeros((BLOCK_N, BLOCK_A), dtype=dt)
+            if HAS_CMU:
+                cm = tl.load(cmu_ptr + off, mask=m2, other=0.0)
+                if TANH:
+                    dc += cm * sd
+                else:
+                    dc += cm
+            if HAS_CACT:
+                dc -= tl.load(cact_ptr + off, mask=m2, other=0.0)
             acc_g += kk * w * tl.sum((a - mu) * dc, axis=1)
             gm = (-kk * g * w)[:, None] * dc
-            tl.store(gmu_ptr + off, gm, mask=m2)
             tl.store(gact_ptr + off, -gm, mask=m2)
+            if TANH:
+                if HAS_CMU:
+                    gm += (-2.0 * kk * g * w)[:, None] * (mu * (a - mu) * cm)
+                gm = gm * sd
+            tl.store(gmu_ptr + off, gm, mask=m2)
         if HEAD:
             v = tl.load(adv_ptr + t * stride_vt + n * stride_vn, mask=nm, other=0.0)
             pr = tl.load(pred_ptr + t * stride_pt + n * stride_pn, mask=nm, other=0.0)

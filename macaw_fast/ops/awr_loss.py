@@ -25,14 +25,19 @@ from ._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, n
 _OP = "awr_loss"
 
 
-def awr_launch_config(T: int, N: int, A: int, head: bool) -> dict:
+def awr_launch_config(T: int, N: int, A: int, head: bool, tanh: bool = False) -> dict:
     """Grid, block sizes and warps of `awr_loss_kernel` (shared with the compile test)."""
     return {"grid": (T,), "num_warps": 4,
-            "constexprs": {"BLOCK_N": 128, "BLOCK_A": next_pow2(A), "HEAD": head}}
+            "constexprs": {"BLOCK_N": 128, "BLOCK_A": next_pow2(A), "HEAD": head, "TANH": tanh}}
 
 
 def _constants(sigma, temp, max_weight, A):
     return (0.5 / sigma**2, A * (math.log(sigma) + 0.5 * math.log(2 * math.pi)), float(temp), math.log(max_weight))
+
+
+def _is_tanh(consts) -> bool:
+    """Whether a Function's constants tuple (`_constants` plus an optional tanh flag) asks for tanh."""
+    return len(consts) > 4 and bool(consts[4])
 
 
 def _weights_torch(adv, temp, max_weight):
@@ -41,8 +46,10 @@ def _weights_torch(adv, temp, max_weight):
     return ((adv - mean) / (std * temp)).clamp(max=math.log(max_weight)).exp()
 
 
-def _forward_torch(mu, action, adv, pred, hw, sigma, temp, max_weight):
+def _forward_torch(mu, action, adv, pred, hw, sigma, temp, max_weight, tanh=False):
     c_half, c_norm, _, _ = _constants(sigma, temp, max_weight, mu.shape[-1])
+    if tanh:
+        mu = torch.tanh(mu)
     w = _weights_torch(adv, temp, max_weight)
     logp = -c_half * (action - mu).pow(2).sum(-1) - c_norm
     loss = (-w * logp).mean(-1)
@@ -51,7 +58,7 @@ def _forward_torch(mu, action, adv, pred, hw, sigma, temp, max_weight):
     return loss, w
 
 
-def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight):
+def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight, tanh=False):
     K = load_kernels("_awr_loss_kernels")
     check_triton_mode(mu.device, _OP)
     T, N, A = mu.shape
@@ -61,7 +68,7 @@ def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight):
     head = pred is not None
     pr = pred if head else adv
     hwt = hw.reshape(1) if head else par
-    cfg = awr_launch_config(T, N, A, head)
+    cfg = awr_launch_config(T, N, A, head, tanh)
     K.awr_loss_kernel[cfg["grid"]](
         mu, action, adv, pr, hwt, par, loss, w, N, A,
         mu.stride(0), mu.stride(1), mu.stride(2), action.stride(0), action.stride(1), action.stride(2),
@@ -70,15 +77,19 @@ def _forward_triton(mu, action, adv, pred, hw, sigma, temp, max_weight):
     return loss, w
 
 
-def _backward_torch(g, mu, action, adv, pred, hw, w, half_inv_var, needs=(True,) * 5):
-    """(dmu, daction, dadv, dpred, dhw) from dL/dloss g (T,), in differentiable torch ops (w constant)."""
+def _backward_torch(g, mu, action, adv, pred, hw, w, half_inv_var, needs=(True,) * 5, tanh=False):
+    """(dmu, daction, dadv, dpred, dhw) from dL/dloss g (T,), in differentiable torch ops (w constant).
+
+    With ``tanh``, ``mu`` holds pre-activations x (means tanh(x)) and dmu is dL/dx (autograd's own
+    tanh_backward, so the values equal autograd's of torch.tanh followed by the loss)."""
     N = mu.shape[1]
     gmu = gact = gadv = gpred = ghw = None
     if needs[0] or needs[1]:
+        m = torch.tanh(mu) if tanh else mu
         # d(-w logp / N)/d mu = -(w / N) * 2 c (a - mu), with c = 0.5 / sigma^2
-        gmu = ((-2.0 * half_inv_var / N) * g.view(-1, 1, 1)) * w.unsqueeze(-1) * (action - mu)
+        gmu = ((-2.0 * half_inv_var / N) * g.view(-1, 1, 1)) * w.unsqueeze(-1) * (action - m)
         gact = -gmu if needs[1] else None
-        gmu = gmu if needs[0] else None
+        gmu = (torch.ops.aten.tanh_backward(gmu, m) if tanh else gmu) if needs[0] else None
     if pred is not None and (needs[2] or needs[3] or needs[4]):
         e = pred - adv
         if needs[2] or needs[3]:
@@ -90,7 +101,7 @@ def _backward_torch(g, mu, action, adv, pred, hw, w, half_inv_var, needs=(True,)
     return gmu, gact, gadv, gpred, ghw
 
 
-def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
+def _backward_triton(g, mu, action, adv, pred, hw, w, consts, tanh=False):
     K = load_kernels("_awr_loss_kernels")
     check_triton_mode(mu.device, _OP)
     T, N, A = mu.shape
@@ -102,7 +113,7 @@ def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
     gpred = torch.empty((T, N) if head else (0,), **kw)
     ghw_t = torch.empty((T,) if head else (0,), **kw)
     pr = pred if head else adv
-    cfg = awr_launch_config(T, N, A, head)
+    cfg = awr_launch_config(T, N, A, head, tanh)
     K.awr_loss_bwd_kernel[cfg["grid"]](
         g, mu, action, adv, pr, hw.reshape(1) if head else par, w, par, gmu, gact,
         gadv if head else gmu, gpred if head else gmu, ghw_t if head else gmu, N, A, g.stride(0),
@@ -115,19 +126,19 @@ def _backward_triton(g, mu, action, adv, pred, hw, w, consts):
 
 def awr_double_backward_launch_config(T: int, N: int, A: int, head: bool, has_cmu: bool = True,
                                       has_cact: bool = False, has_cpred: bool = True, has_cadv: bool = False,
-                                      has_chw: bool = False) -> dict:
+                                      has_chw: bool = False, tanh: bool = False) -> dict:
     """Grid, block sizes, warps and flags of `awr_loss_dbwd_kernel` (shared with the compile test).
 
     The defaults are the flags of MACAW's meta-step: cotangents of dmu and dpred only.
     """
-    cfg = awr_launch_config(T, N, A, head)
+    cfg = awr_launch_config(T, N, A, head, tanh)
     cfg["constexprs"] = dict(cfg["constexprs"], HAS_CMU=has_cmu, HAS_CACT=has_cact, HAS_CD=has_cmu or has_cact,
                              HAS_CPRED=has_cpred and head, HAS_CADV=has_cadv and head,
                              HAS_CE=(has_cpred or has_cadv) and head, HAS_CHW=has_chw and head)
     return cfg
 
 
-def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, half_inv_var):
+def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, half_inv_var, tanh=False):
     """VJP of `_backward_torch` (w constant) in differentiable torch ops.
 
     Cotangents cmu, cact (T, N, A), cadv, cpred (T, N), chw (like hw) of (dmu, daction, dadv, dpred,
@@ -136,7 +147,10 @@ def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred
     """
     N = mu.shape[1]
     k = -2.0 * half_inv_var / N
-    dc = cmu
+    if tanh:                 # mu holds pre-activations x; dmu was dL/dx = (...) (1 - tanh(x)^2)
+        x, mu = mu, torch.tanh(mu)
+        sd = 1.0 - mu * mu
+    dc = cmu if (cmu is None or not tanh) else cmu * sd
     if cact is not None:
         dc = -cact if dc is None else dc - cact
     parts = []
@@ -146,6 +160,10 @@ def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred
         parts.append(k * (wd * (action - mu)).sum((-1, -2)))
         g_mu = (-k) * g.view(-1, 1, 1) * wd
         g_act = -g_mu
+        if tanh:
+            if cmu is not None:
+                g_mu = g_mu + (-2.0 * k) * g.view(-1, 1, 1) * w.unsqueeze(-1) * (mu * (action - mu) * cmu)
+            g_mu = g_mu * sd
     if pred is not None:
         e = pred - adv
         E = cpred
@@ -167,7 +185,7 @@ def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred
     return g_g, g_mu, g_act, g_adv, g_pred, g_hw
 
 
-def _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts):
+def _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts, tanh=False):
     """`_double_backward_torch` in one Triton launch (plus a sum over tasks for d/dhw)."""
     K = load_kernels("_awr_loss_kernels")
     check_triton_mode(mu.device, _OP)
@@ -189,7 +207,7 @@ def _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pre
     c = lambda t: dummy if t is None else t.contiguous()  # noqa: E731
     pr, av = (pred, adv) if head else (mu, mu)
     cfg = awr_double_backward_launch_config(T, N, A, head, cmu is not None, cact is not None,
-                                            cpred is not None, cadv is not None, chw is not None)
+                                            cpred is not None, cadv is not None, chw is not None, tanh)
     K.awr_loss_dbwd_kernel[cfg["grid"]](
         c(cmu), c(cact), c(cadv), c(cpred), dummy if chw is None else chw.reshape(1), g, mu, action,
         av, pr, hw.reshape(1) if head else par, w, par, gg, c(gmu), c(gact), c(gadv), c(gpred), c(ghw_t), N, A,
@@ -212,7 +230,8 @@ class AWRDoubleBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts):
-        return _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts)
+        return _double_backward_triton(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred, hw, w, consts[:4],
+                                       _is_tanh(consts))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -233,7 +252,7 @@ class AWRDoubleBackward(torch.autograd.Function):
             v = list(saved[:11])
             for k, a in zip(prim, args):
                 v[k] = a
-            outs = _double_backward_torch(*v, w, ctx.consts[0])
+            outs = _double_backward_torch(*v, w, ctx.consts[0], _is_tanh(ctx.consts))
             return tuple(outs[k] if outs[k] is not None else torch.zeros_like(cots[k]) for k in keep)
 
         _, vjp = torch.func.vjp(f, *(saved[k] for k in prim))
@@ -254,7 +273,7 @@ class AWRBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(g, mu, action, adv, pred, hw, w, consts):
-        return _backward_triton(g, mu, action, adv, pred, hw, w, consts)
+        return _backward_triton(g, mu, action, adv, pred, hw, w, consts[:4], _is_tanh(consts))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -284,45 +303,47 @@ class AWRLoss(torch.autograd.Function):
     """Autograd Function of `awr_loss`; outputs (loss (T,), weights (T, N), not differentiable)."""
 
     @staticmethod
-    def forward(mu, action, adv, pred, hw, sigma, temp, max_weight, backend):
+    def forward(mu, action, adv, pred, hw, sigma, temp, max_weight, backend, tanh=False):
         fwd = _forward_triton if backend == "triton" else _forward_torch
-        return fwd(mu, action, adv, pred, hw, sigma, temp, max_weight)
+        return fwd(mu, action, adv, pred, hw, sigma, temp, max_weight, tanh)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        mu, action, adv, pred, hw, sigma, temp, max_weight, backend = inputs
+        mu, action, adv, pred, hw, sigma, temp, max_weight, backend = inputs[:9]
+        tanh = bool(inputs[9]) if len(inputs) > 9 else False
+        ctx.n_inputs = len(inputs)
         _, w = output
         ctx.mark_non_differentiable(w)
         ctx.set_materialize_grads(False)          # no zero tensor for the weights' (absent) gradient
         ctx.save_for_backward(mu, action, adv, pred, hw, w)
-        ctx.consts = _constants(sigma, temp, max_weight, mu.shape[-1])
+        ctx.consts = _constants(sigma, temp, max_weight, mu.shape[-1]) + (1.0 if tanh else 0.0,)
         ctx.backend = backend
 
     @staticmethod
     def backward(ctx, g, _gw):
         mu, action, adv, pred, hw, w = ctx.saved_tensors
+        pad = (None,) * (ctx.n_inputs - 5)
         if g is None:
-            return (None,) * 9
+            return (None,) * 5 + pad
         if ctx.backend == "triton":
             gmu, gact, gadv, gpred, ghw = AWRBackward.apply(g, mu, action, adv, pred, hw, w, ctx.consts)
             if pred is None:
                 gadv = gpred = ghw = None
         else:
             gmu, gact, gadv, gpred, ghw = _backward_torch(g, mu, action, adv, pred, hw, w, ctx.consts[0],
-                                                          ctx.needs_input_grad[:5])
+                                                          ctx.needs_input_grad[:5], _is_tanh(ctx.consts))
         nd = ctx.needs_input_grad
         return (gmu if nd[0] else None, gact if nd[1] else None, gadv if nd[2] else None,
-                gpred if nd[3] else None, ghw if nd[4] else None, None, None, None, None)
+                gpred if nd[3] else None, ghw if nd[4] else None) + pad
 
     @staticmethod
-    def vmap(info, in_dims, mu, action, adv, pred, hw, sigma, temp, max_weight, backend):
-        return loop_vmap(lambda *a: AWRLoss.apply(*a), info, in_dims,
-                         mu, action, adv, pred, hw, sigma, temp, max_weight, backend)
+    def vmap(info, in_dims, *args):
+        return loop_vmap(lambda *a: AWRLoss.apply(*a), info, in_dims, *args)
 
 
 def awr_loss(mu: Tensor, action: Tensor, adv: Tensor, *, sigma: float = 0.2, temp: float = 1.0,
              max_weight: float = 20.0, pred: Tensor | None = None, head_weight: Tensor | float | None = None,
-             return_weights: bool = False, backend: str = "auto"):
+             return_weights: bool = False, tanh: bool = False, backend: str = "auto"):
     """Per-task advantage-weighted Gaussian log-likelihood loss of MACAW's policy.
 
     Args:
@@ -335,6 +356,8 @@ def awr_loss(mu: Tensor, action: Tensor, adv: Tensor, *, sigma: float = 0.2, tem
             head_weight * mean((pred - adv)^2) (raw advantages).
         head_weight: 0-d tensor (e.g. softplus(kappa), differentiable) or float.
         return_weights: also return the weights (T, N) (no gradient).
+        tanh: ``mu`` holds the policy's pre-activations x and the means are tanh(x) (MACAW's
+            policy head), applied inside the op: its gradient is w.r.t. x.
         backend: 'auto' | 'triton' | 'torch' (see `macaw_fast.ops`).
 
     Returns:
@@ -367,7 +390,10 @@ def awr_loss(mu: Tensor, action: Tensor, adv: Tensor, *, sigma: float = 0.2, tem
         else:
             raise TypeError(f"{_OP}: head_weight must be a tensor or a float, got {type(head_weight).__name__}")
     be = resolve_backend(backend, mu.device, _OP)
-    loss, w = AWRLoss.apply(mu, action, adv, pred, hw, float(sigma), float(temp), float(max_weight), be)
+    if tanh:
+        loss, w = AWRLoss.apply(mu, action, adv, pred, hw, float(sigma), float(temp), float(max_weight), be, True)
+    else:
+        loss, w = AWRLoss.apply(mu, action, adv, pred, hw, float(sigma), float(temp), float(max_weight), be)
     return (loss, w) if return_weights else loss
 
 
