@@ -60,11 +60,24 @@ def _probe(device: torch.device, backend: str) -> None:
     checks.append((batched_linear, (r(2, 5, 2), r(2, 6), 2), {"in_relu": True}))
     checks.append((concat_relu_linear, (r(2, 5, 2), r(2, 5, 1), r(2, 8), 2), {}))
     checks.append((awr_loss, (r(2, 5, 2), r(2, 5, 2), r(2, 5)), {"pred": r(2, 5), "head_weight": 0.1}))
+    checks.append((awr_loss, (r(2, 5, 2), r(2, 5, 2), r(2, 5)), {"tanh": True}))
+    checks.append((value_mse, (r(2, 5), r(2, 5), r(2, 5).abs(), r(2, 5)), {}))
+    checks.append((bootstrap_advantage, (r(2, 5), r(2, 5), r(2, 5), r(2, 5)), {}))
+    checks.append((meta_objective, (r(3), r(3), 7), {}))
+    checks.append((step_metrics, (r(2), r(2), r(2), r(2), r(2, 5), r(2, 5).exp(), r(4, 3), r(6, 3), r(())), {}))
+    checks.append((wlinear_generate, ([W, r(4, 3)], [b, r(4)], [z, r(3)]), {}))
+    checks.append((wlinear_adapt_many, ([W, r(4, 3)], [b, r(4)], [z, r(3)], [G, r(2, 4)], r(2, 3).abs(), 0.9), {}))
+
+    def flat(x):
+        if isinstance(x, (tuple, list)):
+            return [t for item in x for t in flat(item)]
+        return [x]
+
     for fn, args, kwargs in checks:
-        got = fn(*args, backend=backend, **kwargs)
-        want = fn(*args, backend="torch", **kwargs)
-        got = got if isinstance(got, tuple) else (got,)
-        want = want if isinstance(want, tuple) else (want,)
+        got = flat(fn(*args, backend=backend, **kwargs))
+        want = flat(fn(*args, backend="torch", **kwargs))
+        if len(got) != len(want):
+            raise RuntimeError(f"{fn.__name__}: {backend} on {device} returns {len(got)} tensors, torch {len(want)}")
         for a, b_ in zip(got, want):
             if not torch.allclose(a, b_, rtol=1e-4, atol=1e-5):
                 raise RuntimeError(f"{fn.__name__}: {backend} on {device} disagrees with the torch twin")
