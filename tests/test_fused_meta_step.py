@@ -99,3 +99,21 @@ def test_meta_step_fused_vs_unfused_float64(ops_backend, chunk_size):
         assert abs(got[k] - v) <= 1e-10 * max(abs(v), 1e-12), (k, got[k], v)
     for name, a, b in zip(param_names(base), fused.parameters(), base.parameters()):
         assert rel_err(a, b) <= 1e-10, name
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not (interpreter_requested() and triton_importable()),
+                    reason="needs TRITON_INTERPRET=1 (set before triton is imported) and triton")
+def test_fused_triton_step_stays_within_the_launch_budget():
+    """Issue 6's budget: at most 150 device launches (Triton kernels + non-view torch ops) per fused
+    meta-step at T=5, counted as bench/count_launches.py counts them; well under the batched step."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
+    from count_launches import launches_per_step
+
+    fused = launches_per_step(True, "triton")
+    assert fused["triton"] > 0
+    assert fused["total"] <= 150, fused["ops"].most_common(20)
+    assert fused["total"] * 4 < launches_per_step(False)["total"]
