@@ -123,7 +123,10 @@ void run(std::vector<Layer<T>>& layers, int num_threads) {
             if (!error) error = std::current_exception();
         }
     };
-    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), total)) - 1;
+    // At least 4 blocks (~1k rows) per thread and at most 16 threads: memory bandwidth saturates
+    // long before that on any machine, and each helper is a thread started for this call.
+    const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(total / 4, 16));
+    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), useful)) - 1;
     std::vector<std::thread> threads;
     threads.reserve(static_cast<size_t>(std::max(helpers, 0)));
     for (int t = 0; t < helpers; ++t) threads.emplace_back(worker);

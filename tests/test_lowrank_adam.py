@@ -76,7 +76,8 @@ def test_matches_torch_adam_with_dense_gradient(dtype, shapes, K, fused):
 def test_same_result_for_any_thread_count():
     results = []
     for threads in (1, 2, 3, 8):
-        layers = _layers([(40, 30, 9), (7, 3, 4)], torch.float32)       # P = 1230 (5 blocks), 24
+        # P = 4040 (16 row blocks of 256: up to 4 threads get work) and 24
+        layers = _layers([(100, 40, 9), (7, 3, 4)], torch.float32)
         opt = _adam(layers)
         g = torch.Generator().manual_seed(3)
         factors = [_factors(layer, 5, g) for layer in layers]
