@@ -300,42 +300,93 @@ def compile_table() -> list[str]:
 
 # ------------------------------------------------------------------ script
 
-def cuda_meta_step_report(T: int = 5, B: int = 256, reps: int = 20) -> list[str]:
-    """On a CUDA GPU at the paper config (fp32): launches per meta-step (batched vs fused Triton,
-    real kernel launches) and ms per step for batched, fused eager and fused CUDA-graph replay."""
+def cuda_meta_step_report(Ts=(5, 35), B: int = 256, reps: int = 20, device: str = "cuda") -> list[str]:
+    """On a CUDA GPU at the paper config (fp32), per T: launches per meta-step (real kernel
+    launches), median ms per step and peak GPU memory for the paper-style per-task loop, the
+    batched step, the fused step (Triton) and the fused step replayed as a CUDA graph.
+    ``device='cpu'`` runs the same table on the CPU (host timer; a dry run of this report)."""
+    import statistics
+
     from macaw_fast import MacawConfig, MetaLearner
     from macaw_fast.cuda_graph import GraphedMetaStep
     from macaw_fast.data.synthetic import synthetic_batch
+    from macaw_fast.reference import reference_backward
 
-    g = torch.Generator().manual_seed(0)
-    data = [(synthetic_batch(T, B, 20, 6, g).to("cuda"), synthetic_batch(T, B, 20, 6, g).to("cuda"))
-            for _ in range(4)]
-    lines = [f"CUDA {torch.cuda.get_device_name()}, torch {torch.__version__}, paper config fp32, T={T} B={B}", "",
-             "| step | launches (torch + triton) | ms / step |", "|---|---|---|"]
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    lines = [f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}, triton "
+             f"{_triton_version()}, paper config fp32, B={B}; median of {reps} steps (CUDA events)", "",
+             "| T | step | launches (torch + triton) | ms / step | vs loop | peak GPU MB |", "|---|---|---|---|---|---|"]
 
-    def timed(step):
+    def timed(step, data):
         for i in range(3):
-            step(*data[i % 4])
-        torch.cuda.synchronize()
-        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        ev0.record()
+            step(*data[i % len(data)])
+        sync()
+        times = []
         for i in range(reps):
-            step(*data[i % 4])
-        ev1.record()
-        torch.cuda.synchronize()
-        return ev0.elapsed_time(ev1) / reps
+            if cuda:
+                ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                ev0.record()
+                step(*data[i % len(data)])
+                ev1.record()
+                ev1.synchronize()
+                times.append(ev0.elapsed_time(ev1))
+            else:
+                t0 = time.perf_counter()
+                step(*data[i % len(data)])
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
 
-    for name, fused in (("batched", False), ("fused (triton)", True)):
-        torch.manual_seed(0)
-        learner = MetaLearner(20, 6, 35, MacawConfig(), device="cuda", fused=fused)
-        learner.meta_step(*data[0])
-        c = count_launches(learner.meta_step, *data[1])
-        lines.append(f"| {name} | {c['total']} ({c['torch']} + {c['triton']}) | {timed(learner.meta_step):.3f} |")
-    torch.manual_seed(0)
-    learner = MetaLearner(20, 6, 35, MacawConfig(), device="cuda", fused=True)
-    graphed = GraphedMetaStep(learner, T, B)
-    lines.append(f"| fused, CUDA graph | 1 graph | {timed(graphed.step):.3f} |")
+    def peak_mb(step, data):
+        if not cuda:
+            return float("nan")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(*data[0])
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+
+    for T in Ts:
+        g = torch.Generator().manual_seed(0)
+        data = [(synthetic_batch(T, B, 20, 6, g).to(device), synthetic_batch(T, B, 20, 6, g).to(device))
+                for _ in range(4)]
+        rows = []
+        for name in ("paper loop", "batched", "fused (triton)", "fused, CUDA graph"):
+            try:
+                torch.manual_seed(0)
+                learner = MetaLearner(20, 6, 35, MacawConfig(), device=device, fused=name.startswith("fused"))
+                if name == "paper loop":
+                    def step(inner, outer, learner=learner):
+                        learner.optimizer.zero_grad(set_to_none=True)
+                        reference_backward(learner, inner, outer)
+                        learner.optimizer.step()
+                elif name == "fused, CUDA graph":
+                    step = GraphedMetaStep(learner, T, B).step
+                else:
+                    step = learner.meta_step
+                step(*data[0])
+                if name == "fused, CUDA graph":
+                    launches, mb = "1 graph", "(graph pool)"
+                else:
+                    c = count_launches(step, *data[1])
+                    launches = f"{c['total']} ({c['torch']} + {c['triton']})"
+                    mb = f"{peak_mb(step, data):.0f}"
+                rows.append((name, launches, timed(step, data), mb))
+            except Exception as e:  # noqa: BLE001 - one failing row must not hide the others
+                rows.append((name, f"FAILED: {type(e).__name__}: {e}"[:300], float("nan"), ""))
+        loop_ms = rows[0][2]
+        for name, launches, ms, mb in rows:
+            lines.append(f"| {T} | {name} | {launches} | {ms:.3f} | {loop_ms / ms:.1f}x | {mb} |")
     return lines
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:  # noqa: BLE001
+        return "absent"
 
 
 def main(argv=None) -> int:

@@ -23,10 +23,14 @@ def random_batch(T: int, B: int, obs_dim: int, act_dim: int, *, seed: int, dtype
 
 
 def make_learner(obs_dim=7, act_dim=3, n_train=9, *, seed=0, dtype=torch.float64, fused=False,
-                 ops_backend="auto", **cfg) -> MetaLearner:
+                 ops_backend="auto", device="cpu", **cfg) -> MetaLearner:
+    """A learner with parameters drawn on the CPU from ``seed`` (the same on every device), moved to ``device``."""
     torch.manual_seed(seed)
-    return MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype, fused=fused,
-                       ops_backend=ops_backend)
+    learner = MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype, fused=fused,
+                          ops_backend=ops_backend)
+    if torch.device(device).type != "cpu":
+        learner = MetaLearner.from_state_dict(learner.state_dict(), device=device, fused=fused, ops_backend=ops_backend)
+    return learner
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
