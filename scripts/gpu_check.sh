@@ -3,7 +3,7 @@
 # the float64 torch twin, the fused and batched meta-steps against the per-task reference loop, the
 # CUDA graph), then the meta-step table (launches, ms, peak memory: loop / batched / fused / graph).
 #
-#   bash scripts/gpu_check.sh                 quick: the GPU-specific checks and the table (~5 min)
+#   bash scripts/gpu_check.sh                 quick: the GPU-specific checks and the table
 #   FULL=1 bash scripts/gpu_check.sh          also the whole test suite and the CPU benchmarks
 #
 # Python: if `python3` already has torch with CUDA (an offline GPU image), it is used as is and the
