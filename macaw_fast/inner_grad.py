@@ -58,7 +58,9 @@ class _ValueInnerGrad(torch.autograd.Function):
             if k > 0:
                 delta = _mask(delta @ Ws[k].t(), pre[k - 1], 0)
         ctx.dims = dims
-        ctx.save_for_backward(*thetas, *hs, *pre[:-1], *deltas)
+        # The ReLU masks [a_k > 0] of the backward are read off h_{k+1} = relu(a_k) (same mask), so
+        # the pre-activations are not kept: one activation-sized tensor less per hidden layer.
+        ctx.save_for_backward(*thetas, *hs, *deltas)
         return (loss, *grads)
 
     @staticmethod
@@ -67,7 +69,7 @@ class _ValueInnerGrad(torch.autograd.Function):
         dims = ctx.dims
         L = len(dims)
         saved = ctx.saved_tensors
-        thetas, hs, pre, deltas = saved[:L], saved[L:2 * L], saved[2 * L:3 * L - 1], saved[3 * L - 1:]
+        thetas, hs, deltas = saved[:L], saved[L:2 * L], saved[2 * L:]
         T = dgrads[0].shape[0] if dgrads[0] is not None else (dloss.shape[0] if dloss is not None else None)
         if T is None:
             T = next(g.shape[0] for g in dgrads if g is not None)
@@ -93,7 +95,7 @@ class _ValueInnerGrad(torch.autograd.Function):
             if Rh[k] is not None:
                 ra = Rh[k] @ Ws[k] if ra is None else ra.addmm_(Rh[k], Ws[k])
             if k < L - 1:
-                Rh[k + 1] = None if ra is None else _mask(ra, pre[k], 0)
+                Rh[k + 1] = None if ra is None else _mask(ra, hs[k + 1], 0)
             else:
                 Ra_last = ra
         # R-backward, with dL/dtheta_k formed over the rows of all tasks at once.
@@ -122,7 +124,7 @@ class _ValueInnerGrad(torch.autograd.Function):
                 if dW[k] is not None:
                     extra = torch.bmm(delta.view(T, B, o), dW[k].transpose(1, 2)).view(rows, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
-                rdelta = None if nxt is None else _mask(nxt, pre[k - 1], 0)
+                rdelta = None if nxt is None else _mask(nxt, hs[k], 0)
         return (None, None, None, *out)
 
 
@@ -239,8 +241,10 @@ class _PolicyInnerGrad(torch.autograd.Function):
         grads += [_layer_grads(hh[j], hd[j], T, B) for j in range(max(0, n_out - L))]
         ctx.cfg = cfg
         ctx.T, ctx.B = T, B
-        ctx.save_for_backward(head_weight if H else None, wr, mu, diff, one_m, hc, e, *thetas, *hs, *pre,
-                              *deltas, *hh, *hpre, *hd)
+        # ReLU masks in the backward come from the ReLU outputs (hs, hh), so the pre-activations
+        # (pre, hpre and the head's input hc) are not kept.
+        ctx.save_for_backward(head_weight if H else None, wr, mu, diff, one_m, e, *thetas, *hs,
+                              *deltas, *hh, *hd)
         return (loss, *grads)
 
     @staticmethod
@@ -252,14 +256,12 @@ class _PolicyInnerGrad(torch.autograd.Function):
         L, H = len(tdims), len(hdims)
         dims = tdims + hdims
         sv = list(ctx.saved_tensors)
-        s, wr, mu, diff, one_m, hc, e = sv[:7]
-        pos = 7
+        s, wr, mu, diff, one_m, e = sv[:6]
+        pos = 6
         thetas = sv[pos:pos + L + H]; pos += L + H
-        hs = sv[pos:pos + L]; pos += L
-        pre = sv[pos:pos + L]; pos += L
+        hs = sv[pos:pos + L]; pos += L                  # hs[k + 1] = relu(a_k): the mask of a_k
         deltas = sv[pos:pos + L]; pos += L
-        hh = sv[pos:pos + H]; pos += H
-        hpre = sv[pos:pos + H]; pos += H
+        hh = sv[pos:pos + H]; pos += H                  # hh[0] = relu(cat(a_{L-2}, act)), hh[j + 1] = relu(z_j)
         hd = sv[pos:pos + H]
         W = [th[: i * o].view(i, o) for th, (i, o) in zip(thetas, dims)]
         V = [None] * (L + H)
@@ -282,7 +284,8 @@ class _PolicyInnerGrad(torch.autograd.Function):
         for k in range(L):
             ra_trunk[k] = r_pre(k, hs[k], rh_in[k])
             if k < L - 1 and ra_trunk[k] is not None:
-                rh_in[k + 1] = _mask(ra_trunk[k], pre[k], 0)
+                rh_in[k + 1] = _mask(ra_trunk[k], hs[k + 1], 0)
+                ra_trunk[k] = None          # only the last layer's is used again: free it now
         rd_out = None
         if ra_trunk[-1] is not None:
             rmu = one_m * ra_trunk[-1]
@@ -299,12 +302,12 @@ class _PolicyInnerGrad(torch.autograd.Function):
             # R-forward through the head: its input relu(cat(a_{L-2}, act)) has R [Rh_{L-1}, 0]
             rhh_in = [None] * H
             if rh_in[L - 1] is not None:
-                rhh_in[0] = torch.cat([rh_in[L - 1], torch.zeros_like(hc[:, width:])], 1)
+                rhh_in[0] = torch.cat([rh_in[L - 1], torch.zeros_like(hh[0][:, width:])], 1)
             rz = [None] * H
             for j in range(H):
                 rz[j] = r_pre(L + j, hh[j], rhh_in[j])
                 if j < H - 1 and rz[j] is not None:
-                    rhh_in[j + 1] = _mask(rz[j], hpre[j], 0)
+                    rhh_in[j + 1] = _mask(rz[j], hh[j + 1], 0)
             rpred = rz[-1]
             rd = None
             if rpred is not None:
@@ -325,9 +328,9 @@ class _PolicyInnerGrad(torch.autograd.Function):
                     extra = torch.bmm(hd[j].view(T, B, o), V[L + j][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
                 if j > 0:
-                    rd = None if nxt is None else _mask(nxt, hpre[j - 1], 0)
+                    rd = None if nxt is None else _mask(nxt, hh[j], 0)
                 else:
-                    rd_cat = None if nxt is None else _mask(nxt, hc, 0)[:, :width]
+                    rd_cat = None if nxt is None else _mask(nxt, hh[0], 0)[:, :width]
         # R-backward through the trunk
         rd = rd_out
         for k in range(L - 1, -1, -1):
@@ -340,7 +343,7 @@ class _PolicyInnerGrad(torch.autograd.Function):
                 if V[k] is not None:
                     extra = torch.bmm(deltas[k].view(T, B, o), V[k][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
-                rd = None if nxt is None else _mask(nxt, pre[k - 1], 0)
+                rd = None if nxt is None else _mask(nxt, hs[k], 0)
                 if H and k - 1 == L - 2 and rd_cat is not None:
                     rd = rd_cat if rd is None else rd + rd_cat
         if ds is not None:
