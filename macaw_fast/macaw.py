@@ -326,9 +326,24 @@ class MetaLearner:
         The pieces, all detached, are the inner and outer value and policy losses (T,) and the
         outer advantages and weights (T, B); `_metric_values` turns a list of them into metrics.
         """
-        c = self.config
         v_th, p_th = thetas if thetas is not None else (None, None)
-        # Value function: inner step, target mix, bootstrapped outer regression.
+        v_new, v_out, lv_in, lv_out = self._value_part(inner, outer, v_th, value_backward)
+        lp_in, lp_out, adv_out, w_out = self._policy_part(inner, outer, p_th, v_new, v_out)
+        if self.fused:
+            from .ops import meta_objective
+            loss = meta_objective(lv_out, lp_out, self.n_train_tasks, backend=self.backend)
+        else:
+            loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
+        parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
+        return loss, parts
+
+    def _value_part(self, inner: Batch, outer: Batch, v_th, value_backward: bool = False) -> tuple:
+        """Value function: inner step, target mix, bootstrapped outer regression (spec §4).
+
+        Returns (adapted value thetas, V_phi'(outer.obs) (T, B), inner losses (T,), outer losses (T,));
+        with ``value_backward`` the backward of sum(outer losses) / N_train has run (see
+        `_meta_loss_parts`) and the outer losses come back detached.
+        """
         v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True, thetas=v_th)
         v_out = self.vf.forward_thetas(v_new, outer.obs, self.backend)
         if self.fused:       # the bootstrapped target is formed inside ops.value_mse
@@ -348,8 +363,15 @@ class MetaLearner:
             else:
                 (lv_out.sum() / self.n_train_tasks).backward()
             lv_out = lv_out.detach()
+        return v_new, v_out, lv_in, lv_out
 
-        # Policy: advantages from the adapted value function, no gradient into it.
+    def _policy_part(self, inner: Batch, outer: Batch, p_th, v_new: Sequence[Tensor], v_out: Tensor) -> tuple:
+        """Policy: advantages from the adapted value function (no gradient into it), inner step,
+        weighted outer loss (spec §4). ``v_new``, ``v_out``: from `_value_part` (used as constants).
+
+        Returns (inner losses (T,), outer losses (T,), outer advantages (T, B), outer weights (T, B)).
+        """
+        c = self.config
         adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer, v_obs=v_out)
         if self.fused:       # awr_loss forms the weights itself (w_out comes back from it below)
             w_in = w_out = None
@@ -368,14 +390,7 @@ class MetaLearner:
         else:
             mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
             lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
-
-        if self.fused:
-            from .ops import meta_objective
-            loss = meta_objective(lv_out, lp_out, self.n_train_tasks, backend=self.backend)
-        else:
-            loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
-        parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
-        return loss, parts
+        return lp_in, lp_out, adv_out, w_out
 
     def _metric_values(self, parts: Sequence[tuple], extra: Sequence[Tensor] = (),
                        losses: Sequence[Tensor] | None = None) -> Tensor:
@@ -438,20 +453,11 @@ class MetaLearner:
             thetas = (leaves[:n_vf], leaves[n_vf:])
         else:
             thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
-        losses, parts = [], []
-        for start in range(0, T, cs):
-            stop = min(start + cs, T)
-            if cs == T:
-                inner_c, outer_c = inner, outer
-            else:
-                inner_c, outer_c = (Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
-            # plain (non-WLinear) layers regenerate theta per chunk
-            chunk_thetas = tuple([layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
-                                 for net, ths in zip((self.vf, self.policy), thetas))
-            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas, value_backward=True)
-            loss.backward()
-            losses.append(loss.detach())
-            parts.append(part)
+        vcs = self._value_chunk_size(T, cs, chunk_size)
+        if vcs == cs:
+            losses, parts = self._chunks_joint(inner, outer, thetas, cs)
+        else:
+            losses, parts = self._chunks_nested(inner, outer, thetas, vcs, cs)
         if self.fused:       # both nets' layers in one ops.wlinear_theta_backward_many launch
             accumulate_fused_theta_grads(list(self.vf.layers) + self.policy.layers, thetas[0] + thetas[1],
                                          self.backend)
@@ -468,6 +474,66 @@ class MetaLearner:
         metrics = dict(zip(METRIC_NAMES, values))
         metrics["loss/meta"] = value
         return metrics
+
+    def _value_chunk_size(self, T: int, cs: int, chunk_size) -> int:
+        """Tasks per value-part pass of `meta_step`: with the 'auto' chunk size the unfused step runs
+        the value part for up to two policy chunks at once (its graph is the smaller one; measured
+        at T=35: one value pass instead of two saves its W products and overhead, and the peak
+        stays below the per-task loop's); otherwise the policy's chunk size."""
+        if self.fused or (self.chunk_size if chunk_size is None else chunk_size) != "auto":
+            return cs
+        return min(T, 2 * cs)
+
+    @staticmethod
+    def _slice(inner: Batch, outer: Batch, start: int, stop: int) -> tuple[Batch, Batch]:
+        if (start, stop) == (0, inner.num_tasks):
+            return inner, outer
+        return tuple(Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
+
+    @staticmethod
+    def _chunk_thetas(net, ths) -> list:
+        """A chunk's starting thetas: the shared leaves; plain (non-WLinear) layers regenerate theta."""
+        return [layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
+
+    def _chunks_joint(self, inner: Batch, outer: Batch, thetas: tuple, cs: int) -> tuple[list, list]:
+        """`meta_step`'s backward in chunks of ``cs`` tasks, value and policy part per chunk."""
+        losses, parts = [], []
+        for start in range(0, inner.num_tasks, cs):
+            inner_c, outer_c = self._slice(inner, outer, start, min(start + cs, inner.num_tasks))
+            chunk_thetas = tuple(self._chunk_thetas(net, ths) for net, ths in zip((self.vf, self.policy), thetas))
+            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas, value_backward=True)
+            loss.backward()
+            losses.append(loss.detach())
+            parts.append(part)
+        return losses, parts
+
+    def _chunks_nested(self, inner: Batch, outer: Batch, thetas: tuple, vcs: int, cs: int) -> tuple[list, list]:
+        """`meta_step`'s backward with the value part in chunks of ``vcs`` tasks and the policy part
+        in chunks of ``cs`` inside each (unfused). Same meta-gradient: the policy uses the adapted
+        value function's outputs as constants, so they can come from a larger pass."""
+        T, n = inner.num_tasks, self.n_train_tasks
+        losses, parts = [], []
+        for vstart in range(0, T, vcs):
+            vstop = min(vstart + vcs, T)
+            inner_v, outer_v = self._slice(inner, outer, vstart, vstop)
+            v_new, v_out, lv_in, lv_out = self._value_part(inner_v, outer_v, self._chunk_thetas(self.vf, thetas[0]),
+                                                           value_backward=True)
+            v_new, v_out = [t.detach() for t in v_new], v_out.detach()
+            losses.append(lv_out.sum() / n)
+            pieces = []
+            for start in range(vstart, vstop, cs):
+                stop = min(start + cs, vstop)
+                rows = slice(start - vstart, stop - vstart)
+                inner_c, outer_c = self._slice(inner, outer, start, stop)
+                lp_in, lp_out, adv_out, w_out = self._policy_part(
+                    inner_c, outer_c, self._chunk_thetas(self.policy, thetas[1]), [t[rows] for t in v_new],
+                    v_out[rows])
+                loss = lp_out.sum() / n
+                loss.backward()
+                losses.append(loss.detach())
+                pieces.append(tuple(t.detach() for t in (lp_in, lp_out, adv_out, w_out)))
+            parts.append((lv_in.detach(), lv_out) + tuple(torch.cat(p) for p in zip(*pieces)))
+        return losses, parts
 
     def _apply_theta_leaf_grads(self, thetas: tuple) -> None:
         """Turn the theta leaves' gradients into z, W and b's: with `lowrank_adam`, W is updated

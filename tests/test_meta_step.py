@@ -209,6 +209,45 @@ def test_chunked_meta_step_matches_unchunked_and_reference(wlinear, head, fused,
             assert abs(metrics[k] - v) <= 1e-12 * max(abs(v), 1e-300), (chunk, k)
 
 
+@pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_nested_chunks_value_part_spans_two_policy_chunks(monkeypatch, wlinear, head, lowrank):
+    """chunk_size 'auto' above AUTO_CHUNK_MAX tasks, unfused: the value part runs for two policy
+    chunks at once (here, with the maximum patched to 2 tasks: value passes of 4 and 1 tasks, policy
+    chunks of 2, 2 and 1). Same meta-gradient, parameters and metrics as the reference loop."""
+    import macaw_fast.macaw as macaw_mod
+    monkeypatch.setattr(macaw_mod, "AUTO_CHUNK_MAX", 2)
+    T, B, obs, act = 5, 9, 6, 2
+    kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
+              advantage_head=head)
+    inner, outer = random_batch(T, B, obs, act, seed=15), random_batch(T, B, obs, act, seed=16)
+    ref = make_learner(obs, act, **kw)
+    reference_backward(ref, inner, outer)
+    reference = grads_of(ref)
+    ref.optimizer.step()
+    _, metrics_ref = make_learner(obs, act, **kw).meta_loss(inner, outer)
+    learner = make_learner(obs, act, **kw)
+    learner.lowrank_adam = lowrank
+    assert learner.resolve_chunk_size(T) == 2 and learner._value_chunk_size(T, 2, None) == 4
+    calls = []
+    value_part = learner._value_part
+    monkeypatch.setattr(learner, "_value_part", lambda i, o, *a, **k: calls.append(i.num_tasks) or value_part(i, o, *a, **k))
+    metrics = learner.meta_step(inner, outer)
+    assert calls == [4, 1]
+    wlinear_weights = {id(layer.weight) for net in (learner.vf, learner.policy) for layer in net.layers
+                       if isinstance(layer, WLinear)}
+    for name, p, a, b in zip(param_names(learner), learner.parameters(), grads_of(learner), reference):
+        if lowrank and id(p) in wlinear_weights:
+            continue                               # no dense W gradient: checked after Adam below
+        assert rel_err(a, b) <= TOL, f"{name}: relative error {rel_err(a, b):.3e}"
+    for name, a, b in zip(param_names(learner), learner.parameters(), ref.parameters()):
+        assert rel_err(a.detach(), b.detach()) <= TOL, f"{name} after Adam"
+    for k, v in metrics_ref.items():
+        assert abs(metrics[k] - v) <= 1e-12 * max(abs(v), 1e-300), k
+    # an explicit chunk size is a bound on every pass: no nesting
+    assert learner._value_chunk_size(T, 2, 2) == 2
+
+
 def test_chunked_meta_step_uneven_chunks_and_default():
     """7 tasks in chunks of 3 (3, 3, 1); the learner's chunk_size is the default of meta_step."""
     T, B, obs, act = 7, 6, 5, 3
