@@ -27,7 +27,8 @@ from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads,
 
 #: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
 #: one pass; larger ones in the fewest equal chunks of at most this many tasks (bounds the memory
-#: held by the graph; measured at the paper config, see `MetaLearner.meta_step`).
+#: held by the graph; measured at the paper config, see `MetaLearner.meta_step`). Unfused, the
+#: value part (the smaller graph) then runs for two such chunks at once.
 AUTO_CHUNK_MAX = 18
 
 #: Names of the metrics `MetaLearner.meta_loss` returns, in order.
@@ -435,7 +436,8 @@ class MetaLearner:
         """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics.
 
         The backward runs per chunk of at most ``chunk_size`` tasks (see `resolve_chunk_size`;
-        default: this learner's `chunk_size`). The meta-loss is a sum over tasks, so the
+        default: this learner's `chunk_size`; with 'auto', unfused, the value part's pass covers
+        two policy chunks, see `_value_chunk_size`). The meta-loss is a sum over tasks, so the
         gradients accumulate to the same meta-gradient while only one chunk's graph is held
         at a time; each W's gradient is still formed by one GEMM from all chunks' low-rank
         factors (generated parameters are made once, as leaves shared by the chunks; fused, each
