@@ -507,14 +507,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError, DistributedError) as e:
         print(f"macaw-fast distributed (rank {rank_and_world()[0]}): error: {e}", file=sys.stderr)
         rc = 1
-    if dist.is_initialized():
-        if rc == 0:
-            try:
-                _collective("final barrier", dist.barrier)
-            except DistributedError as e:
-                print(f"macaw-fast distributed: error: {e}", file=sys.stderr)
-                rc = 1
-        dist.destroy_process_group()
+    return leave_group(rc)
+
+
+def leave_group(rc: int = 0) -> int:
+    """End this process's part in the process group, if it joined one: a final barrier when ``rc``
+    is 0 (no rank exits while another may still need it), then ``destroy_process_group`` (stops
+    the backend's threads before the interpreter exits; without it a rank could abort at exit
+    with "terminate called without an active exception"). Returns ``rc``, or 1 if the barrier
+    failed. A no-op without a group."""
+    if not dist.is_initialized():
+        return rc
+    if rc == 0:
+        try:
+            _collective("final barrier", dist.barrier)
+        except DistributedError as e:
+            print(f"macaw-fast distributed: error: {e}", file=sys.stderr)
+            rc = 1
+    dist.destroy_process_group()
     return rc
 
 

@@ -96,6 +96,18 @@ def _under_torchrun() -> bool:
 
 def run_train(args) -> int:
     """Entry point of `macaw-fast train` (data-parallel when launched by torchrun with >1 rank)."""
+    if not _under_torchrun():
+        return _run_train(args)
+    from ..distributed import leave_group
+    try:
+        rc = _run_train(args)
+    except BaseException:
+        leave_group(1)          # destroy the group before the error propagates and the process exits
+        raise
+    return leave_group(rc)
+
+
+def _run_train(args) -> int:
     if _under_torchrun():
         from ..distributed import train_distributed as train
     else:
