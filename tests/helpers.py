@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from macaw_fast import Batch, MacawConfig, MetaLearner
+from macaw_fast.reference import reference_meta_loss
 
 
 def random_batch(T: int, B: int, obs_dim: int, act_dim: int, *, seed: int, dtype=torch.float64) -> Batch:
@@ -46,3 +47,19 @@ def param_names(learner: MetaLearner) -> list[str]:
     names = [f"vf.{n}" for n, _ in learner.vf.named_parameters()]
     names += [f"policy.{n}" for n, _ in learner.policy.named_parameters()]
     return names + ["vf_lrs", "policy_lrs", "adv_coef"]
+
+
+def compare_with_reference(learner: MetaLearner, inner: Batch, outer: Batch, tol: float = 1e-10) -> list[torch.Tensor]:
+    """Assert that ``learner.meta_loss`` and its meta-gradients equal the per-task reference loop's
+    to ``tol`` relative; returns the learner's gradients (one per parameter)."""
+    loss, _ = learner.meta_loss(inner, outer)
+    loss.backward()
+    got = grads_of(learner)
+    learner.optimizer.zero_grad(set_to_none=True)
+    ref = reference_meta_loss(learner, inner, outer)
+    ref.backward()
+    want = grads_of(learner)
+    assert abs(loss.item() - ref.item()) <= tol * abs(ref.item())
+    for name, a, b in zip(param_names(learner), got, want):
+        assert rel_err(a, b) <= tol, f"{name}: {rel_err(a, b):.3e}"
+    return got

@@ -9,30 +9,15 @@ import torch
 
 from macaw_fast import MetaLearner
 from macaw_fast.ops._common import interpreter_requested, triton_importable
-from macaw_fast.reference import reference_meta_loss
-
-from helpers import grads_of, make_learner, param_names, random_batch, rel_err
+from helpers import compare_with_reference, make_learner, param_names, random_batch, rel_err
 
 TOL = 1e-10
-
-
-def _compare_with_reference(learner, inner, outer):
-    loss, _ = learner.meta_loss(inner, outer)
-    loss.backward()
-    got = grads_of(learner)
-    learner.optimizer.zero_grad(set_to_none=True)
-    ref = reference_meta_loss(learner, inner, outer)
-    ref.backward()
-    want = grads_of(learner)
-    assert abs(loss.item() - ref.item()) <= TOL * abs(ref.item())
-    for name, a, b in zip(param_names(learner), got, want):
-        assert rel_err(a, b) <= TOL, f"{name}: {rel_err(a, b):.3e}"
 
 
 def test_paper_config_torch_twins_float64():
     """Fused (torch twins) at the paper's sizes: width 100, depth 3, D 100, B 256, obs 20, act 6, T 5."""
     learner = make_learner(20, 6, n_train=35, fused=True, ops_backend="torch")
-    _compare_with_reference(learner, random_batch(5, 256, 20, 6, seed=11), random_batch(5, 256, 20, 6, seed=12))
+    compare_with_reference(learner, random_batch(5, 256, 20, 6, seed=11), random_batch(5, 256, 20, 6, seed=12))
 
 
 @pytest.mark.triton
@@ -43,7 +28,7 @@ def test_triton_interpreted_float64(wlinear, head):
     """Every kernel of the step, run by Triton's interpreter, on small odd shapes."""
     learner = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=3, head_width=3,
                            wlinear=wlinear, advantage_head=head, fused=True, ops_backend="triton")
-    _compare_with_reference(learner, random_batch(2, 7, 5, 2, seed=1), random_batch(2, 7, 5, 2, seed=2))
+    compare_with_reference(learner, random_batch(2, 7, 5, 2, seed=1), random_batch(2, 7, 5, 2, seed=2))
 
 
 def test_fp32_steps_fused_vs_unfused():

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from macaw_fast.ops._common import interpreter_requested, triton_importable
-from macaw_fast.reference import reference_meta_loss
-
-from helpers import grads_of, make_learner, param_names, random_batch, rel_err
+from helpers import compare_with_reference, grads_of, make_learner, param_names, random_batch, rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -25,17 +23,8 @@ def _batches(T, B, obs, act, seed, dtype=torch.float64):
 
 
 def _check_against_reference(learner, inner, outer):
-    loss, _ = learner.meta_loss(inner, outer)
-    loss.backward()
-    got = grads_of(learner)
-    learner.optimizer.zero_grad(set_to_none=True)
-    ref = reference_meta_loss(learner, inner, outer)
-    ref.backward()
-    want = grads_of(learner)
-    assert abs(loss.item() - ref.item()) <= TOL * abs(ref.item())
-    for name, a, b in zip(param_names(learner), got, want):
-        assert a.is_cuda
-        assert rel_err(a, b) <= TOL, f"{name}: {rel_err(a, b):.3e}"
+    got = compare_with_reference(learner, inner, outer, TOL)
+    assert all(g.is_cuda for g in got)
     return got
 
 
