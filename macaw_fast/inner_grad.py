@@ -32,6 +32,31 @@ from torch.autograd.function import once_differentiable
 _mask = torch.ops.aten.threshold_backward        # threshold_backward(g, a, 0) = g * [a > 0]
 
 
+# Products with a dimension of size one (the value net's and the advantage head's single output):
+# as broadcast multiplies (and a sum), ~3-8x faster on the CPU than the BLAS call, whose batched
+# GEMM is slow on such degenerate shapes (measured at the paper config: 90-190 us vs 10-35 us).
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm(a, b)`` for a (T, M, K), b (T, K, N); K == 1 or N == 1 without BLAS."""
+    if a.shape[2] == 1:
+        return a * b
+    if b.shape[2] == 1:
+        return (a * b.transpose(1, 2)).sum(2, keepdim=True)
+    return torch.bmm(a, b)
+
+
+def baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``torch.baddbmm(c, a, b)`` (c broadcast to (T, M, N)); N == 1 without BLAS."""
+    if b.shape[2] == 1:
+        return (a * b.transpose(1, 2)).sum(2, keepdim=True).add_(c)
+    return torch.baddbmm(c, a, b)
+
+
+def _mm_t(x: Tensor, w: Tensor) -> Tensor:
+    """x @ w.t() for x (R, o), w (i, o); o == 1 as a broadcast multiply."""
+    return x * w.t() if w.shape[1] == 1 else x @ w.t()
+
+
 class _ValueInnerGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, obs, ret, dims, *thetas):
@@ -53,10 +78,10 @@ class _ValueInnerGrad(torch.autograd.Function):
             i, o = dims[k]
             deltas[k] = delta
             d3 = delta.view(T, B, o)
-            gw = torch.bmm(hs[k].view(T, B, i).transpose(1, 2), d3)
+            gw = bmm(hs[k].view(T, B, i).transpose(1, 2), d3)
             grads[k] = torch.cat([gw.reshape(T, i * o), d3.sum(1)], 1)
             if k > 0:
-                delta = _mask(delta @ Ws[k].t(), pre[k - 1], 0)
+                delta = _mask(_mm_t(delta, Ws[k]), pre[k - 1], 0)
         ctx.dims = dims
         # The ReLU masks [a_k > 0] of the backward are read off h_{k+1} = relu(a_k) (same mask), so
         # the pre-activations are not kept: one activation-sized tensor less per hidden layer.
@@ -91,7 +116,7 @@ class _ValueInnerGrad(torch.autograd.Function):
             i, o = dims[k]
             ra = None
             if dW[k] is not None:
-                ra = torch.baddbmm(db[k].unsqueeze(1), hs[k].view(T, B, i), dW[k]).view(rows, o)
+                ra = baddbmm(db[k].unsqueeze(1), hs[k].view(T, B, i), dW[k]).view(rows, o)
             if Rh[k] is not None:
                 ra = Rh[k] @ Ws[k] if ra is None else ra.addmm_(Rh[k], Ws[k])
             if k < L - 1:
@@ -120,9 +145,9 @@ class _ValueInnerGrad(torch.autograd.Function):
             if k > 0:
                 nxt = None
                 if rdelta is not None:
-                    nxt = rdelta @ Ws[k].t()
+                    nxt = _mm_t(rdelta, Ws[k])
                 if dW[k] is not None:
-                    extra = torch.bmm(delta.view(T, B, o), dW[k].transpose(1, 2)).view(rows, i)
+                    extra = bmm(delta.view(T, B, o), dW[k].transpose(1, 2)).view(rows, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
                 rdelta = None if nxt is None else _mask(nxt, hs[k], 0)
         return (None, None, None, *out)
@@ -166,7 +191,7 @@ def value_inner_grads(thetas: Sequence[Tensor], dims: Sequence[tuple[int, int]],
 def _layer_grads(h, d, T, B):
     """Per-task generated-parameter gradients [(T, in*out + out)] of a layer: [h^T d, sum_b d]."""
     i, o = h.shape[1], d.shape[1]
-    gw = torch.bmm(h.view(T, B, i).transpose(1, 2), d.view(T, B, o))
+    gw = bmm(h.view(T, B, i).transpose(1, 2), d.view(T, B, o))
     return torch.cat([gw.reshape(T, i * o), d.view(T, B, o).sum(1)], 1)
 
 
@@ -227,14 +252,14 @@ class _PolicyInnerGrad(torch.autograd.Function):
             for j in range(H - 1, -1, -1):
                 hd[j] = d
                 if j > 0:
-                    d = _mask(d @ W[L + j].t(), hpre[j - 1], 0)
-            d_cat = _mask(d @ W[L].t(), hc, 0)[:, :width]
+                    d = _mask(_mm_t(d, W[L + j]), hpre[j - 1], 0)
+            d_cat = _mask(_mm_t(d, W[L]), hc, 0)[:, :width]
         deltas = [None] * L
         d = d_out
         for k in range(L - 1, -1, -1):
             deltas[k] = d
             if k > 0:
-                d = _mask(d @ W[k].t(), pre[k - 1], 0)
+                d = _mask(_mm_t(d, W[k]), pre[k - 1], 0)
                 if H and k - 1 == L - 2:
                     d = d + d_cat
         grads = [_layer_grads(hs[k], deltas[k], T, B) for k in range(min(n_out, L))]
@@ -274,7 +299,7 @@ class _PolicyInnerGrad(torch.autograd.Function):
             ra = None
             if V[k] is not None:
                 i, o = dims[k]
-                ra = torch.baddbmm(V[k][1].unsqueeze(1), h.view(T, B, i), V[k][0]).view(R, o)
+                ra = baddbmm(V[k][1].unsqueeze(1), h.view(T, B, i), V[k][0]).view(R, o)
             if rh is not None:
                 ra = rh @ W[k] if ra is None else ra.addmm_(rh, W[k])
             return ra
@@ -323,9 +348,9 @@ class _PolicyInnerGrad(torch.autograd.Function):
                 pairs = ([(rhh_in[j], hd[j])] if rhh_in[j] is not None else []) + \
                         ([(hh[j], rd)] if rd is not None else [])
                 out[L + j] = _summed_grad(thetas[L + j], pairs, rd, i, o)
-                nxt = rd @ W[L + j].t() if rd is not None else None
+                nxt = _mm_t(rd, W[L + j]) if rd is not None else None
                 if V[L + j] is not None:
-                    extra = torch.bmm(hd[j].view(T, B, o), V[L + j][0].transpose(1, 2)).view(R, i)
+                    extra = bmm(hd[j].view(T, B, o), V[L + j][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
                 if j > 0:
                     rd = None if nxt is None else _mask(nxt, hh[j], 0)
@@ -339,9 +364,9 @@ class _PolicyInnerGrad(torch.autograd.Function):
                     ([(hs[k], rd)] if rd is not None else [])
             out[k] = _summed_grad(thetas[k], pairs, rd, i, o)
             if k > 0:
-                nxt = rd @ W[k].t() if rd is not None else None
+                nxt = _mm_t(rd, W[k]) if rd is not None else None
                 if V[k] is not None:
-                    extra = torch.bmm(deltas[k].view(T, B, o), V[k][0].transpose(1, 2)).view(R, i)
+                    extra = bmm(deltas[k].view(T, B, o), V[k][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
                 rd = None if nxt is None else _mask(nxt, hs[k], 0)
                 if H and k - 1 == L - 2 and rd_cat is not None:

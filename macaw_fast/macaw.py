@@ -21,8 +21,8 @@ from . import lowrank_adam
 from .config import MacawConfig
 from .data.batch import Batch
 from .inner_grad import policy_inner_grads, value_inner_grads
-from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads,
-                   advantage_weights, fused_theta_leaves, gaussian_log_prob, theta_leaves)
+from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads, adapt_many,
+                   advantage_weights, can_adapt_many, fused_theta_leaves, gaussian_log_prob, theta_leaves)
 
 
 #: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
@@ -97,6 +97,9 @@ class MetaLearner:
         self.manual_value_grads = True
         #: Likewise for the policy's inner gradients (trunk, tanh mean, advantage head, kappa).
         self.manual_policy_grads = True
+        #: Unfused `meta_step`: each net's inner steps (`WLinear.adapt` of every layer) as one
+        #: autograd node with a hand-written backward (`macaw_fast.nets.adapt_many`).
+        self.manual_adapt = True
         self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
@@ -185,6 +188,9 @@ class MetaLearner:
             ls = self.vf.layers
             out = wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
                                      alpha, backend=self.backend)
+        elif not self.fused and self.manual_adapt and can_adapt_many(self.vf.layers, thetas):
+            new = adapt_many(self.vf.layers, thetas, grads, rates, alpha)     # one autograd node
+            out = list(zip(*new)) if with_target else new
         else:
             if self.fused:
                 rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
@@ -278,6 +284,8 @@ class MetaLearner:
             ls = layers_[:n]
             return wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
                                       None, backend=self.backend), loss_in
+        if not self.fused and self.manual_adapt and can_adapt_many(layers_[:n], thetas[:n]):
+            return adapt_many(layers_[:n], thetas[:n], grads, rates[:n]), loss_in      # one autograd node
         if self.fused:
             rates = rates.unbind(0)
         return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in

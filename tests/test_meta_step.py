@@ -133,6 +133,52 @@ def test_adapt_matches_per_task_sgd():
                 assert rel_err(adapted.policy[k][i], layer.theta()) <= TOL, k
 
 
+@pytest.mark.parametrize("alpha", [None, 0.3])
+@pytest.mark.parametrize("T,dims,D", [(1, [(3, 4), (4, 1)], 5), (4, [(6, 5), (5, 5), (5, 2)], 3)])
+def test_adapt_many_matches_per_layer_adapt(T, dims, D, alpha):
+    """nets.adapt_many (one node, hand-written backward) against WLinear.adapt layer by layer: outputs,
+    target mixes, and the gradients of z, b, G, the rates and W (its gathered factors), with random
+    cotangents, one layer's output unused (a None cotangent) and G entering the loss twice."""
+    from macaw_fast.nets import adapt_many, can_adapt_many
+
+    torch.manual_seed(T + len(dims))
+    layers = [WLinear(i, o, D, dtype=torch.float64) for i, o in dims]
+    rates = (torch.rand(len(dims), 3, dtype=torch.float64) + 0.1).requires_grad_(True)
+
+    def run(many):
+        thetas = [m.theta(low_rank_grad=True) for m in layers]
+        gs = [torch.randn(T, m.num_generated, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+              .requires_grad_(True) for k, m in enumerate(layers)]
+        if many:
+            assert can_adapt_many(layers, thetas)
+            out = adapt_many(layers, thetas, gs, rates, alpha)
+        else:
+            per = [m.adapt(th, g, rates[k], alpha) for k, (m, th, g) in enumerate(zip(layers, thetas, gs))]
+            out = ([p[0] for p in per], [p[1] for p in per]) if alpha is not None else per
+        new, tgt = out if alpha is not None else (out, None)
+        cot = [torch.randn(th.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(50 + k))
+               for k, th in enumerate(new)]
+        # the last layer's output is unused; the first G also enters the loss directly
+        loss = sum((c * th).sum() for c, th in zip(cot[:-1], new[:-1])) + gs[0].pow(2).sum() \
+            + sum(th.sum() for th in thetas)
+        for p in [*(q for m in layers for q in m.parameters()), rates, *gs]:
+            p.grad = None
+        loss.backward()
+        res = [p.grad for m in layers for p in m.parameters()] + [rates.grad] + [g.grad for g in gs]
+        assert sum(r is None for r in res) == 1 and gs[-1].grad is None    # only the unused layer's G
+        res = [r.clone() for r in res if r is not None]
+        return [t.detach() for t in new], ([t.detach() for t in tgt] if tgt is not None else []), res
+
+    new_a, tgt_a, res_a = run(True)
+    new_b, tgt_b, res_b = run(False)
+    for a, b in zip(new_a + tgt_a, new_b + tgt_b):
+        assert rel_err(a, b) <= 1e-13
+    assert len(tgt_a) == (len(dims) if alpha is not None else 0)
+    for a, b in zip(res_a, res_b):
+        assert rel_err(a, b) <= 1e-13
+    assert not can_adapt_many(layers, [m.theta() for m in layers])     # no W-gradient gatherer
+
+
 def test_init_statistics():
     """z ~ N(0, (1/out)^2); W, b like nn.Linear(D, P): U(-1/sqrt(D), 1/sqrt(D))."""
     from macaw_fast.nets import WLinear
