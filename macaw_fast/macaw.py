@@ -97,7 +97,7 @@ class MetaLearner:
         self.manual_value_grads = True
         #: Likewise for the policy's inner gradients (trunk, tanh mean, advantage head, kappa).
         self.manual_policy_grads = True
-        #: Unfused `meta_step`: each net's inner steps (`WLinear.adapt` of every layer) as one
+        #: Unfused, on the CPU: each net's inner steps (`WLinear.adapt` of every layer) as one
         #: autograd node with a hand-written backward (`macaw_fast.nets.adapt_many`).
         self.manual_adapt = True
         self.resolve_chunk_size(1)      # validates chunk_size
@@ -188,7 +188,7 @@ class MetaLearner:
             ls = self.vf.layers
             out = wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
                                      alpha, backend=self.backend)
-        elif not self.fused and self.manual_adapt and can_adapt_many(self.vf.layers, thetas):
+        elif self._adapt_many_ok(self.vf.layers, thetas):
             new = adapt_many(self.vf.layers, thetas, grads, rates, alpha)     # one autograd node
             out = list(zip(*new)) if with_target else new
         else:
@@ -199,6 +199,12 @@ class MetaLearner:
         if with_target:
             return [o[0] for o in out], [o[1] for o in out], loss_in
         return out, None, loss_in
+
+    def _adapt_many_ok(self, layers, thetas) -> bool:
+        """Whether the inner steps run as one node (`nets.adapt_many`): unfused, `manual_adapt`, on
+        the CPU (the node reads the rates as numbers: a host sync on a GPU), W-gradient gatherers."""
+        return (not self.fused and self.manual_adapt and self.device.type == "cpu"
+                and can_adapt_many(layers, thetas))
 
     def _advantages(self, value_thetas: Sequence[Tensor], batch: Batch, v_obs: Tensor | None = None) -> Tensor:
         """A = mc_return + terminal_discount * V(terminal_obs) - V(obs), no gradient.
@@ -284,7 +290,7 @@ class MetaLearner:
             ls = layers_[:n]
             return wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
                                       None, backend=self.backend), loss_in
-        if not self.fused and self.manual_adapt and can_adapt_many(layers_[:n], thetas[:n]):
+        if self._adapt_many_ok(layers_[:n], thetas[:n]):
             return adapt_many(layers_[:n], thetas[:n], grads, rates[:n]), loss_in      # one autograd node
         if self.fused:
             rates = rates.unbind(0)
