@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -59,11 +60,57 @@ struct Layer {
     int64_t first_block, blocks;
 };
 
-// Rows [r0, r1) of one layer; `g` is a scratch row of D values, `zacc` this block's z slot.
+#if defined(__GNUC__)
+#define MACAW_INLINE inline __attribute__((always_inline))
+#else
+#define MACAW_INLINE inline
+#endif
+
+// Gradient rows are formed kRowTile at a time: for a factor count K in the dozens (T = 35: K = 71)
+// the K-term sums are most of the kernel's work, and a register tile of kRowTile rows x one vector
+// of columns reads each B row once for all of them (the row-at-a-time loop re-read and re-wrote
+// its gradient row once per factor).
+constexpr int64_t kRowTile = 4;     // grad_tile's rows
+
+template <typename T>
+struct Vec {  // one AVX2 register (the kernel's clones are x86-64-v3 and baseline)
+    typedef T type __attribute__((vector_size(32)));
+    static constexpr int64_t N = static_cast<int64_t>(32 / sizeof(T));
+};
+
+// g[r, d0 : d0 + 3N] = sum_k A[k, i0 + r] B[k, d0 : d0 + 3N] for r < kRowTile (g: kRowTile x D):
+// 12 accumulators and 3 B vectors, within AVX2's 16 registers.
+template <typename T>
+MACAW_INLINE void grad_tile(const Layer<T>& L, int64_t i0, int64_t d0, T* __restrict g) {
+    using V = typename Vec<T>::type;
+    constexpr int64_t N = Vec<T>::N;
+    const T* __restrict A = L.a + i0;
+    const T* __restrict B = L.b + d0;
+    const int64_t P = L.P, D = L.D, K = L.K;
+    V c00{}, c01{}, c02{}, c10{}, c11{}, c12{}, c20{}, c21{}, c22{}, c30{}, c31{}, c32{};
+    for (int64_t k = 0; k < K; ++k) {
+        V b0, b1, b2;
+        std::memcpy(&b0, B + k * D, sizeof(V));
+        std::memcpy(&b1, B + k * D + N, sizeof(V));
+        std::memcpy(&b2, B + k * D + 2 * N, sizeof(V));
+        const T* a = A + k * P;
+        const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+        c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2;
+        c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2;
+        c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2;
+        c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2;
+    }
+    const V* acc[4][3] = {{&c00, &c01, &c02}, {&c10, &c11, &c12}, {&c20, &c21, &c22}, {&c30, &c31, &c32}};
+    for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < 3; ++j) std::memcpy(g + r * D + d0 + j * N, acc[r][j], sizeof(V));
+}
+
+// Rows [r0, r1) of one layer; `g` is a scratch of kRowTile x D values, `zacc` this block's z slot.
 template <typename T>
 MACAW_ISA_CLONES void update_rows(const Layer<T>& L, int64_t r0, int64_t r1, T* __restrict g,
                                   double* __restrict zacc) {
     const int64_t D = L.D, K = L.K, P = L.P;
+    constexpr int64_t N = Vec<T>::N;
     const T c1 = static_cast<T>(L.c.c1), beta2 = static_cast<T>(L.c.beta2), c2 = static_cast<T>(L.c.c2);
     const T step_size = static_cast<T>(L.c.step_size), bc2_sqrt = static_cast<T>(L.c.bc2_sqrt);
     const T eps = static_cast<T>(L.c.eps);
@@ -72,18 +119,26 @@ MACAW_ISA_CLONES void update_rows(const Layer<T>& L, int64_t r0, int64_t r1, T* 
         T* __restrict m = L.m + i * D;
         T* __restrict v = L.v + i * D;
         const T a0 = L.a[i];
-        const T* __restrict b0 = L.b;
-        for (int64_t d = 0; d < D; ++d) {
-            zacc[d] += static_cast<double>(w[d]) * static_cast<double>(a0);
-            g[d] = a0 * b0[d];
+        const int64_t r = (i - r0) % kRowTile;
+        T* __restrict gr = g + r * D;
+        if (r == 0 && D >= 3 * N && i + kRowTile <= r1) {
+            // the next kRowTile rows' gradients, 3N columns at a time; the last D % 3N columns by a
+            // tile ending at column D (it recomputes a few columns to the same values)
+            for (int64_t d0 = 0; d0 + 3 * N <= D; d0 += 3 * N) grad_tile<T>(L, i, d0, g);
+            if (D % (3 * N) != 0) grad_tile<T>(L, i, D - 3 * N, g);
         }
-        for (int64_t k = 1; k < K; ++k) {
-            const T ak = L.a[k * P + i];
-            const T* __restrict bk = L.b + k * D;
-            for (int64_t d = 0; d < D; ++d) g[d] += ak * bk[d];
+        if (D < 3 * N || i - r + kRowTile > r1) {    // rows outside a whole tile: one at a time
+            const T* __restrict b0 = L.b;
+            for (int64_t d = 0; d < D; ++d) gr[d] = a0 * b0[d];
+            for (int64_t k = 1; k < K; ++k) {
+                const T ak = L.a[k * P + i];
+                const T* __restrict bk = L.b + k * D;
+                for (int64_t d = 0; d < D; ++d) gr[d] += ak * bk[d];
+            }
         }
+        for (int64_t d = 0; d < D; ++d) zacc[d] += static_cast<double>(w[d]) * static_cast<double>(a0);
         for (int64_t d = 0; d < D; ++d) {
-            const T gd = g[d];
+            const T gd = gr[d];
             const T md = m[d] + c1 * (gd - m[d]);
             const T vd = beta2 * v[d] + c2 * gd * gd;
             m[d] = md;
@@ -109,7 +164,7 @@ void run(std::vector<Layer<T>>& layers, int num_threads) {
         try {
             int64_t max_d = 0;
             for (auto& L : layers) max_d = std::max(max_d, L.D);
-            std::vector<T> g(static_cast<size_t>(max_d));
+            std::vector<T> g(static_cast<size_t>(max_d * kRowTile));
             size_t li = 0;
             for (int64_t blk; (blk = next.fetch_add(1)) < total;) {
                 while (blk >= layers[li].first_block + layers[li].blocks) ++li;  // blocks are taken in order

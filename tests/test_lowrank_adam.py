@@ -38,7 +38,7 @@ SHAPES = [[(1, 1, 1)], [(3, 5, 7), (20, 13, 2)], [(30, 9, 17), (9, 1, 100)]]   #
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shapes", SHAPES, ids=lambda s: "+".join(f"{i}x{o}d{d}" for i, o, d in s))
-@pytest.mark.parametrize("K", [1, 11])
+@pytest.mark.parametrize("K", [1, 11, 71])
 @pytest.mark.parametrize("fused", [True, False, None], ids=["fused", "foreach-off", "default"])
 def test_matches_torch_adam_with_dense_gradient(dtype, shapes, K, fused):
     mine, ref = _layers(shapes, dtype), _layers(shapes, dtype)
