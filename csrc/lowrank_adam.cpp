@@ -4,8 +4,8 @@
 // dL/dW = sum_k a_k b_k^T = A^T B with A (K, P), B (K, D) and K = 1 + 2T at most. The plain way
 // forms that P x D gradient with one GEMM (writing 4 MB per paper-sized layer), reads W again for
 // z's gradient W^T dtheta, and then Adam reads the gradient, W and both moments and writes W and
-// the moments back. `lowrank_adam_step` does it in ONE pass over W's rows: per row it builds the
-// gradient row from the factors in a small buffer, adds the row's share of W^T a_0 (row 0 of A is
+// the moments back. `lowrank_adam_step` does it in ONE pass over W's rows: it builds the gradient
+// rows from the factors in a small buffer (four rows at a time, see grad_tile), and per row adds the row's share of W^T a_0 (row 0 of A is
 // dL/dtheta, so that is z's gradient) using W BEFORE the update, and applies torch.optim.Adam's
 // update (no weight decay, amsgrad or maximize) to W and its moments in place.
 //
@@ -67,9 +67,9 @@ struct Layer {
 #endif
 
 // Gradient rows are formed kRowTile at a time: for a factor count K in the dozens (T = 35: K = 71)
-// the K-term sums are most of the kernel's work, and a register tile of kRowTile rows x one vector
-// of columns reads each B row once for all of them (the row-at-a-time loop re-read and re-wrote
-// its gradient row once per factor).
+// the K-term sums are most of the kernel's work, and a register tile of kRowTile rows x three
+// vectors of columns reads each B row once for all of them (the row-at-a-time loop re-read and
+// re-wrote its gradient row once per factor). Measured in-step at T=35: 21 -> 11-14 ms.
 constexpr int64_t kRowTile = 4;     // grad_tile's rows
 
 template <typename T>
