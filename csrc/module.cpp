@@ -1,10 +1,11 @@
-// macaw_fast._C: the compiled part of macaw-fast (the meta-batch sampler, csrc/sampler.cpp; the low-rank Adam step, csrc/lowrank_adam.cpp).
+// macaw_fast._C: the compiled part of macaw-fast (the meta-batch sampler, csrc/sampler.cpp; the low-rank Adam step, csrc/lowrank_adam.cpp; theta = W z + b of all WLinear layers, csrc/generate.cpp).
 #include <pybind11/pybind11.h>
 
 namespace py = pybind11;
 
 void register_sampler(py::module_& m);
 void register_lowrank_adam(py::module_& m);
+void register_generate(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "macaw-fast compiled extension: the deterministic multi-threaded meta-batch sampler and the low-rank Adam step";
@@ -13,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
           "Placeholder probe: returns 1 when the extension loads.");
     register_sampler(m);
     register_lowrank_adam(m);
+    register_generate(m);
 }

@@ -468,7 +468,9 @@ class MetaLearner:
             leaves = fused_theta_leaves(list(self.vf.layers) + self.policy.layers, rows, self.backend)
             thetas = (leaves[:n_vf], leaves[n_vf:])
         else:
-            thetas = (theta_leaves(self.vf.layers), theta_leaves(self.policy.layers))
+            leaves = theta_leaves(list(self.vf.layers) + self.policy.layers)     # one pass over every W
+            n_vf = len(self.vf.layers)
+            thetas = (leaves[:n_vf], leaves[n_vf:])
         vcs = self._value_chunk_size(T, cs, chunk_size)
         if vcs == cs:
             losses, parts = self._chunks_joint(inner, outer, thetas, cs)
