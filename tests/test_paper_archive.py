@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from macaw_fast import MetaLearner
 from macaw_fast.paper import ArchiveError, export_archive, load_archive
 
 from helpers import make_learner, param_names, random_batch

@@ -10,7 +10,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from macaw_fast.data import open_dataset, verify_dataset  # noqa: E402
+from macaw_fast.data import verify_dataset  # noqa: E402
 from macaw_fast.data.paper import (PAPER_FAMILIES, import_paper, load_task_params, paper_family,  # noqa: E402
                                    skip_rows, trajectory_returns)
 

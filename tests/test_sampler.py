@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from macaw_fast.data import FIELDS, SCALAR_FIELDS, VECTOR_FIELDS
+from macaw_fast.data import FIELDS, VECTOR_FIELDS
 from macaw_fast.data import sampler as S
 from macaw_fast.data.loader import MetaBatchLoader
 from macaw_fast.data.sampler import MetaBatchSampler, choose_tasks, sample_indices_numpy, sample_meta_batch_numpy

@@ -85,7 +85,7 @@ def cmd_info(args) -> int:
     summary = task_summary(ds)
     print(f"{ds.path}: env {ds.env_id}, obs_dim {ds.obs_dim}, act_dim {ds.act_dim}, gamma {ds.gamma}, "
           f"{len(ds)} tasks, {ds.num_rows} rows, generation {ds.generation}")
-    print(f"split: " + "; ".join(f"{k} {len(v)} ({', '.join(v)})" for k, v in ds.split.items()))
+    print("split: " + "; ".join(f"{k} {len(v)} ({', '.join(v)})" for k, v in ds.split.items()))
     print(f"{'task':>8} {'rows':>10} {'trajs':>7} {'ret min':>10} {'ret mean':>10} {'ret max':>10}  params")
     for s in summary:
         params = ", ".join(f"{k}={v if not isinstance(v, list) else '[' + str(len(v)) + ']'}" for k, v in s["params"].items())

@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .._io import atomic_write_bytes, fsync_dir
-from .batch import FIELDS, SCALAR_FIELDS, VECTOR_FIELDS
+from .batch import FIELDS, SCALAR_FIELDS
 
 SCHEMA_VERSION = 1
 DATASET_MANIFEST = "dataset.json"

@@ -148,7 +148,7 @@ def _double_backward_torch(cmu, cact, cadv, cpred, chw, g, mu, action, adv, pred
     N = mu.shape[1]
     k = -2.0 * half_inv_var / N
     if tanh:                 # mu holds pre-activations x; dmu was dL/dx = (...) (1 - tanh(x)^2)
-        x, mu = mu, torch.tanh(mu)
+        mu = torch.tanh(mu)
         sd = 1.0 - mu * mu
     dc = cmu if (cmu is None or not tanh) else cmu * sd
     if cact is not None:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import textwrap
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Optional
 

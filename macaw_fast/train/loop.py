@@ -27,7 +27,6 @@ import os
 import random
 import sys
 import time
-from typing import Any
 
 import numpy as np
 import torch
