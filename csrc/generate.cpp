@@ -10,14 +10,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
-#include <atomic>
+#include "row_blocks.hpp"
+
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace py = pybind11;
@@ -39,7 +36,6 @@ struct Job {
     const T* b;
     T* out;
     int64_t P, D;
-    int64_t first_block, blocks;
 };
 
 // out[p] = b[p] + W[p] . z for rows [r0, r1): four partial sums of 32 bytes each, then the lanes.
@@ -75,45 +71,15 @@ GENERATE_CLONES void generate_rows(const Job<T>& J, int64_t r0, int64_t r1) {
 }
 
 template <typename T>
-void run(std::vector<Job<T>>& jobs, int num_threads) {
-    int64_t total = 0;
-    for (auto& J : jobs) {
-        J.first_block = total;
-        J.blocks = (J.P + kBlockRows - 1) / kBlockRows;
-        total += J.blocks;
-    }
-    std::atomic<int64_t> next{0};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto worker = [&]() {
-        try {
-            size_t j = 0;
-            for (int64_t blk; (blk = next.fetch_add(1)) < total;) {
-                while (blk >= jobs[j].first_block + jobs[j].blocks) ++j;   // blocks are taken in order
-                const Job<T>& J = jobs[j];
-                const int64_t r0 = (blk - J.first_block) * kBlockRows;
-                generate_rows<T>(J, r0, std::min(J.P, r0 + kBlockRows));
-            }
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-        }
-    };
-    // a helper thread only for passes long enough to pay for starting it (~30-60 us here)
-    const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(total / 4, 16));
-    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), useful)) - 1;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < helpers; ++t) threads.emplace_back(worker);
-    worker();
-    for (auto& th : threads) th.join();
-    if (error) std::rethrow_exception(error);
+void run(const std::vector<Job<T>>& jobs, int num_threads) {
+    std::vector<int64_t> rows;
+    for (auto& J : jobs) rows.push_back(J.P);
+    macaw::for_row_blocks(rows, kBlockRows, num_threads, [&]() {
+        return [&jobs](size_t i, int64_t, int64_t r0, int64_t r1) { generate_rows<T>(jobs[i], r0, r1); };
+    });
 }
 
-std::string shape_of(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
+using macaw::shape_of;
 
 template <typename T>
 void generate_typed(const py::list& layers, int num_threads) {
@@ -144,7 +110,7 @@ void generate_typed(const py::list& layers, int num_threads) {
                                   shape_of(arrs[3]));
         if (!arrs[3].writeable()) throw py::value_error(where + "out must be writeable");
         Job<T> J{static_cast<const T*>(arrs[0].data()), static_cast<const T*>(arrs[1].data()),
-                 static_cast<const T*>(arrs[2].data()), static_cast<T*>(arrs[3].mutable_data()), P, D, 0, 0};
+                 static_cast<const T*>(arrs[2].data()), static_cast<T*>(arrs[3].mutable_data()), P, D};
         jobs.push_back(J);
         for (auto& a : arrs) keep.push_back(a);
     }

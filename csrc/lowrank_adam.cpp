@@ -16,15 +16,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "row_blocks.hpp"
+
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace py = pybind11;
@@ -57,7 +55,7 @@ struct Layer {
     int64_t P, D, K;
     AdamConsts c;
     std::vector<double> z_part;  // (blocks, D)
-    int64_t first_block, blocks;
+    int64_t blocks;
 };
 
 #if defined(__GNUC__)
@@ -150,57 +148,25 @@ MACAW_ISA_CLONES void update_rows(const Layer<T>& L, int64_t r0, int64_t r1, T* 
 
 template <typename T>
 void run(std::vector<Layer<T>>& layers, int num_threads) {
-    int64_t total = 0;
+    std::vector<int64_t> rows;
+    int64_t max_d = 0;
     for (auto& L : layers) {
-        L.first_block = total;
         L.blocks = (L.P + kRowsPerBlock - 1) / kRowsPerBlock;
         L.z_part.assign(static_cast<size_t>(L.blocks * L.D), 0.0);
-        total += L.blocks;
+        rows.push_back(L.P);
+        max_d = std::max(max_d, L.D);
     }
-    std::atomic<int64_t> next{0};
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto worker = [&]() {
-        try {
-            int64_t max_d = 0;
-            for (auto& L : layers) max_d = std::max(max_d, L.D);
-            std::vector<T> g(static_cast<size_t>(max_d * kRowTile));
-            size_t li = 0;
-            for (int64_t blk; (blk = next.fetch_add(1)) < total;) {
-                while (blk >= layers[li].first_block + layers[li].blocks) ++li;  // blocks are taken in order
-                Layer<T>& L = layers[li];
-                const int64_t local = blk - L.first_block;
-                const int64_t r0 = local * kRowsPerBlock, r1 = std::min(L.P, r0 + kRowsPerBlock);
-                update_rows<T>(L, r0, r1, g.data(), L.z_part.data() + local * L.D);
-            }
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-        }
-    };
-    // At least 4 blocks (~1k rows) per thread and at most 16 threads: memory bandwidth saturates
-    // long before that on any machine, and each helper is a thread started for this call.
-    const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(total / 4, 16));
-    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), useful)) - 1;
-    std::vector<std::thread> threads;
-    threads.reserve(static_cast<size_t>(std::max(helpers, 0)));
-    for (int t = 0; t < helpers; ++t) threads.emplace_back(worker);
-    worker();
-    for (auto& th : threads) th.join();
-    if (error) std::rethrow_exception(error);
+    macaw::for_row_blocks(rows, kRowsPerBlock, num_threads, [&]() {
+        return [&layers, g = std::vector<T>(static_cast<size_t>(max_d * kRowTile))](
+                   size_t i, int64_t block, int64_t r0, int64_t r1) mutable {
+            Layer<T>& L = layers[i];
+            update_rows<T>(L, r0, r1, g.data(), L.z_part.data() + block * L.D);
+        };
+    });
 }
 
-std::string shape_of(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-// Throws ValueError(msg()) when !ok; the message is only built on failure.
-template <typename Msg>
-void require(bool ok, Msg&& msg) {
-    if (!ok) throw py::value_error(msg());
-}
+using macaw::require;
+using macaw::shape_of;
 
 template <typename T>
 py::list step_typed(const py::list& specs, int num_threads) {

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .inner_grad import baddbmm
+
 
 class _LowRankWGrad:
     """Collects the factors of dL/dW = sum_k u_k v_k^T from every use of one layer's W.
@@ -127,8 +129,8 @@ class _AdaptLowRank(torch.autograd.Function):
                 tgt = torch.add(thetas[k] * alpha, wz + b, alpha=1.0 - alpha)
                 tgts.append(tgt.addcmul_(c_tgt.unsqueeze(-1), g, value=-1.0))
             outs.append(wz.add_(b).addcmul_(c.unsqueeze(-1), g, value=-1.0))
-            saved += [z, g, gw, z_new, s, c]
-        ctx.ws, ctx.accs, ctx.r, ctx.L = ws, accs, r, L
+            saved += [W, z, g, gw, z_new, s, c]
+        ctx.accs, ctx.r, ctx.L = accs, r, L
         ctx.save_for_backward(*saved)
         if tgts:
             ctx.mark_non_differentiable(*tgts)
@@ -146,8 +148,8 @@ class _AdaptLowRank(torch.autograd.Function):
             if dth is None:
                 grads += [None, None, None]
                 continue
-            z, g, gw, z_new, s, c = sv[6 * k: 6 * k + 6]
-            W, acc = ctx.ws[k], ctx.accs[k]
+            W, z, g, gw, z_new, s, c = sv[7 * k: 7 * k + 7]
+            acc = ctx.accs[k]
             ez, ew, eb = r[k]
             db = dth.sum(0)
             dc = (dth * g).sum(1).neg_()                          # (T,)
@@ -458,7 +460,6 @@ def linear(theta: Tensor, x: Tensor, in_features: int, out_features: int) -> Ten
                            w.view(in_features, out_features)).view(*x.shape[:-1], out_features)
     T = theta.shape[0]
     if out_features == 1:       # a batched GEMV: broadcast multiply + sum, ~3x faster than BLAS here
-        from .inner_grad import baddbmm
         return baddbmm(b.unsqueeze(1), x, w.view(T, in_features, 1))
     return torch.baddbmm(b.unsqueeze(1), x, w.view(T, in_features, out_features))
 

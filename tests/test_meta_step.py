@@ -215,6 +215,17 @@ def test_config_defaults_are_the_papers():
     assert groups == {"value": 1e-5, "policy": 1e-4, "lrs": 1e-3}
 
 
+def _reference_step(obs, act, kw, inner, outer):
+    """A learner made from ``kw`` after one step of the per-task reference loop (Adam included), the
+    loop's meta-gradients, and a fresh twin's `meta_loss` metrics."""
+    ref = make_learner(obs, act, **kw)
+    reference_backward(ref, inner, outer)
+    reference = grads_of(ref)
+    ref.optimizer.step()
+    _, metrics_ref = make_learner(obs, act, **kw).meta_loss(inner, outer)
+    return ref, reference, metrics_ref
+
+
 @pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("fused,lowrank", [(False, False), (False, True), (True, False)],
                          ids=["batched", "batched-lowrank-adam", "fused-torch"])
@@ -227,11 +238,7 @@ def test_chunked_meta_step_matches_unchunked_and_reference(wlinear, head, fused,
     kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
               advantage_head=head, fused=fused, ops_backend="torch")
     inner, outer = random_batch(T, B, obs, act, seed=5), random_batch(T, B, obs, act, seed=6)
-    ref = make_learner(obs, act, **kw)
-    reference_backward(ref, inner, outer)
-    reference = grads_of(ref)
-    ref.optimizer.step()
-    _, metrics_ref = make_learner(obs, act, **kw).meta_loss(inner, outer)
+    ref, reference, metrics_ref = _reference_step(obs, act, kw, inner, outer)
 
     for chunk in (T, 1, 2, 3, "auto"):
         learner = make_learner(obs, act, **kw)
@@ -267,11 +274,7 @@ def test_nested_chunks_value_part_spans_two_policy_chunks(monkeypatch, wlinear, 
     kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
               advantage_head=head)
     inner, outer = random_batch(T, B, obs, act, seed=15), random_batch(T, B, obs, act, seed=16)
-    ref = make_learner(obs, act, **kw)
-    reference_backward(ref, inner, outer)
-    reference = grads_of(ref)
-    ref.optimizer.step()
-    _, metrics_ref = make_learner(obs, act, **kw).meta_loss(inner, outer)
+    ref, reference, metrics_ref = _reference_step(obs, act, kw, inner, outer)
     learner = make_learner(obs, act, **kw)
     learner.lowrank_adam = lowrank
     assert learner.resolve_chunk_size(T) == 2 and learner._value_chunk_size(T, 2, None) == 4

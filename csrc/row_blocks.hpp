@@ -1,0 +1,68 @@
+// Shared by the kernels that stream the rows of several matrices (csrc/lowrank_adam.cpp,
+// csrc/generate.cpp): error text for pybind11 arrays, and the threads that take the rows in blocks.
+#pragma once
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace macaw {
+
+inline std::string shape_of(const pybind11::array& a) {
+    std::string s = "(";
+    for (pybind11::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Throws ValueError(msg()) when !ok; the message is only built on failure.
+template <typename Msg>
+void require(bool ok, Msg&& msg) {
+    if (!ok) throw pybind11::value_error(msg());
+}
+
+// Cuts matrix i's rows[i] rows into blocks of `block_rows` and runs them on up to `num_threads`
+// threads (the caller's included), blocks taken in order. Each thread calls make_worker() once (for
+// its own scratch) and the result as work(i, block of matrix i, first row, end row). The first
+// exception a worker throws is rethrown here. Call without the GIL: nothing here touches Python.
+template <typename MakeWorker>
+void for_row_blocks(const std::vector<int64_t>& rows, int64_t block_rows, int num_threads, MakeWorker make_worker) {
+    std::vector<int64_t> first(rows.size() + 1, 0);
+    for (size_t i = 0; i < rows.size(); ++i) first[i + 1] = first[i] + (rows[i] + block_rows - 1) / block_rows;
+    const int64_t total = first.back();
+    std::atomic<int64_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto body = [&]() {
+        try {
+            auto work = make_worker();
+            size_t i = 0;
+            for (int64_t blk; (blk = next.fetch_add(1)) < total;) {
+                while (blk >= first[i + 1]) ++i;
+                const int64_t local = blk - first[i], r0 = local * block_rows;
+                work(i, local, r0, std::min(rows[i], r0 + block_rows));
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+        }
+    };
+    // At least 4 blocks per thread and at most 16 threads: memory bandwidth saturates long before
+    // that on any machine, and each helper is a thread started for this call (~30-60 us here).
+    const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(total / 4, 16));
+    const int helpers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), useful)) - 1;
+    std::vector<std::thread> threads;
+    threads.reserve(static_cast<size_t>(std::max(helpers, 0)));
+    for (int t = 0; t < helpers; ++t) threads.emplace_back(body);
+    body();
+    for (auto& th : threads) th.join();
+    if (error) std::rethrow_exception(error);
+}
+
+}  // namespace macaw
