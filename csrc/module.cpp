@@ -6,6 +6,7 @@ namespace py = pybind11;
 void register_sampler(py::module_& m);
 void register_lowrank_adam(py::module_& m);
 void register_generate(py::module_& m);
+void register_skinny(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "macaw-fast compiled extension: the deterministic multi-threaded meta-batch sampler and the low-rank Adam step";
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
     register_sampler(m);
     register_lowrank_adam(m);
     register_generate(m);
+    register_skinny(m);
 }

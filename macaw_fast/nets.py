@@ -10,6 +10,7 @@ or per task, (T, P), and inputs (T, B, in), so every task of a meta-batch runs i
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -117,9 +118,9 @@ class _AdaptLowRank(torch.autograd.Function):
             z, b, g = zbg[3 * k: 3 * k + 3]
             W = ws[k]
             ez, ew, eb = r[k]
-            gw = g @ W                                            # (T, D)
+            gw = w_left(g, W)                                     # (T, D)
             z_new = torch.add(z, gw, alpha=-ez)
-            wz = z_new @ W.t()                                    # (T, P) = W z'
+            wz = w_right(z_new, W)                                # (T, P) = W z'
             s = torch.mv(z_new, z)                                # (T,) z'.z
             c = s * ew + eb
             if alpha is not None:
@@ -153,11 +154,11 @@ class _AdaptLowRank(torch.autograd.Function):
             ez, ew, eb = r[k]
             db = dth.sum(0)
             dc = (dth * g).sum(1).neg_()                          # (T,)
-            dz_new = dth @ W                                      # (T, D)
+            dz_new = w_left(dth, W)                               # (T, D)
             dz_new.addr_(dc, z, alpha=ew)
             dz = torch.addmv(dz_new.sum(0), z_new.t(), dc, alpha=ew)
             dgw = dz_new * (-ez)                                  # dL/d(G W)
-            dg = torch.addmm(dth * (-c).unsqueeze(-1), dgw, W.t())
+            dg = w_right(dgw, W, dth * (-c).unsqueeze(-1))
             acc.u += [dth, g]
             acc.v += [z_new, dgw]
             drates[k, 0] = -(dz_new * gw).sum()
@@ -331,10 +332,55 @@ def _generate(ps: Sequence[tuple[Tensor, Tensor, Tensor]]) -> list[Tensor]:
                        or t.dtype != ps[0][0].dtype or not t.is_contiguous() for p in ps for t in p)):
             return [torch.addmv(b, w, z) for w, z, b in ps]
         out = [torch.empty_like(b) for _, _, b in ps]
-        # one thread: at 2 cores a helper thread measured no faster (the pass is bound by memory)
+        # torch's thread count: the kernel runs on torch's OpenMP workers (csrc/row_blocks.hpp);
+        # in a paper-config step 2 threads took 0.49-0.61 ms against 0.73-0.84 for one
         gen([(w.detach().numpy(), z.detach().numpy(), b.detach().numpy(), o.numpy())
-             for (w, z, b), o in zip(ps, out)], 1)
+             for (w, z, b), o in zip(ps, out)], torch.get_num_threads())
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _skinny_extension():
+    try:
+        from . import _C
+    except ImportError:
+        return None
+    return getattr(_C, "wlinear_left", None), getattr(_C, "wlinear_right", None)
+
+
+#: Smallest P for which `w_left` / `w_right` use the compiled kernels (smaller W fit in cache,
+#: where the BLAS is as fast).
+_SKINNY_MIN_ROWS = 1024
+
+
+def _skinny_ok(a: Tensor, W: Tensor) -> bool:
+    return (a.device.type == "cpu" and W.dtype in (torch.float32, torch.float64) and a.dtype == W.dtype
+            and W.shape[0] >= _SKINNY_MIN_ROWS and W.shape[1] >= (16 if W.dtype == torch.float32 else 8)
+            and a.shape[0] >= 2 and a.is_contiguous() and W.is_contiguous())
+
+
+def w_left(x: Tensor, W: Tensor) -> Tensor:
+    """x (T, P) @ W (P, D), no graph. On the CPU, for a tall W (the WLinear layers' P x D), by the
+    compiled `macaw_fast._C.wlinear_left`: W's rows stream through once in blocks that stay in L1
+    while register tiles of all T rows accumulate over them, on torch's own OpenMP threads."""
+    ext = _skinny_extension() if _skinny_ok(x, W) else None
+    if ext is None or ext[0] is None:
+        return x @ W
+    out = torch.empty(x.shape[0], W.shape[1], dtype=W.dtype)
+    ext[0](x.detach().numpy(), W.detach().numpy(), out.numpy(), torch.get_num_threads())
+    return out
+
+
+def w_right(z: Tensor, W: Tensor, add: Tensor | None = None) -> Tensor:
+    """add + z (T, D) @ W^T (W: (P, D)), no graph; add None or (T, P) contiguous. Compiled like
+    `w_left` (each output a dot product of one W row with one z row)."""
+    ext = _skinny_extension() if _skinny_ok(z, W) and (add is None or add.is_contiguous()) else None
+    if ext is None or ext[1] is None:
+        return z @ W.t() if add is None else torch.addmm(add, z, W.t())
+    out = torch.empty(z.shape[0], W.shape[0], dtype=W.dtype)
+    ext[1](z.detach().numpy(), W.detach().numpy(), out.numpy(),
+           None if add is None else add.detach().numpy(), 1.0, torch.get_num_threads())
+    return out
 
 
 def _generate_extension():

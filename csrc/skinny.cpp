@@ -1,0 +1,316 @@
+// Products of a WLinear weight W (P x D, P in the thousands, D ~ 100) with a few rows per task:
+//   wlinear_left:  out (T, D) = X (T, P) @ W          (the inner step's G W, and dtheta' W)
+//   wlinear_right: out (T, P) = add + alpha Z (T, D) @ W^T  (W z', dz' W^T, theta = W z + b)
+// with T small (1 to a few dozen). These shapes read 4 MB of W for a few MFLOP, so they are bound
+// by memory and by how well the arithmetic keeps up with it. Measured at the paper config, the
+// BLAS takes 2-3x the time a plain pass over W needs (it packs W, and its small-T kernels run
+// at a fraction of the core's FMA rate). Here each row block of W is read from memory once and
+// then kept in L1 while register tiles of the result accumulate over it.
+//
+// Determinism: rows are cut into fixed blocks whatever the thread count; wlinear_left sums the
+// blocks' partial results in block order, so every output is independent of the threads used.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "row_blocks.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SKINNY_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SKINNY_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define SKINNY_INLINE inline __attribute__((always_inline))
+#else
+#define SKINNY_INLINE inline
+#endif
+
+constexpr int64_t kBlockRows = 256;  // rows per partial result / per unit of work
+constexpr int64_t kL1Rows = 32;      // rows of W kept in L1 while the register tiles sweep them
+
+template <typename S>
+struct Vec {
+    typedef S type __attribute__((vector_size(64)));
+    static constexpr int N = static_cast<int>(64 / sizeof(S));
+};
+
+template <typename S>
+SKINNY_INLINE typename Vec<S>::type load(const S* p) {
+    typename Vec<S>::type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+template <typename S>
+SKINNY_INLINE void store(S* p, const typename Vec<S>::type& v) {
+    std::memcpy(p, &v, sizeof(v));
+}
+
+// part[t, d0 : d0 + NV*N] (+)= sum over rows [r0, r1) of X[t0 + t, p] W[p, d0 : ...], t < TB; the
+// first `skip` lanes (columns another tile owns) are neither read nor written.
+template <typename S, int TB, int NV>
+SKINNY_INLINE void left_tile(const S* __restrict X, const S* __restrict W, int64_t P, int64_t D, int64_t r0, int64_t r1,
+                      int64_t t0, int64_t d0, S* __restrict part, bool first, int skip = 0) {
+    using V = typename Vec<S>::type;
+    constexpr int N = Vec<S>::N;
+    V acc[TB][NV];
+    for (int t = 0; t < TB; ++t)
+        for (int s = 0; s < NV; ++s) {
+            if (first) {
+                acc[t][s] = V{};
+            } else {
+                V v = load<S>(part + (t0 + t) * D + d0 + s * N);
+                if (s == 0)
+                    for (int i = 0; i < skip; ++i) v[i] = 0;     // lanes another tile owns
+                acc[t][s] = v;
+            }
+        }
+    for (int64_t p = r0; p < r1; ++p) {
+        if (first && d0 == 0)      // the first sweep of these rows fetches the next rows' lines
+            for (int64_t c = 0; c < D * static_cast<int64_t>(sizeof(S)); c += 64)
+                __builtin_prefetch(reinterpret_cast<const char*>(W + (p + kL1Rows) * D) + c);
+        V w[NV];
+        for (int s = 0; s < NV; ++s) w[s] = load<S>(W + p * D + d0 + s * N);
+        for (int t = 0; t < TB; ++t) {
+            const S x = X[(t0 + t) * P + p];
+            for (int s = 0; s < NV; ++s) acc[t][s] += x * w[s];
+        }
+    }
+    for (int t = 0; t < TB; ++t)
+        for (int s = 0; s < NV; ++s) {
+            if (skip == 0) {
+                store<S>(part + (t0 + t) * D + d0 + s * N, acc[t][s]);
+            } else {
+                for (int i = (s == 0 ? skip : 0); i < N; ++i) part[(t0 + t) * D + d0 + s * N + i] = acc[t][s][i];
+            }
+        }
+}
+
+// Tasks [t0, t0 + TB) of one block's partial: every column, two vectors at a time, the last
+// (D % N) columns by one vector ending at column D whose leading lanes are skipped.
+template <typename S, int TB>
+SKINNY_INLINE void left_tasks(const S* X, const S* W, int64_t P, int64_t D, int64_t r0, int64_t r1, int64_t t0, S* part,
+                       bool first) {
+    constexpr int N = Vec<S>::N;
+    int64_t d0 = 0;
+    for (; d0 + 2 * N <= D; d0 += 2 * N) left_tile<S, TB, 2>(X, W, P, D, r0, r1, t0, d0, part, first);
+    for (; d0 + N <= D; d0 += N) left_tile<S, TB, 1>(X, W, P, D, r0, r1, t0, d0, part, first);
+    if (d0 < D) left_tile<S, TB, 1>(X, W, P, D, r0, r1, t0, D - N, part, first, static_cast<int>(d0 - (D - N)));
+}
+
+// One block of rows: part (T, D) = X[:, r0:r1] @ W[r0:r1]. Needs D >= N.
+template <typename S>
+SKINNY_CLONES void left_block(const S* X, const S* W, int64_t T, int64_t P, int64_t D, int64_t r0, int64_t r1,
+                              S* part) {
+    for (int64_t q0 = r0; q0 < r1; q0 += kL1Rows) {
+        const int64_t q1 = std::min(r1, q0 + kL1Rows);
+        const bool first = q0 == r0;
+        int64_t t0 = 0;
+        for (; t0 + 8 <= T; t0 += 8) left_tasks<S, 8>(X, W, P, D, q0, q1, t0, part, first);
+        switch (T - t0) {
+            case 7: left_tasks<S, 7>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 6: left_tasks<S, 6>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 5: left_tasks<S, 5>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 4: left_tasks<S, 4>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 3: left_tasks<S, 3>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 2: left_tasks<S, 2>(X, W, P, D, q0, q1, t0, part, first); break;
+            case 1: left_tasks<S, 1>(X, W, P, D, q0, q1, t0, part, first); break;
+            default: break;
+        }
+    }
+}
+
+// Sum of a vector's lanes by halving (log2 N vector adds).
+template <typename S>
+SKINNY_INLINE S hsum(typename Vec<S>::type v) {
+    if constexpr (Vec<S>::N == 16) {
+        v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+        v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+        v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+        v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    } else {
+        v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+        v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+        v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+    }
+    return v[0];
+}
+
+// Rows [r0, r1): out[t, p] = add + alpha * Z[t] . W[p] for tasks [t0, t0 + TB). Zv holds each Z
+// row as nv vectors, the last one aligned to the end of the row with the lanes already covered
+// zeroed (plain scalars: no over-aligned allocation).
+template <typename S, int TB>
+SKINNY_INLINE void right_rows(const S* __restrict Zv, int nv, int64_t tail_at, const S* __restrict W,
+                       int64_t P, int64_t D, int64_t r0, int64_t r1, int64_t t0, const S* add, int add_kind,
+                       S alpha, S* __restrict out) {
+    using V = typename Vec<S>::type;
+    constexpr int N = Vec<S>::N;
+    for (int64_t p = r0; p < r1; ++p) {
+        const S* w = W + p * D;
+        V acc[TB];
+        for (int t = 0; t < TB; ++t) acc[t] = V{};
+        for (int s = 0; s < nv; ++s) {
+            const V wv = load<S>(w + (s < nv - 1 || tail_at < 0 ? s * N : tail_at));
+            for (int t = 0; t < TB; ++t) acc[t] += load<S>(Zv + ((t0 + t) * nv + s) * N) * wv;
+        }
+        for (int t = 0; t < TB; ++t) {
+            const int64_t o = (t0 + t) * P + p;
+            const S base = add_kind == 0 ? S(0) : add_kind == 1 ? add[p] : add[o];
+            out[o] = base + alpha * hsum<S>(acc[t]);
+        }
+    }
+}
+
+template <typename S>
+SKINNY_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* W, int64_t T,
+                               int64_t P, int64_t D, int64_t r0, int64_t r1, const S* add, int add_kind, S alpha,
+                               S* out) {
+    int64_t t0 = 0;
+    for (; t0 + 6 <= T; t0 += 6) right_rows<S, 6>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out);
+    switch (T - t0) {
+        case 5: right_rows<S, 5>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
+        case 4: right_rows<S, 4>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
+        case 3: right_rows<S, 3>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
+        case 2: right_rows<S, 2>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
+        case 1: right_rows<S, 1>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
+        default: break;
+    }
+}
+
+using macaw::shape_of;
+
+void check(const py::array& a, const char* fn, const char* name, int ndim, const py::dtype& dt, bool writeable) {
+    auto fail = [&](const std::string& what) { throw py::value_error(std::string(fn) + ": " + name + " " + what); };
+    if (!a.dtype().equal(dt))
+        fail("has dtype " + std::string(py::str(a.dtype())) + ", expected " + std::string(py::str(dt)) + " (W's dtype)");
+    if (a.ndim() != ndim) fail("must be " + std::to_string(ndim) + "-D, got shape " + shape_of(a));
+    if ((a.flags() & py::array::c_style) == 0) fail("must be C-contiguous");
+    if (writeable && !a.writeable()) fail("must be writeable");
+}
+
+template <typename S>
+void left_typed(const py::array& x, const py::array& w, py::array& out, int num_threads) {
+    const auto dt = py::dtype::of<S>();
+    check(x, "wlinear_left", "X", 2, dt, false);
+    check(w, "wlinear_left", "W", 2, dt, false);
+    check(out, "wlinear_left", "out", 2, dt, true);
+    const int64_t T = x.shape(0), P = x.shape(1), D = w.shape(1);
+    if (w.shape(0) != P || out.shape(0) != T || out.shape(1) != D || D < Vec<S>::N)
+        throw py::value_error("wlinear_left: expected X (T, P), W (P, D) with D >= " + std::to_string(Vec<S>::N) +
+                              " and out (T, D), got X " + shape_of(x) + ", W " + shape_of(w) + ", out " + shape_of(out));
+    const S* X = static_cast<const S*>(x.data());
+    const S* W = static_cast<const S*>(w.data());
+    S* O = static_cast<S*>(out.mutable_data());
+    const int64_t nb = (P + kBlockRows - 1) / kBlockRows;
+    if (T == 0 || D == 0) return;
+    if (P == 0) {
+        std::fill(O, O + T * D, S(0));
+        return;
+    }
+    std::vector<S> parts(static_cast<size_t>(nb * T * D));
+    {
+        py::gil_scoped_release release;
+        macaw::for_row_blocks({P}, kBlockRows, num_threads, [&]() {
+            return [&](size_t, int64_t b, int64_t r0, int64_t r1) {
+                left_block<S>(X, W, T, P, D, r0, r1, parts.data() + b * T * D);
+            };
+        });
+        std::copy(parts.begin(), parts.begin() + T * D, O);
+        for (int64_t b = 1; b < nb; ++b) {
+            const S* src = parts.data() + b * T * D;
+            for (int64_t i = 0; i < T * D; ++i) O[i] += src[i];
+        }
+    }
+}
+
+template <typename S>
+void right_typed(const py::array& z, const py::array& w, py::array& out, const py::object& add, double alpha,
+                 int num_threads) {
+    constexpr int N = Vec<S>::N;
+    const auto dt = py::dtype::of<S>();
+    check(z, "wlinear_right", "Z", 2, dt, false);
+    check(w, "wlinear_right", "W", 2, dt, false);
+    check(out, "wlinear_right", "out", 2, dt, true);
+    const int64_t T = z.shape(0), D = z.shape(1), P = w.shape(0);
+    if (w.shape(1) != D || out.shape(0) != T || out.shape(1) != P || D < N)
+        throw py::value_error("wlinear_right: expected Z (T, D), W (P, D) with D >= " + std::to_string(N) +
+                              " and out (T, P), got Z " + shape_of(z) + ", W " + shape_of(w) + ", out " + shape_of(out));
+    int add_kind = 0;
+    py::array add_arr;
+    const S* A = nullptr;
+    if (!add.is_none()) {
+        add_arr = add.cast<py::array>();
+        check(add_arr, "wlinear_right", "add", add_arr.ndim(), dt, false);
+        if (add_arr.ndim() == 1 && add_arr.shape(0) == P) {
+            add_kind = 1;
+        } else if (add_arr.ndim() == 2 && add_arr.shape(0) == T && add_arr.shape(1) == P) {
+            add_kind = 2;
+        } else {
+            throw py::value_error("wlinear_right: add must have shape (P,) or (T, P) = " + shape_of(out) + ", got " +
+                                  shape_of(add_arr));
+        }
+        A = static_cast<const S*>(add_arr.data());
+    }
+    const S* Z = static_cast<const S*>(z.data());
+    const S* W = static_cast<const S*>(w.data());
+    S* O = static_cast<S*>(out.mutable_data());
+    // Z as whole vectors per task; a last vector aligned to the row's end, its first lanes zeroed
+    // where they repeat columns already covered.
+    const int full = static_cast<int>(D / N);
+    const bool tail = D % N != 0;
+    const int nv = full + (tail ? 1 : 0);
+    const int64_t tail_at = tail ? D - N : -1;
+    std::vector<S> Zv(static_cast<size_t>(T * nv * N));
+    for (int64_t t = 0; t < T; ++t) {
+        std::copy(Z + t * D, Z + t * D + full * N, Zv.data() + t * nv * N);
+        if (tail)
+            for (int i = 0; i < N; ++i)
+                Zv[static_cast<size_t>((t * nv + full) * N + i)] = tail_at + i < full * N ? S(0) : Z[t * D + tail_at + i];
+    }
+    py::gil_scoped_release release;
+    macaw::for_row_blocks({P}, kBlockRows, num_threads, [&]() {
+        return [&](size_t, int64_t, int64_t r0, int64_t r1) {
+            right_block<S>(Zv.data(), nv, tail_at, W, T, P, D, r0, r1, A, add_kind, static_cast<S>(alpha), O);
+        };
+    });
+}
+
+void wlinear_left(const py::array& x, const py::array& w, py::array& out, int num_threads) {
+    if (w.dtype().equal(py::dtype::of<double>())) return left_typed<double>(x, w, out, num_threads);
+    if (w.dtype().equal(py::dtype::of<float>())) return left_typed<float>(x, w, out, num_threads);
+    throw py::value_error("wlinear_left: W must be float32 or float64, got " + std::string(py::str(w.dtype())));
+}
+
+void wlinear_right(const py::array& z, const py::array& w, py::array& out, const py::object& add, double alpha,
+                   int num_threads) {
+    if (w.dtype().equal(py::dtype::of<double>())) return right_typed<double>(z, w, out, add, alpha, num_threads);
+    if (w.dtype().equal(py::dtype::of<float>())) return right_typed<float>(z, w, out, add, alpha, num_threads);
+    throw py::value_error("wlinear_right: W must be float32 or float64, got " + std::string(py::str(w.dtype())));
+}
+
+}  // namespace
+
+void register_skinny(py::module_& m) {
+    m.def("wlinear_left", &wlinear_left, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("num_threads") = 1,
+          "out (T, D) = X (T, P) @ W (P, D) for C-contiguous float32/float64 arrays (D >= 16 or 8), written "
+          "in place; the same result for any num_threads.");
+    m.def("wlinear_right", &wlinear_right, py::arg("z"), py::arg("w"), py::arg("out"), py::arg("add") = py::none(),
+          py::arg("alpha") = 1.0, py::arg("num_threads") = 1,
+          "out (T, P) = add + alpha * Z (T, D) @ W (P, D)^T, add None, (P,) or (T, P); C-contiguous "
+          "float32/float64 arrays (D >= 16 or 8), written in place.");
+}
