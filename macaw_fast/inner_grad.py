@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-_mask = torch.ops.aten.threshold_backward        # threshold_backward(g, a, 0) = g * [a > 0]
+_threshold_backward_out = torch.ops.aten.threshold_backward.grad_input
+
+
+def _mask_(g: Tensor, a: Tensor, threshold: float = 0) -> Tensor:
+    """g * [a > threshold], written into g (a fresh temporary at every call site): in place it reads
+    and writes the same lines, ~30-40 % faster than a new output at (T*B, width) from a cold cache."""
+    return _threshold_backward_out(g, a, threshold, grad_input=g)
 
 
 # Products with a dimension of size one (the value net's and the advantage head's single output):
@@ -81,7 +87,7 @@ class _ValueInnerGrad(torch.autograd.Function):
             gw = bmm(hs[k].view(T, B, i).transpose(1, 2), d3)
             grads[k] = torch.cat([gw.reshape(T, i * o), d3.sum(1)], 1)
             if k > 0:
-                delta = _mask(_mm_t(delta, Ws[k]), pre[k - 1], 0)
+                delta = _mask_(_mm_t(delta, Ws[k]), pre[k - 1], 0)
         ctx.dims = dims
         # The ReLU masks [a_k > 0] of the backward are read off h_{k+1} = relu(a_k) (same mask), so
         # the pre-activations are not kept: one activation-sized tensor less per hidden layer.
@@ -120,7 +126,7 @@ class _ValueInnerGrad(torch.autograd.Function):
             if Rh[k] is not None:
                 ra = Rh[k] @ Ws[k] if ra is None else ra.addmm_(Rh[k], Ws[k])
             if k < L - 1:
-                Rh[k + 1] = None if ra is None else _mask(ra, hs[k + 1], 0)
+                Rh[k + 1] = None if ra is None else _mask_(ra, hs[k + 1], 0)
             else:
                 Ra_last = ra
         # R-backward, with dL/dtheta_k formed over the rows of all tasks at once.
@@ -149,7 +155,7 @@ class _ValueInnerGrad(torch.autograd.Function):
                 if dW[k] is not None:
                     extra = bmm(delta.view(T, B, o), dW[k].transpose(1, 2)).view(rows, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
-                rdelta = None if nxt is None else _mask(nxt, hs[k], 0)
+                rdelta = None if nxt is None else _mask_(nxt, hs[k], 0)
         return (None, None, None, *out)
 
 
@@ -252,14 +258,14 @@ class _PolicyInnerGrad(torch.autograd.Function):
             for j in range(H - 1, -1, -1):
                 hd[j] = d
                 if j > 0:
-                    d = _mask(_mm_t(d, W[L + j]), hpre[j - 1], 0)
-            d_cat = _mask(_mm_t(d, W[L]), hc, 0)[:, :width]
+                    d = _mask_(_mm_t(d, W[L + j]), hpre[j - 1], 0)
+            d_cat = _mask_(_mm_t(d, W[L]), hc, 0)[:, :width]
         deltas = [None] * L
         d = d_out
         for k in range(L - 1, -1, -1):
             deltas[k] = d
             if k > 0:
-                d = _mask(_mm_t(d, W[k]), pre[k - 1], 0)
+                d = _mask_(_mm_t(d, W[k]), pre[k - 1], 0)
                 if H and k - 1 == L - 2:
                     d = d + d_cat
         grads = [_layer_grads(hs[k], deltas[k], T, B) for k in range(min(n_out, L))]
@@ -309,7 +315,7 @@ class _PolicyInnerGrad(torch.autograd.Function):
         for k in range(L):
             ra_trunk[k] = r_pre(k, hs[k], rh_in[k])
             if k < L - 1 and ra_trunk[k] is not None:
-                rh_in[k + 1] = _mask(ra_trunk[k], hs[k + 1], 0)
+                rh_in[k + 1] = _mask_(ra_trunk[k], hs[k + 1], 0)
                 ra_trunk[k] = None          # only the last layer's is used again: free it now
         rd_out = None
         if ra_trunk[-1] is not None:
@@ -332,7 +338,7 @@ class _PolicyInnerGrad(torch.autograd.Function):
             for j in range(H):
                 rz[j] = r_pre(L + j, hh[j], rhh_in[j])
                 if j < H - 1 and rz[j] is not None:
-                    rhh_in[j + 1] = _mask(rz[j], hh[j + 1], 0)
+                    rhh_in[j + 1] = _mask_(rz[j], hh[j + 1], 0)
             rpred = rz[-1]
             rd = None
             if rpred is not None:
@@ -353,9 +359,9 @@ class _PolicyInnerGrad(torch.autograd.Function):
                     extra = bmm(hd[j].view(T, B, o), V[L + j][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
                 if j > 0:
-                    rd = None if nxt is None else _mask(nxt, hh[j], 0)
+                    rd = None if nxt is None else _mask_(nxt, hh[j], 0)
                 else:
-                    rd_cat = None if nxt is None else _mask(nxt, hh[0], 0)[:, :width]
+                    rd_cat = None if nxt is None else _mask_(nxt, hh[0], 0)[:, :width]
         # R-backward through the trunk
         rd = rd_out
         for k in range(L - 1, -1, -1):
@@ -368,7 +374,7 @@ class _PolicyInnerGrad(torch.autograd.Function):
                 if V[k] is not None:
                     extra = bmm(deltas[k].view(T, B, o), V[k][0].transpose(1, 2)).view(R, i)
                     nxt = extra if nxt is None else nxt.add_(extra)
-                rd = None if nxt is None else _mask(nxt, hs[k], 0)
+                rd = None if nxt is None else _mask_(nxt, hs[k], 0)
                 if H and k - 1 == L - 2 and rd_cat is not None:
                     rd = rd_cat if rd is None else rd + rd_cat
         if ds is not None:

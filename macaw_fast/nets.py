@@ -527,7 +527,10 @@ def mlp_forward(thetas: Sequence[Tensor], dims: Sequence[int], x: Tensor,
             x = batched_linear(x, th, dims[k + 1], in_relu=k > 0, backend=backend)
         else:
             if k > 0:
-                x = F.relu(x)
+                # in place on the layer's fresh output (not a view, so autograd needs no view
+                # bookkeeping; nothing saved it) unless it is the returned pre-ReLU hidden layer
+                inplace = x._base is None and not (return_hidden and k == n - 1)
+                x = F.relu(x, inplace=inplace)
             x = linear(th, x, dims[k], dims[k + 1])
         if k == n - 2:
             h = x
