@@ -76,31 +76,37 @@ struct Vec {  // one AVX2 register (the kernel's clones are x86-64-v3 and baseli
     static constexpr int64_t N = static_cast<int64_t>(32 / sizeof(T));
 };
 
-// g[r, d0 : d0 + 3N] = sum_k A[k, i0 + r] B[k, d0 : d0 + 3N] for r < kRowTile (g: kRowTile x D):
-// 12 accumulators and 3 B vectors, within AVX2's 16 registers.
-template <typename T>
+// g[r, d0 : d0 + NV*N] = sum_k A[k, i0 + r] B[k, d0 : d0 + NV*N] for r < kRowTile (g: kRowTile x D):
+// up to 12 accumulators and 3 B vectors, within AVX2's 16 registers. Every entry is the same FMA
+// chain over k whatever NV, so tiles that overlap write the same values.
+template <typename T, int NV>
 MACAW_INLINE void grad_tile(const Layer<T>& L, int64_t i0, int64_t d0, T* __restrict g) {
     using V = typename Vec<T>::type;
     constexpr int64_t N = Vec<T>::N;
     const T* __restrict A = L.a + i0;
     const T* __restrict B = L.b + d0;
     const int64_t P = L.P, D = L.D, K = L.K;
-    V c00{}, c01{}, c02{}, c10{}, c11{}, c12{}, c20{}, c21{}, c22{}, c30{}, c31{}, c32{};
+    V c[kRowTile][NV];
+#pragma GCC unroll 4
+    for (int r = 0; r < kRowTile; ++r)
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; ++j) c[r][j] = V{};
     for (int64_t k = 0; k < K; ++k) {
-        V b0, b1, b2;
-        std::memcpy(&b0, B + k * D, sizeof(V));
-        std::memcpy(&b1, B + k * D + N, sizeof(V));
-        std::memcpy(&b2, B + k * D + 2 * N, sizeof(V));
+        V b[NV];
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; ++j) std::memcpy(&b[j], B + k * D + j * N, sizeof(V));
         const T* a = A + k * P;
-        const T a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-        c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2;
-        c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2;
-        c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2;
-        c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2;
+#pragma GCC unroll 4
+        for (int r = 0; r < kRowTile; ++r) {
+            const T ar = a[r];
+#pragma GCC unroll 3
+            for (int j = 0; j < NV; ++j) c[r][j] += ar * b[j];
+        }
     }
-    const V* acc[4][3] = {{&c00, &c01, &c02}, {&c10, &c11, &c12}, {&c20, &c21, &c22}, {&c30, &c31, &c32}};
-    for (int r = 0; r < 4; ++r)
-        for (int j = 0; j < 3; ++j) std::memcpy(g + r * D + d0 + j * N, acc[r][j], sizeof(V));
+#pragma GCC unroll 4
+    for (int r = 0; r < kRowTile; ++r)
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; ++j) std::memcpy(g + r * D + d0 + j * N, &c[r][j], sizeof(V));
 }
 
 // Rows [r0, r1) of one layer; `g` is a scratch of kRowTile x D values, `zacc` this block's z slot.
@@ -121,9 +127,14 @@ MACAW_ISA_CLONES void update_rows(const Layer<T>& L, int64_t r0, int64_t r1, T* 
         T* __restrict gr = g + r * D;
         if (r == 0 && D >= 3 * N && i + kRowTile <= r1) {
             // the next kRowTile rows' gradients, 3N columns at a time; the last D % 3N columns by a
-            // tile ending at column D (it recomputes a few columns to the same values)
-            for (int64_t d0 = 0; d0 + 3 * N <= D; d0 += 3 * N) grad_tile<T>(L, i, d0, g);
-            if (D % (3 * N) != 0) grad_tile<T>(L, i, D - 3 * N, g);
+            // tile of as few vectors as cover them, ending at column D (it may recompute a few
+            // columns, to the same values)
+            int64_t d0 = 0;
+            for (; d0 + 3 * N <= D; d0 += 3 * N) grad_tile<T, 3>(L, i, d0, g);
+            const int64_t rest = D - d0;
+            if (rest > 2 * N) grad_tile<T, 3>(L, i, D - 3 * N, g);
+            else if (rest > N) grad_tile<T, 2>(L, i, D - 2 * N, g);
+            else if (rest > 0) grad_tile<T, 1>(L, i, D - N, g);
         }
         if (D < 3 * N || i - r + kRowTile > r1) {    // rows outside a whole tile: one at a time
             const T* __restrict b0 = L.b;

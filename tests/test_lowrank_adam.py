@@ -33,7 +33,9 @@ def _adam(layers, **kw):
     return torch.optim.Adam(params, lr=1e-2, **kw)
 
 
-SHAPES = [[(1, 1, 1)], [(3, 5, 7), (20, 13, 2)], [(30, 9, 17), (9, 1, 100)]]   # P = in*out + out: 2, 20, 273, 279, 18
+SHAPES = [[(1, 1, 1)], [(3, 5, 7), (20, 13, 2)], [(30, 9, 17), (9, 1, 100)],   # P = in*out + out: 2, 20, 273, 279, 18
+          # D past whole 3-vector tiles by 1, 2 and 3 vectors (float32: 8 lanes, float64: 4)
+          [(4, 50, 40), (3, 90, 44), (5, 60, 22), (2, 70, 20)]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
