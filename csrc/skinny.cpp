@@ -5,7 +5,10 @@
 // by memory and by how well the arithmetic keeps up with it. Measured at the paper config, the
 // BLAS takes 2-3x the time a plain pass over W needs (it packs W, and its small-T kernels run
 // at a fraction of the core's FMA rate). Here each row block of W is read from memory once and
-// then kept in L1 while register tiles of the result accumulate over it.
+// then kept in L1 while register tiles of the result accumulate over it, and the blocks run on the
+// OpenMP team of row_blocks.hpp (torch's own threads). In a paper-config meta-step (T=5, 2 threads)
+// the 10100-row products took 343 us (left) and 205 us (right) against MKL's 459 and 344 (medians).
+// macaw_fast.nets.w_left / w_right decide when to call these (W of >= 1024 rows, T >= 2).
 //
 // Determinism: rows are cut into fixed blocks whatever the thread count; wlinear_left sums the
 // blocks' partial results in block order, so every output is independent of the threads used.
