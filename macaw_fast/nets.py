@@ -374,7 +374,8 @@ def w_left(x: Tensor, W: Tensor) -> Tensor:
 def w_right(z: Tensor, W: Tensor, add: Tensor | None = None) -> Tensor:
     """add + z (T, D) @ W^T (W: (P, D)), no graph; add None or (T, P) contiguous. Compiled like
     `w_left` (each output a dot product of one W row with one z row)."""
-    ext = _skinny_extension() if _skinny_ok(z, W) and (add is None or add.is_contiguous()) else None
+    ext = (_skinny_extension() if _skinny_ok(z, W) and (add is None or (add.is_contiguous() and add.dtype == W.dtype))
+           else None)
     if ext is None or ext[1] is None:
         return z @ W.t() if add is None else torch.addmm(add, z, W.t())
     out = torch.empty(z.shape[0], W.shape[0], dtype=W.dtype)
