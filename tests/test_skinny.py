@@ -77,13 +77,14 @@ def test_nets_helpers_use_the_kernels_and_fall_back(dtype, monkeypatch):
     assert _rel(nets.w_right(z, W), z.double() @ W.double().t()) <= _tol(dtype)
     assert _rel(nets.w_right(z, W, add), add.double() + z.double() @ W.double().t()) <= _tol(dtype)
     assert calls == ["l", "r", "r"]
-    # a W too short, a non-contiguous operand, one task, or a mixed dtype: torch's product
-    for xx, WW in ((x[:, :1000], W[:1000]), (x.t().contiguous().t(), W), (x[:1], W), (x.float() if
-                                                                                          dtype == torch.float64 else x.double(), W)):
-        if xx.dtype != WW.dtype:
-            assert not nets._skinny_ok(xx, WW)
-            continue
+    # a W too short, a non-contiguous operand, one task: torch's product, same values
+    short_w = W[:1000].contiguous()
+    for xx, WW in ((x[:, :1000].contiguous(), short_w), (x.t().contiguous().t(), W), (x[:1], W)):
         assert _rel(nets.w_left(xx, WW), xx.double() @ WW.double()) <= _tol(dtype)
+    other = torch.float32 if dtype == torch.float64 else torch.float64
+    assert not nets._skinny_ok(x.to(other), W)                       # mixed dtypes are not sent
+    with pytest.raises(RuntimeError, match="dtype"):                  # torch's own error, as without us
+        nets.w_right(z, W, add.to(other))
     assert calls == ["l", "r", "r"]
 
 
