@@ -99,7 +99,13 @@ SKINNY_INLINE void left_tile(const S* __restrict X, const S* __restrict W, int64
             if (skip == 0) {
                 store<S>(part + (t0 + t) * D + d0 + s * N, acc[t][s]);
             } else {
-                for (int i = (s == 0 ? skip : 0); i < N; ++i) part[(t0 + t) * D + d0 + s * N + i] = acc[t][s][i];
+                // lanes [from, N) of this vector; from is in [0, N) (callers pass skip < N), which
+                // GCC cannot see: without the hint it warns of a read before `acc` (-Wstringop-overread)
+                const int from = s == 0 ? skip : 0;
+#if defined(__GNUC__)
+                if (from < 0 || from >= N) __builtin_unreachable();
+#endif
+                for (int i = from; i < N; ++i) part[(t0 + t) * D + d0 + s * N + i] = acc[t][s][i];
             }
         }
 }
