@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build macaw_fast._C with AddressSanitizer in a throwaway directory and run the sampler tests
-# (including the fuzz test) and the low-rank Adam, theta-generation and skinny-product tests against
-# that build. Called by .ci/run; needs a C++ compiler, CMake (pip-installed if absent) and the
-# active Python environment with macaw-fast's test dependencies.
+# (including the fuzz test) and the low-rank Adam, theta-generation, skinny-product and
+# OpenMP-runtime tests against that build. Called by .ci/run; needs a C++ compiler, CMake
+# (pip-installed if absent) and the active Python environment with macaw-fast's test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -45,5 +45,5 @@ if not (C._asan and C.__file__.startswith(os.environ["MACAW_FAST_ASAN_PKG"])):
 print(f"asan.sh: testing {C.__file__}", flush=True)
 import pytest  # noqa: E402
 
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sorted(glob.glob("tests/test_sampler*.py")), "tests/test_lowrank_adam.py", "tests/test_generate.py", "tests/test_skinny.py", *sys.argv[1:]]))
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sorted(glob.glob("tests/test_sampler*.py")), "tests/test_lowrank_adam.py", "tests/test_generate.py", "tests/test_skinny.py", "tests/test_openmp.py", *sys.argv[1:]]))
 PY

@@ -62,7 +62,8 @@ void for_row_blocks(const std::vector<int64_t>& rows, int64_t block_rows, int nu
     // gives this module the already-loaded library of that soname, so these blocks run on torch's
     // own worker threads. Measured in a paper-config meta-step (2 cores): the low-rank Adam took
     // 4.8-5.0 ms this way against 7.3-8.6 ms with helpers started per call, which fought torch's
-    // worker (it spins for a while after every parallel torch op) for the second core.
+    // worker (it spins for a while after every parallel torch op) for the second core. Where torch
+    // uses another OpenMP runtime, macaw_fast/_openmp.py passes num_threads = 1 (no second pool).
     const int64_t useful = std::max<int64_t>(1, std::min<int64_t>(total / 4, 16));
     const int team = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), useful));
 #ifdef _OPENMP

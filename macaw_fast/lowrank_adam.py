@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._openmp import kernel_threads
+
 _UNSUPPORTED_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
 
 
@@ -107,7 +109,7 @@ def lowrank_adam_step(optimizer: torch.optim.Adam, layers: Sequence[nn.Module],
         specs.append((w.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
                       a.detach().contiguous().numpy(), b.detach().contiguous().numpy(),
                       float(group["lr"]), float(b1), float(b2), float(group["eps"]), float(state["step"])))
-    threads = torch.get_num_threads() if num_threads is None else num_threads
+    threads = kernel_threads() if num_threads is None else num_threads
     z_grads = step_fn(specs, threads)
     with torch.no_grad():
         for layer, (a, _), gz in zip(layers, factors, z_grads):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ._openmp import kernel_threads
 from .inner_grad import baddbmm
 
 
@@ -332,10 +333,10 @@ def _generate(ps: Sequence[tuple[Tensor, Tensor, Tensor]]) -> list[Tensor]:
                        or t.dtype != ps[0][0].dtype or not t.is_contiguous() for p in ps for t in p)):
             return [torch.addmv(b, w, z) for w, z, b in ps]
         out = [torch.empty_like(b) for _, _, b in ps]
-        # torch's thread count: the kernel runs on torch's OpenMP workers (csrc/row_blocks.hpp);
+        # torch's thread count: the kernel runs on torch's OpenMP workers (macaw_fast._openmp);
         # in a paper-config step 2 threads took 0.49-0.61 ms against 0.73-0.84 for one
         gen([(w.detach().numpy(), z.detach().numpy(), b.detach().numpy(), o.numpy())
-             for (w, z, b), o in zip(ps, out)], torch.get_num_threads())
+             for (w, z, b), o in zip(ps, out)], kernel_threads())
         return out
 
 
@@ -367,7 +368,7 @@ def w_left(x: Tensor, W: Tensor) -> Tensor:
     if ext is None or ext[0] is None:
         return x @ W
     out = torch.empty(x.shape[0], W.shape[1], dtype=W.dtype)
-    ext[0](x.detach().numpy(), W.detach().numpy(), out.numpy(), torch.get_num_threads())
+    ext[0](x.detach().numpy(), W.detach().numpy(), out.numpy(), kernel_threads())
     return out
 
 
@@ -380,7 +381,7 @@ def w_right(z: Tensor, W: Tensor, add: Tensor | None = None) -> Tensor:
         return z @ W.t() if add is None else torch.addmm(add, z, W.t())
     out = torch.empty(z.shape[0], W.shape[0], dtype=W.dtype)
     ext[1](z.detach().numpy(), W.detach().numpy(), out.numpy(),
-           None if add is None else add.detach().numpy(), 1.0, torch.get_num_threads())
+           None if add is None else add.detach().numpy(), 1.0, kernel_threads())
     return out
 
 
