@@ -341,12 +341,18 @@ def _generate(ps: Sequence[tuple[Tensor, Tensor, Tensor]]) -> list[Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _skinny_extension():
+def _compiled(name: str):
+    """``macaw_fast._C.<name>``, or None where the extension (or that function) is missing."""
     try:
         from . import _C
     except ImportError:
         return None
-    return getattr(_C, "wlinear_left", None), getattr(_C, "wlinear_right", None)
+    return getattr(_C, name, None)
+
+
+def _skinny_extension():
+    left, right = _compiled("wlinear_left"), _compiled("wlinear_right")
+    return None if left is None or right is None else (left, right)
 
 
 #: Smallest P for which `w_left` / `w_right` use the compiled kernels (smaller W fit in cache,
@@ -365,7 +371,7 @@ def w_left(x: Tensor, W: Tensor) -> Tensor:
     compiled `macaw_fast._C.wlinear_left`: W's rows stream through once in blocks that stay in L1
     while register tiles of all T rows accumulate over them, on torch's own OpenMP threads."""
     ext = _skinny_extension() if _skinny_ok(x, W) else None
-    if ext is None or ext[0] is None:
+    if ext is None:
         return x @ W
     out = torch.empty(x.shape[0], W.shape[1], dtype=W.dtype)
     ext[0](x.detach().numpy(), W.detach().numpy(), out.numpy(), kernel_threads())
@@ -377,7 +383,7 @@ def w_right(z: Tensor, W: Tensor, add: Tensor | None = None) -> Tensor:
     `w_left` (each output a dot product of one W row with one z row)."""
     ext = (_skinny_extension() if _skinny_ok(z, W) and (add is None or (add.is_contiguous() and add.dtype == W.dtype))
            else None)
-    if ext is None or ext[1] is None:
+    if ext is None:
         return z @ W.t() if add is None else torch.addmm(add, z, W.t())
     out = torch.empty(z.shape[0], W.shape[0], dtype=W.dtype)
     ext[1](z.detach().numpy(), W.detach().numpy(), out.numpy(),
@@ -386,11 +392,7 @@ def w_right(z: Tensor, W: Tensor, add: Tensor | None = None) -> Tensor:
 
 
 def _generate_extension():
-    try:
-        from . import _C
-    except ImportError:
-        return None
-    return getattr(_C, "wlinear_generate", None)
+    return _compiled("wlinear_generate")
 
 
 def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Tensor | None]) -> None:
