@@ -8,6 +8,8 @@
 // then kept in L1 while register tiles of the result accumulate over it, and the blocks run on the
 // OpenMP team of row_blocks.hpp (torch's own threads). In a paper-config meta-step (T=5, 2 threads)
 // the 10100-row products took 343 us (left) and 205 us (right) against MKL's 459 and 344 (medians).
+// With 16 tasks or more (float32; 8 float64) wlinear_right runs its vectors across tasks instead
+// (right_tile_t): standalone at T=35, P=10100, 404 us against 680 for the dot products and MKL's 514.
 // macaw_fast.nets.w_left / w_right decide when to call these (W of >= 1024 rows, T >= 2).
 //
 // Determinism: rows are cut into fixed blocks whatever the thread count; wlinear_left sums the
@@ -25,6 +27,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -185,13 +188,13 @@ SKINNY_INLINE void right_rows(const S* __restrict Zv, int nv, int64_t tail_at, c
     }
 }
 
+// Tasks [tb, te) of rows [r0, r1) by right_rows, six tasks at a time.
 template <typename S>
-SKINNY_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* W, int64_t T,
-                               int64_t P, int64_t D, int64_t r0, int64_t r1, const S* add, int add_kind, S alpha,
-                               S* out) {
-    int64_t t0 = 0;
-    for (; t0 + 6 <= T; t0 += 6) right_rows<S, 6>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out);
-    switch (T - t0) {
+SKINNY_INLINE void right_dots(const S* Zv, int nv, int64_t tail_at, const S* W, int64_t P, int64_t D, int64_t r0,
+                              int64_t r1, int64_t tb, int64_t te, const S* add, int add_kind, S alpha, S* out) {
+    int64_t t0 = tb;
+    for (; t0 + 6 <= te; t0 += 6) right_rows<S, 6>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out);
+    switch (te - t0) {
         case 5: right_rows<S, 5>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
         case 4: right_rows<S, 4>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
         case 3: right_rows<S, 3>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
@@ -199,6 +202,84 @@ SKINNY_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* W,
         case 1: right_rows<S, 1>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
         default: break;
     }
+}
+
+// One butterfly stage of an in-register N x N transpose: rows i and i + B (bit B of i clear)
+// exchange their off-diagonal B x B sub-blocks.
+template <int N, int B, bool Hi>
+constexpr int butterfly_lane(int t) {
+    return Hi ? ((t & B) == 0 ? t + B : N + t) : ((t & B) == 0 ? t : N + t - B);
+}
+
+template <typename S, int B, size_t... I>
+SKINNY_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>) {
+    constexpr int N = Vec<S>::N;
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i)
+        if ((i & B) == 0) {
+            const auto lo = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, false>(I)...);
+            const auto hi = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, true>(I)...);
+            r[i] = lo;
+            r[i + B] = hi;
+        }
+}
+
+// r[i][j] -> r[j][i] for N vectors of N lanes (log2 N stages of N two-source permutes).
+template <typename S>
+SKINNY_INLINE void transpose(typename Vec<S>::type* r) {
+    constexpr int N = Vec<S>::N;
+    using Lanes = std::make_index_sequence<N>;
+    butterfly<S, 1>(r, Lanes{});
+    butterfly<S, 2>(r, Lanes{});
+    butterfly<S, 4>(r, Lanes{});
+    if constexpr (N == 16) butterfly<S, 8>(r, Lanes{});
+}
+
+// Rows [p0, p0 + N) and tasks [t0, t0 + N): the vectors run across tasks (ZT holds Z transposed,
+// D x T), one accumulator per row, each FMA a broadcast W element times a vector of Z^T: D FMAs
+// per N x N outputs and no horizontal sums; one in-register transpose turns the accumulators
+// into N stores along the rows of `out`.
+template <typename S>
+SKINNY_INLINE void right_tile_t(const S* __restrict ZT, int64_t T, const S* __restrict W, int64_t P, int64_t D,
+                                int64_t p0, int64_t t0, const S* add, int add_kind, S alpha, S* __restrict out) {
+    using V = typename Vec<S>::type;
+    constexpr int N = Vec<S>::N;
+    V acc[N];
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i) acc[i] = V{};
+    const S* w = W + p0 * D;
+    for (int64_t d = 0; d < D; ++d) {
+        const V z = load<S>(ZT + d * T + t0);
+#pragma GCC unroll 16
+        for (int i = 0; i < N; ++i) acc[i] += w[i * D + d] * z;
+    }
+    transpose<S>(acc);          // acc[j][i] = Z[t0 + j] . W[p0 + i]
+#pragma GCC unroll 16
+    for (int j = 0; j < N; ++j) {
+        const int64_t o = (t0 + j) * P + p0;
+        V v = alpha * acc[j];
+        if (add_kind == 1) v += load<S>(add + p0);
+        if (add_kind == 2) v += load<S>(add + o);
+        store<S>(out + o, v);
+    }
+}
+
+// Rows [r0, r1). With ZT (T >= N): whole N x N tiles by right_tile_t, the T % N other tasks of
+// those rows and the rows past the last whole N by right_rows while the rows are still in L1.
+template <typename S>
+SKINNY_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* ZT, const S* W, int64_t T,
+                               int64_t P, int64_t D, int64_t r0, int64_t r1, const S* add, int add_kind, S alpha,
+                               S* out) {
+    constexpr int N = Vec<S>::N;
+    int64_t p0 = r0;
+    if (ZT != nullptr) {
+        const int64_t Tt = T / N * N;
+        for (; p0 + N <= r1; p0 += N) {
+            for (int64_t t0 = 0; t0 < Tt; t0 += N) right_tile_t<S>(ZT, T, W, P, D, p0, t0, add, add_kind, alpha, out);
+            right_dots<S>(Zv, nv, tail_at, W, P, D, p0, p0 + N, Tt, T, add, add_kind, alpha, out);
+        }
+    }
+    right_dots<S>(Zv, nv, tail_at, W, P, D, p0, r1, 0, T, add, add_kind, alpha, out);
 }
 
 using macaw::shape_of;
@@ -291,10 +372,15 @@ void right_typed(const py::array& z, const py::array& w, py::array& out, const p
             for (int i = 0; i < N; ++i)
                 Zv[static_cast<size_t>((t * nv + full) * N + i)] = tail_at + i < full * N ? S(0) : Z[t * D + tail_at + i];
     }
+    // With at least N tasks, Z transposed (D x T) for the task-vector tiles.
+    std::vector<S> ZT(T >= N ? static_cast<size_t>(D * T) : 0);
+    for (int64_t t = 0; t < T && T >= N; ++t)
+        for (int64_t d = 0; d < D; ++d) ZT[static_cast<size_t>(d * T + t)] = Z[t * D + d];
     py::gil_scoped_release release;
     macaw::for_row_blocks({P}, kBlockRows, num_threads, [&]() {
         return [&](size_t, int64_t, int64_t r0, int64_t r1) {
-            right_block<S>(Zv.data(), nv, tail_at, W, T, P, D, r0, r1, A, add_kind, static_cast<S>(alpha), O);
+            right_block<S>(Zv.data(), nv, tail_at, ZT.empty() ? nullptr : ZT.data(), W, T, P, D, r0, r1, A, add_kind,
+                           static_cast<S>(alpha), O);
         };
     });
 }

@@ -23,6 +23,7 @@ CASES = [
     (5, 20, 6, 24, 3, 10, 8, 16),
     (5, 3, 2, 1, 2, 4, 1, 5),      # hidden width 1
     (3, 6, 2, 40, 2, 9, 4, 6),     # P = 1640 >= 1024: the adapt node's W products are compiled kernels
+    (9, 6, 2, 40, 2, 9, 4, 6),     # ... and wlinear_right's task-vector tiles (8 float64 tasks + 1)
 ]
 
 
@@ -136,7 +137,8 @@ def test_adapt_matches_per_task_sgd():
 
 @pytest.mark.parametrize("alpha", [None, 0.3])
 @pytest.mark.parametrize("T,dims,D", [(1, [(3, 4), (4, 1)], 5), (4, [(6, 5), (5, 5), (5, 2)], 3),
-                                      (3, [(40, 30), (30, 40), (40, 1)], 9)])   # P >= 1024: compiled products
+                                      (3, [(40, 30), (30, 40), (40, 1)], 9),    # P >= 1024: compiled products
+                                      (9, [(40, 30), (30, 40), (40, 1)], 9)])   # ... with task-vector tiles
 def test_adapt_many_matches_per_layer_adapt(T, dims, D, alpha):
     """nets.adapt_many (one node, hand-written backward) against WLinear.adapt layer by layer: outputs,
     target mixes, and the gradients of z, b, G, the rates and W (its gathered factors), with random
