@@ -10,6 +10,8 @@
 // the 10100-row products took 343 us (left) and 205 us (right) against MKL's 459 and 344 (medians).
 // With 16 tasks or more (float32; 8 float64) wlinear_right runs its vectors across tasks instead
 // (right_tile_t): standalone at T=35, P=10100, 404 us against 680 for the dot products and MKL's 514.
+// wlinear_left does the same (left_tile_t, X's columns transposed per block): 427 us against
+// 509-602 for its column-vector tiles and MKL's 530-625.
 // macaw_fast.nets.w_left / w_right decide when to call these (W of >= 1024 rows, T >= 2).
 //
 // Determinism: rows are cut into fixed blocks whatever the thread count; wlinear_left sums the
@@ -65,6 +67,37 @@ SKINNY_INLINE typename Vec<S>::type load(const S* p) {
 template <typename S>
 SKINNY_INLINE void store(S* p, const typename Vec<S>::type& v) {
     std::memcpy(p, &v, sizeof(v));
+}
+
+// One butterfly stage of an in-register N x N transpose: rows i and i + B (bit B of i clear)
+// exchange their off-diagonal B x B sub-blocks.
+template <int N, int B, bool Hi>
+constexpr int butterfly_lane(int t) {
+    return Hi ? ((t & B) == 0 ? t + B : N + t) : ((t & B) == 0 ? t : N + t - B);
+}
+
+template <typename S, int B, size_t... I>
+SKINNY_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>) {
+    constexpr int N = Vec<S>::N;
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i)
+        if ((i & B) == 0) {
+            const auto lo = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, false>(I)...);
+            const auto hi = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, true>(I)...);
+            r[i] = lo;
+            r[i + B] = hi;
+        }
+}
+
+// r[i][j] -> r[j][i] for N vectors of N lanes (log2 N stages of N two-source permutes).
+template <typename S>
+SKINNY_INLINE void transpose(typename Vec<S>::type* r) {
+    constexpr int N = Vec<S>::N;
+    using Lanes = std::make_index_sequence<N>;
+    butterfly<S, 1>(r, Lanes{});
+    butterfly<S, 2>(r, Lanes{});
+    butterfly<S, 4>(r, Lanes{});
+    if constexpr (N == 16) butterfly<S, 8>(r, Lanes{});
 }
 
 // part[t, d0 : d0 + NV*N] (+)= sum over rows [r0, r1) of X[t0 + t, p] W[p, d0 : ...], t < TB; the
@@ -125,14 +158,75 @@ SKINNY_INLINE void left_tasks(const S* X, const S* W, int64_t P, int64_t D, int6
     if (d0 < D) left_tile<S, TB, 1>(X, W, P, D, r0, r1, t0, D - N, part, first, static_cast<int>(d0 - (D - N)));
 }
 
-// One block of rows: part (T, D) = X[:, r0:r1] @ W[r0:r1]. Needs D >= N.
+// XT[(p - r0) * N + j] = X[t0 + j, p] for rows [r0, r1): N tasks' columns of X as vectors.
+template <typename S>
+SKINNY_INLINE void gather_tasks(const S* __restrict X, int64_t P, int64_t r0, int64_t r1, int64_t t0,
+                                S* __restrict XT) {
+    using V = typename Vec<S>::type;
+    constexpr int N = Vec<S>::N;
+    int64_t p = r0;
+    for (; p + N <= r1; p += N) {
+        V r[N];
+#pragma GCC unroll 16
+        for (int j = 0; j < N; ++j) r[j] = load<S>(X + (t0 + j) * P + p);
+        transpose<S>(r);
+#pragma GCC unroll 16
+        for (int i = 0; i < N; ++i) store<S>(XT + (p - r0 + i) * N, r[i]);
+    }
+    for (; p < r1; ++p)
+        for (int j = 0; j < N; ++j) XT[(p - r0) * N + j] = X[(t0 + j) * P + p];
+}
+
+// part[t0 + i, d0 + c] = sum over rows [r0, r1) of X[t0 + i, p] W[p, d0 + c], i < N, c < DC: the
+// vectors run across tasks (XT from gather_tasks), one accumulator per column, each FMA a
+// broadcast W element times a vector of X^T; a whole chunk (DC == N) is stored through one
+// in-register transpose, a narrower one lane by lane.
+template <typename S, int DC>
+SKINNY_INLINE void left_tile_t(const S* __restrict XT, const S* __restrict W, int64_t D, int64_t r0, int64_t r1,
+                               int64_t t0, int64_t d0, S* __restrict part) {
+    using V = typename Vec<S>::type;
+    constexpr int N = Vec<S>::N;
+    V acc[N];
+#pragma GCC unroll 16
+    for (int c = 0; c < N; ++c) acc[c] = V{};
+    for (int64_t p = r0; p < r1; ++p) {
+        const V x = load<S>(XT + (p - r0) * N);
+        const S* w = W + p * D + d0;
+#pragma GCC unroll 16
+        for (int c = 0; c < DC; ++c) acc[c] += w[c] * x;
+    }
+    if constexpr (DC == N) {
+        transpose<S>(acc);
+#pragma GCC unroll 16
+        for (int i = 0; i < N; ++i) store<S>(part + (t0 + i) * D + d0, acc[i]);
+    } else {
+        for (int c = 0; c < DC; ++c)
+            for (int i = 0; i < N; ++i) part[(t0 + i) * D + d0 + c] = acc[c][i];
+    }
+}
+
+// One block of rows: part (T, D) = X[:, r0:r1] @ W[r0:r1]. Needs D >= N. With XT (scratch of
+// kBlockRows * N; T >= N) the tasks in whole groups of N go by left_tile_t over all the block's
+// rows, the rest by register tiles of left_tasks over L1-sized sweeps.
 template <typename S>
 SKINNY_CLONES void left_block(const S* X, const S* W, int64_t T, int64_t P, int64_t D, int64_t r0, int64_t r1,
-                              S* part) {
+                              S* part, S* XT) {
+    constexpr int N = Vec<S>::N;
+    const int64_t Tt = XT != nullptr ? T / N * N : 0;
+    for (int64_t t0 = 0; t0 < Tt; t0 += N) {
+        gather_tasks<S>(X, P, r0, r1, t0, XT);
+        int64_t d0 = 0;
+        for (; d0 + N <= D; d0 += N) left_tile_t<S, N>(XT, W, D, r0, r1, t0, d0, part);
+        if (D - d0 >= 8) left_tile_t<S, 8>(XT, W, D, r0, r1, t0, d0, part), d0 += 8;
+        if (D - d0 >= 4) left_tile_t<S, 4>(XT, W, D, r0, r1, t0, d0, part), d0 += 4;
+        if (D - d0 >= 2) left_tile_t<S, 2>(XT, W, D, r0, r1, t0, d0, part), d0 += 2;
+        if (D - d0 >= 1) left_tile_t<S, 1>(XT, W, D, r0, r1, t0, d0, part);
+    }
+    if (Tt == T) return;
     for (int64_t q0 = r0; q0 < r1; q0 += kL1Rows) {
         const int64_t q1 = std::min(r1, q0 + kL1Rows);
         const bool first = q0 == r0;
-        int64_t t0 = 0;
+        int64_t t0 = Tt;
         for (; t0 + 8 <= T; t0 += 8) left_tasks<S, 8>(X, W, P, D, q0, q1, t0, part, first);
         switch (T - t0) {
             case 7: left_tasks<S, 7>(X, W, P, D, q0, q1, t0, part, first); break;
@@ -202,37 +296,6 @@ SKINNY_INLINE void right_dots(const S* Zv, int nv, int64_t tail_at, const S* W, 
         case 1: right_rows<S, 1>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out); break;
         default: break;
     }
-}
-
-// One butterfly stage of an in-register N x N transpose: rows i and i + B (bit B of i clear)
-// exchange their off-diagonal B x B sub-blocks.
-template <int N, int B, bool Hi>
-constexpr int butterfly_lane(int t) {
-    return Hi ? ((t & B) == 0 ? t + B : N + t) : ((t & B) == 0 ? t : N + t - B);
-}
-
-template <typename S, int B, size_t... I>
-SKINNY_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>) {
-    constexpr int N = Vec<S>::N;
-#pragma GCC unroll 16
-    for (int i = 0; i < N; ++i)
-        if ((i & B) == 0) {
-            const auto lo = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, false>(I)...);
-            const auto hi = __builtin_shufflevector(r[i], r[i + B], butterfly_lane<N, B, true>(I)...);
-            r[i] = lo;
-            r[i + B] = hi;
-        }
-}
-
-// r[i][j] -> r[j][i] for N vectors of N lanes (log2 N stages of N two-source permutes).
-template <typename S>
-SKINNY_INLINE void transpose(typename Vec<S>::type* r) {
-    constexpr int N = Vec<S>::N;
-    using Lanes = std::make_index_sequence<N>;
-    butterfly<S, 1>(r, Lanes{});
-    butterfly<S, 2>(r, Lanes{});
-    butterfly<S, 4>(r, Lanes{});
-    if constexpr (N == 16) butterfly<S, 8>(r, Lanes{});
 }
 
 // Rows [p0, p0 + N) and tasks [t0, t0 + N): the vectors run across tasks (ZT holds Z transposed,
@@ -316,8 +379,10 @@ void left_typed(const py::array& x, const py::array& w, py::array& out, int num_
     {
         py::gil_scoped_release release;
         macaw::for_row_blocks({P}, kBlockRows, num_threads, [&]() {
-            return [&](size_t, int64_t b, int64_t r0, int64_t r1) {
-                left_block<S>(X, W, T, P, D, r0, r1, parts.data() + b * T * D);
+            // with at least N tasks, each thread's scratch for N tasks' columns of a block of X
+            return [&, XT = std::vector<S>(T >= Vec<S>::N ? kBlockRows * Vec<S>::N : 0)](
+                       size_t, int64_t b, int64_t r0, int64_t r1) mutable {
+                left_block<S>(X, W, T, P, D, r0, r1, parts.data() + b * T * D, XT.empty() ? nullptr : XT.data());
             };
         });
         std::copy(parts.begin(), parts.begin() + T * D, O);

@@ -12,12 +12,13 @@ from macaw_fast import nets
 
 C = pytest.importorskip("macaw_fast._C")
 
-# (T, P, D): T across the register tiles (left: 8 tasks, right: 6, and right's task-vector tiles
-# of 16 float32 / 8 float64 tasks, exactly or with others left over) and their remainders; P over
-# one or many 256-row blocks and not a multiple of the 32-row L1 sweeps or of the 16-row tiles;
-# D a multiple of the 16 float32 lanes, with a remainder, and the smallest allowed.
+# (T, P, D): T across the register tiles (left: 8 tasks, right: 6; both kernels' task-vector
+# tiles of 16 float32 / 8 float64 tasks, exactly or with others left over) and their remainders;
+# P over one or many 256-row blocks and not a multiple of the 32-row L1 sweeps or of the 16-row
+# tiles; D a multiple of the 16 float32 lanes, with a remainder (left's task-vector tiles take it
+# in column chunks of 8, 4, 2 and 1: 30, 19 and 37 cover each), and the smallest allowed.
 SHAPES = [(1, 1, 16), (2, 300, 16), (5, 2100, 100), (7, 1031, 37), (9, 10100, 100), (16, 1031, 100),
-          (18, 517, 48), (32, 300, 37), (35, 777, 21)]
+          (17, 600, 30), (18, 517, 48), (20, 300, 19), (32, 300, 37), (35, 777, 21)]
 
 
 def _tol(dtype):
