@@ -7,7 +7,8 @@ step with create_graph, outer losses, backward — what the paper's code does wi
 by the same Adam step; ``batched`` is `MetaLearner.meta_step` (hand-written inner gradients,
 low-rank Adam on the CPU); ``batched_autograd`` the same with ``autograd.grad(create_graph=True)``
 inner gradients and dense W gradients; ``fused`` is ``fused=True``.
-Each row's ``extra_info`` has the peak memory of one step, measured in a fresh subprocess.
+Each row's ``extra_info`` has the peak memory of one step, measured in a fresh subprocess, and
+its number of rounds (each implementation is timed over about the same `WINDOW_S` seconds).
 Paper config: width 100, depth 3, D 100, batch 256, obs 20, act 6, N_train 35.
 """
 
@@ -97,4 +98,26 @@ def test_meta_step(benchmark, impl, T):
     if impl != "paper_loop":
         benchmark.extra_info["chunk_size"] = learner.resolve_chunk_size(T)
     slow = impl == "paper_loop" and T == 35
-    benchmark.pedantic(step, rounds=3 if slow else 15, warmup_rounds=1 if slow else 3)
+    benchmark.extra_info["rounds"] = rounds = 3 if slow else timing_rounds(step)
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=1 if slow else 3)
+
+
+#: Seconds of steps each implementation is timed over (at least 15 rounds; the T=35 paper loop,
+#: ~1.3-2 s a step, gets 3). This host's load comes in bursts of a second or more: with a fixed 15
+#: rounds a 30 ms step was timed over 0.45 s, the paper loop at T=5 over ~3 s, so one burst could
+#: cover every round of the fast step but not of the loop. A common window makes the min of each
+#: comparable.
+WINDOW_S = 3.0
+
+
+def timing_rounds(step) -> int:
+    """Rounds that fill about `WINDOW_S` seconds (15 to 400), from the median of 3 warm steps."""
+    import time
+
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    per_step = sorted(times[1:])[1]
+    return max(15, min(400, int(WINDOW_S / per_step + 0.5)))
