@@ -9,6 +9,10 @@ low-rank Adam on the CPU); ``batched_autograd`` the same with ``autograd.grad(cr
 inner gradients and dense W gradients; ``fused`` is ``fused=True``.
 Each row's ``extra_info`` has the peak memory of one step, measured in a fresh subprocess, and
 its number of rounds (each implementation is timed over about the same `WINDOW_S` seconds).
+``test_meta_step_interleaved`` times the paper loop and the batched step ALTERNATELY in one
+process (one loop step, then batched steps for about as long), so that both see the same load;
+its ratios (min/min and median/median) are in its ``extra_info`` and printed after the run. Its
+own timing row is the whole session, not a step.
 Paper config: width 100, depth 3, D 100, batch 256, obs 20, act 6, N_train 35.
 """
 
@@ -121,3 +125,51 @@ def timing_rounds(step) -> int:
         times.append(time.perf_counter() - t0)
     per_step = sorted(times[1:])[1]
     return max(15, min(400, int(WINDOW_S / per_step + 0.5)))
+
+
+#: Filled by `test_meta_step_interleaved`: T -> (loop min, batched min, loop median, batched median).
+INTERLEAVED: dict[int, tuple[float, float, float, float]] = {}
+
+
+@pytest.mark.parametrize("T", [5, 35])
+def test_meta_step_interleaved(benchmark, T):
+    """The paper loop and the batched step alternately: each cycle one loop step, then batched steps
+    for about the same wall time (T=5: 15 cycles, T=35: 5). This host's load comes in bursts of
+    seconds that can fall on one implementation's whole timing window in the per-implementation
+    rows above; alternating puts both under the same load."""
+    import statistics
+    import time
+
+    torch.set_num_threads(THREADS)
+    loop, _ = make_step("paper_loop", T)
+    batched, _ = make_step("batched", T)
+    for _ in range(2):
+        loop()
+        batched()
+    cycles = 5 if T == 35 else 15
+    times = {"paper_loop": [], "batched": []}
+
+    def timed(fn, name):
+        t0 = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t0)
+
+    def session():
+        for _ in range(cycles):
+            timed(loop, "paper_loop")
+            n = max(1, round(times["paper_loop"][-1] / min(times["batched"] or [times["paper_loop"][-1]])))
+            for _ in range(min(n, 60)):
+                timed(batched, "batched")
+
+    benchmark.group = f"meta-step T={T}, interleaved (one session; ratios in extra_info)"
+    benchmark.pedantic(session, rounds=1, iterations=1, warmup_rounds=0)
+    lp, bt = times["paper_loop"], times["batched"]
+    INTERLEAVED[T] = (min(lp), min(bt), statistics.median(lp), statistics.median(bt))
+    benchmark.extra_info.update({
+        "impl": "interleaved", "T": T, "threads": torch.get_num_threads(),
+        "loop_steps": len(lp), "batched_steps": len(bt),
+        "paper_loop_min_ms": round(min(lp) * 1e3, 2), "batched_min_ms": round(min(bt) * 1e3, 2),
+        "paper_loop_median_ms": round(statistics.median(lp) * 1e3, 2),
+        "batched_median_ms": round(statistics.median(bt) * 1e3, 2),
+        "speedup_min": round(min(lp) / min(bt), 2),
+        "speedup_median": round(statistics.median(lp) / statistics.median(bt), 2)})

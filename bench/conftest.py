@@ -37,15 +37,23 @@ def cheetah_memmaps(tmp_path_factory) -> list[dict[str, np.ndarray]]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """After bench_sampler.py: paper-style time / each sampler's time (min and median), with the load."""
+    """After bench_meta_step.py's interleaved runs: their speed-ups; after bench_sampler.py:
+    paper-style time / each sampler's time (min and median), with the load."""
     import os
     import sys
 
+    tr = terminalreporter
+    inter = getattr(sys.modules.get("bench_meta_step"), "INTERLEAVED", None)
+    if inter:
+        tr.section("meta-step: paper loop vs batched, interleaved in one process (same run)")
+        for T, (lmin, bmin, lmed, bmed) in sorted(inter.items()):
+            tr.write_line(f"T={T:<3d} paper_loop min {lmin * 1e3:8.1f} ms, median {lmed * 1e3:8.1f}   "
+                          f"batched min {bmin * 1e3:7.1f} ms, median {bmed * 1e3:7.1f}   "
+                          f"speed-up {lmin / bmin:5.2f}x (min/min), {lmed / bmed:5.2f}x (median)")
     mod = sys.modules.get("bench_sampler")
     results = getattr(mod, "RESULTS", None)
     if not results:
         return
-    tr = terminalreporter
     tr.section("meta-batch sampling: speed-up over the paper-style sampler (same run)")
     tr.write_line(f"load average now (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
                   f"CPUs: {os.cpu_count()}")
