@@ -45,5 +45,5 @@ if not (C._asan and C.__file__.startswith(os.environ["MACAW_FAST_ASAN_PKG"])):
 print(f"asan.sh: testing {C.__file__}", flush=True)
 import pytest  # noqa: E402
 
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sorted(glob.glob("tests/test_sampler*.py")), "tests/test_lowrank_adam.py", "tests/test_generate.py", "tests/test_skinny.py", "tests/test_openmp.py", *sys.argv[1:]]))
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sorted(glob.glob("tests/test_sampler*.py")), "tests/test_lowrank_adam.py", "tests/test_generate.py", "tests/test_skinny.py", "tests/test_value_forward.py", "tests/test_openmp.py", *sys.argv[1:]]))
 PY

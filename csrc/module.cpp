@@ -1,4 +1,4 @@
-// macaw_fast._C: the compiled part of macaw-fast (the meta-batch sampler, csrc/sampler.cpp; the low-rank Adam step, csrc/lowrank_adam.cpp; theta = W z + b of all WLinear layers, csrc/generate.cpp).
+// macaw_fast._C: the compiled part of macaw-fast (the meta-batch sampler, csrc/sampler.cpp; the low-rank Adam step, csrc/lowrank_adam.cpp; theta = W z + b of all WLinear layers, csrc/generate.cpp; the W products of the adapt step, csrc/skinny.cpp; the value net's forward without a graph, csrc/value_forward.cpp).
 #include <pybind11/pybind11.h>
 
 namespace py = pybind11;
@@ -7,6 +7,7 @@ void register_sampler(py::module_& m);
 void register_lowrank_adam(py::module_& m);
 void register_generate(py::module_& m);
 void register_skinny(py::module_& m);
+void register_value_forward(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "macaw-fast compiled extension: the deterministic multi-threaded meta-batch sampler and the low-rank Adam step";
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_C, m) {
     register_lowrank_adam(m);
     register_generate(m);
     register_skinny(m);
+    register_value_forward(m);
 }
