@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build macaw_fast._C with AddressSanitizer in a throwaway directory and run the sampler tests
-# (including the fuzz test) and the low-rank Adam, theta-generation, skinny-product and
-# OpenMP-runtime tests against that build. Called by .ci/run; needs a C++ compiler, CMake
+# (including the fuzz test) and the low-rank Adam, theta-generation, skinny-product, value-forward
+# and OpenMP-runtime tests against that build. Called by .ci/run; needs a C++ compiler, CMake
 # (pip-installed if absent) and the active Python environment with macaw-fast's test dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
