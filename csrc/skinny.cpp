@@ -20,6 +20,7 @@
 #include <pybind11/pybind11.h>
 
 #include "row_blocks.hpp"
+#include "simd.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -36,38 +37,12 @@ namespace py = pybind11;
 
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SKINNY_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SKINNY_CLONES
-#endif
-
-#if defined(__GNUC__)
-#define SKINNY_INLINE inline __attribute__((always_inline))
-#else
-#define SKINNY_INLINE inline
-#endif
+using macaw::simd::load;
+using macaw::simd::store;
+using macaw::simd::Vec;
 
 constexpr int64_t kBlockRows = 256;  // rows per partial result / per unit of work
 constexpr int64_t kL1Rows = 32;      // rows of W kept in L1 while the register tiles sweep them
-
-template <typename S>
-struct Vec {
-    typedef S type __attribute__((vector_size(64)));
-    static constexpr int N = static_cast<int>(64 / sizeof(S));
-};
-
-template <typename S>
-SKINNY_INLINE typename Vec<S>::type load(const S* p) {
-    typename Vec<S>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-template <typename S>
-SKINNY_INLINE void store(S* p, const typename Vec<S>::type& v) {
-    std::memcpy(p, &v, sizeof(v));
-}
 
 // One butterfly stage of an in-register N x N transpose: rows i and i + B (bit B of i clear)
 // exchange their off-diagonal B x B sub-blocks.
@@ -77,7 +52,7 @@ constexpr int butterfly_lane(int t) {
 }
 
 template <typename S, int B, size_t... I>
-SKINNY_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>) {
+MACAW_SIMD_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>) {
     constexpr int N = Vec<S>::N;
 #pragma GCC unroll 16
     for (int i = 0; i < N; ++i)
@@ -91,7 +66,7 @@ SKINNY_INLINE void butterfly(typename Vec<S>::type* r, std::index_sequence<I...>
 
 // r[i][j] -> r[j][i] for N vectors of N lanes (log2 N stages of N two-source permutes).
 template <typename S>
-SKINNY_INLINE void transpose(typename Vec<S>::type* r) {
+MACAW_SIMD_INLINE void transpose(typename Vec<S>::type* r) {
     constexpr int N = Vec<S>::N;
     using Lanes = std::make_index_sequence<N>;
     butterfly<S, 1>(r, Lanes{});
@@ -103,7 +78,7 @@ SKINNY_INLINE void transpose(typename Vec<S>::type* r) {
 // part[t, d0 : d0 + NV*N] (+)= sum over rows [r0, r1) of X[t0 + t, p] W[p, d0 : ...], t < TB; the
 // first `skip` lanes (columns another tile owns) are neither read nor written.
 template <typename S, int TB, int NV>
-SKINNY_INLINE void left_tile(const S* __restrict X, const S* __restrict W, int64_t P, int64_t D, int64_t r0, int64_t r1,
+MACAW_SIMD_INLINE void left_tile(const S* __restrict X, const S* __restrict W, int64_t P, int64_t D, int64_t r0, int64_t r1,
                       int64_t t0, int64_t d0, S* __restrict part, bool first, int skip = 0) {
     using V = typename Vec<S>::type;
     constexpr int N = Vec<S>::N;
@@ -149,7 +124,7 @@ SKINNY_INLINE void left_tile(const S* __restrict X, const S* __restrict W, int64
 // Tasks [t0, t0 + TB) of one block's partial: every column, two vectors at a time, the last
 // (D % N) columns by one vector ending at column D whose leading lanes are skipped.
 template <typename S, int TB>
-SKINNY_INLINE void left_tasks(const S* X, const S* W, int64_t P, int64_t D, int64_t r0, int64_t r1, int64_t t0, S* part,
+MACAW_SIMD_INLINE void left_tasks(const S* X, const S* W, int64_t P, int64_t D, int64_t r0, int64_t r1, int64_t t0, S* part,
                        bool first) {
     constexpr int N = Vec<S>::N;
     int64_t d0 = 0;
@@ -160,7 +135,7 @@ SKINNY_INLINE void left_tasks(const S* X, const S* W, int64_t P, int64_t D, int6
 
 // XT[(p - r0) * N + j] = X[t0 + j, p] for rows [r0, r1): N tasks' columns of X as vectors.
 template <typename S>
-SKINNY_INLINE void gather_tasks(const S* __restrict X, int64_t P, int64_t r0, int64_t r1, int64_t t0,
+MACAW_SIMD_INLINE void gather_tasks(const S* __restrict X, int64_t P, int64_t r0, int64_t r1, int64_t t0,
                                 S* __restrict XT) {
     using V = typename Vec<S>::type;
     constexpr int N = Vec<S>::N;
@@ -182,7 +157,7 @@ SKINNY_INLINE void gather_tasks(const S* __restrict X, int64_t P, int64_t r0, in
 // broadcast W element times a vector of X^T; a whole chunk (DC == N) is stored through one
 // in-register transpose, a narrower one lane by lane.
 template <typename S, int DC>
-SKINNY_INLINE void left_tile_t(const S* __restrict XT, const S* __restrict W, int64_t D, int64_t r0, int64_t r1,
+MACAW_SIMD_INLINE void left_tile_t(const S* __restrict XT, const S* __restrict W, int64_t D, int64_t r0, int64_t r1,
                                int64_t t0, int64_t d0, S* __restrict part) {
     using V = typename Vec<S>::type;
     constexpr int N = Vec<S>::N;
@@ -209,7 +184,7 @@ SKINNY_INLINE void left_tile_t(const S* __restrict XT, const S* __restrict W, in
 // kBlockRows * N; T >= N) the tasks in whole groups of N go by left_tile_t over all the block's
 // rows, the rest by register tiles of left_tasks over L1-sized sweeps.
 template <typename S>
-SKINNY_CLONES void left_block(const S* X, const S* W, int64_t T, int64_t P, int64_t D, int64_t r0, int64_t r1,
+MACAW_SIMD_CLONES void left_block(const S* X, const S* W, int64_t T, int64_t P, int64_t D, int64_t r0, int64_t r1,
                               S* part, S* XT) {
     constexpr int N = Vec<S>::N;
     const int64_t Tt = XT != nullptr ? T / N * N : 0;
@@ -243,7 +218,7 @@ SKINNY_CLONES void left_block(const S* X, const S* W, int64_t T, int64_t P, int6
 
 // Sum of a vector's lanes by halving (log2 N vector adds).
 template <typename S>
-SKINNY_INLINE S hsum(typename Vec<S>::type v) {
+MACAW_SIMD_INLINE S hsum(typename Vec<S>::type v) {
     if constexpr (Vec<S>::N == 16) {
         v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
         v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
@@ -261,7 +236,7 @@ SKINNY_INLINE S hsum(typename Vec<S>::type v) {
 // row as nv vectors, the last one aligned to the end of the row with the lanes already covered
 // zeroed (plain scalars: no over-aligned allocation).
 template <typename S, int TB>
-SKINNY_INLINE void right_rows(const S* __restrict Zv, int nv, int64_t tail_at, const S* __restrict W,
+MACAW_SIMD_INLINE void right_rows(const S* __restrict Zv, int nv, int64_t tail_at, const S* __restrict W,
                        int64_t P, int64_t D, int64_t r0, int64_t r1, int64_t t0, const S* add, int add_kind,
                        S alpha, S* __restrict out) {
     using V = typename Vec<S>::type;
@@ -284,7 +259,7 @@ SKINNY_INLINE void right_rows(const S* __restrict Zv, int nv, int64_t tail_at, c
 
 // Tasks [tb, te) of rows [r0, r1) by right_rows, six tasks at a time.
 template <typename S>
-SKINNY_INLINE void right_dots(const S* Zv, int nv, int64_t tail_at, const S* W, int64_t P, int64_t D, int64_t r0,
+MACAW_SIMD_INLINE void right_dots(const S* Zv, int nv, int64_t tail_at, const S* W, int64_t P, int64_t D, int64_t r0,
                               int64_t r1, int64_t tb, int64_t te, const S* add, int add_kind, S alpha, S* out) {
     int64_t t0 = tb;
     for (; t0 + 6 <= te; t0 += 6) right_rows<S, 6>(Zv, nv, tail_at, W, P, D, r0, r1, t0, add, add_kind, alpha, out);
@@ -303,7 +278,7 @@ SKINNY_INLINE void right_dots(const S* Zv, int nv, int64_t tail_at, const S* W, 
 // per N x N outputs and no horizontal sums; one in-register transpose turns the accumulators
 // into N stores along the rows of `out`.
 template <typename S>
-SKINNY_INLINE void right_tile_t(const S* __restrict ZT, int64_t T, const S* __restrict W, int64_t P, int64_t D,
+MACAW_SIMD_INLINE void right_tile_t(const S* __restrict ZT, int64_t T, const S* __restrict W, int64_t P, int64_t D,
                                 int64_t p0, int64_t t0, const S* add, int add_kind, S alpha, S* __restrict out) {
     using V = typename Vec<S>::type;
     constexpr int N = Vec<S>::N;
@@ -330,7 +305,7 @@ SKINNY_INLINE void right_tile_t(const S* __restrict ZT, int64_t T, const S* __re
 // Rows [r0, r1). With ZT (T >= N): whole N x N tiles by right_tile_t, the T % N other tasks of
 // those rows and the rows past the last whole N by right_rows while the rows are still in L1.
 template <typename S>
-SKINNY_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* ZT, const S* W, int64_t T,
+MACAW_SIMD_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S* ZT, const S* W, int64_t T,
                                int64_t P, int64_t D, int64_t r0, int64_t r1, const S* add, int add_kind, S alpha,
                                S* out) {
     constexpr int N = Vec<S>::N;

@@ -17,6 +17,7 @@
 #include <pybind11/stl.h>
 
 #include "row_blocks.hpp"
+#include "simd.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -28,36 +29,14 @@ namespace py = pybind11;
 
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define VF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VF_CLONES
-#endif
-
-#if defined(__GNUC__)
-#define VF_INLINE inline __attribute__((always_inline))
-#else
-#define VF_INLINE inline
-#endif
+using macaw::simd::load;
+using macaw::simd::Vec;
 
 constexpr int64_t kRows = 32;   // rows of one task that go through all layers together
 
-template <typename S>
-struct Vec {
-    typedef S type __attribute__((vector_size(64)));
-    static constexpr int N = static_cast<int>(64 / sizeof(S));
-};
-
-template <typename S>
-VF_INLINE typename Vec<S>::type load(const S* p) {
-    typename Vec<S>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
 // y[r, c0 : c0 + NV*N] = b + sum_k h[r, k] W[k, ...] for R rows, ReLU'd when `relu` (NaN kept).
 template <typename S, int R, int NV>
-VF_INLINE void dense_tile(const S* __restrict h, int64_t ldh, int64_t K, const S* __restrict W, int64_t ldw,
+MACAW_SIMD_INLINE void dense_tile(const S* __restrict h, int64_t ldh, int64_t K, const S* __restrict W, int64_t ldw,
                           const S* __restrict b, int64_t c0, S* __restrict y, int64_t ldy, bool relu) {
     using V = typename Vec<S>::type;
     constexpr int N = Vec<S>::N;
@@ -91,7 +70,7 @@ VF_INLINE void dense_tile(const S* __restrict h, int64_t ldh, int64_t K, const S
 
 // Rows [0, rows) of one layer, R rows at a time (the last few by a smaller tile).
 template <typename S, int NV>
-VF_INLINE void dense_cols(const S* h, int64_t ldh, int64_t rows, int64_t K, const S* W, int64_t ldw, const S* b,
+MACAW_SIMD_INLINE void dense_cols(const S* h, int64_t ldh, int64_t rows, int64_t K, const S* W, int64_t ldw, const S* b,
                           int64_t c0, S* y, int64_t ldy, bool relu) {
     constexpr int R = 6;
     int64_t r = 0;
@@ -112,7 +91,7 @@ VF_INLINE void dense_cols(const S* h, int64_t ldh, int64_t rows, int64_t K, cons
 // and a last vector ending at column O (its leading lanes recompute columns already done, with the
 // same operations in the same order: the same values are stored again).
 template <typename S>
-VF_INLINE void dense(const S* h, int64_t ldh, int64_t rows, int64_t K, const S* W, const S* b, int64_t O, S* y,
+MACAW_SIMD_INLINE void dense(const S* h, int64_t ldh, int64_t rows, int64_t K, const S* W, const S* b, int64_t O, S* y,
                      bool relu) {
     constexpr int N = Vec<S>::N;
     int64_t c0 = 0;
@@ -133,7 +112,7 @@ struct Net {
 
 // Rows [r0, r1) of task t through every layer; a and b: scratch of kRows x (widest hidden layer).
 template <typename S>
-VF_CLONES void forward_block(const Net<S>& net, int64_t t, int64_t r0, int64_t r1, S* a, S* b) {
+MACAW_SIMD_CLONES void forward_block(const Net<S>& net, int64_t t, int64_t r0, int64_t r1, S* a, S* b) {
     const int64_t L = static_cast<int64_t>(net.dims.size()) - 1, rows = r1 - r0;
     const S* h = net.x + (t * net.B + r0) * net.dims[0];
     int64_t ldh = net.dims[0];
