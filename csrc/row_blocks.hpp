@@ -21,6 +21,19 @@ inline std::string shape_of(const pybind11::array& a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+// Throws ValueError "<fn>: <name> ..." unless `a` has dtype `dt` (named in the message as the dtype
+// of `ref`, e.g. "W's dtype"), `ndim` dimensions and C order, and is writeable when asked.
+inline void check_array(const pybind11::array& a, const std::string& fn, const std::string& name, int ndim,
+                        const pybind11::dtype& dt, const char* ref, bool writeable) {
+    auto fail = [&](const std::string& what) { throw pybind11::value_error(fn + ": " + name + " " + what); };
+    if (!a.dtype().equal(dt))
+        fail("has dtype " + std::string(pybind11::str(a.dtype())) + ", expected " + std::string(pybind11::str(dt)) +
+             " (" + ref + ")");
+    if (a.ndim() != ndim) fail("must be " + std::to_string(ndim) + "-D, got shape " + shape_of(a));
+    if ((a.flags() & pybind11::array::c_style) == 0) fail("must be C-contiguous");
+    if (writeable && !a.writeable()) fail("must be writeable");
+}
+
 // Throws ValueError(msg()) when !ok; the message is only built on failure.
 template <typename Msg>
 void require(bool ok, Msg&& msg) {

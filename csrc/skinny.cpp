@@ -323,12 +323,7 @@ MACAW_SIMD_CLONES void right_block(const S* Zv, int nv, int64_t tail_at, const S
 using macaw::shape_of;
 
 void check(const py::array& a, const char* fn, const char* name, int ndim, const py::dtype& dt, bool writeable) {
-    auto fail = [&](const std::string& what) { throw py::value_error(std::string(fn) + ": " + name + " " + what); };
-    if (!a.dtype().equal(dt))
-        fail("has dtype " + std::string(py::str(a.dtype())) + ", expected " + std::string(py::str(dt)) + " (W's dtype)");
-    if (a.ndim() != ndim) fail("must be " + std::to_string(ndim) + "-D, got shape " + shape_of(a));
-    if ((a.flags() & py::array::c_style) == 0) fail("must be C-contiguous");
-    if (writeable && !a.writeable()) fail("must be writeable");
+    macaw::check_array(a, fn, name, ndim, dt, "W's dtype", writeable);
 }
 
 template <typename S>

@@ -142,18 +142,11 @@ template <typename S>
 void forward_typed(const py::array& x, const std::vector<py::array>& thetas, py::array& out, int num_threads) {
     const auto dt = py::dtype::of<S>();
     constexpr int N = Vec<S>::N;
-    auto check = [&](const py::array& a, const std::string& name, int ndim) {
-        if (!a.dtype().equal(dt))
-            throw py::value_error("value_forward: " + name + " has dtype " + std::string(py::str(a.dtype())) +
-                                  ", expected " + std::string(py::str(dt)) + " (x's dtype)");
-        if (a.ndim() != ndim)
-            throw py::value_error("value_forward: " + name + " must be " + std::to_string(ndim) + "-D, got shape " +
-                                  shape_of(a));
-        if ((a.flags() & py::array::c_style) == 0) throw py::value_error("value_forward: " + name + " must be C-contiguous");
+    auto check = [&](const py::array& a, const std::string& name, int ndim, bool writeable = false) {
+        macaw::check_array(a, "value_forward", name, ndim, dt, "x's dtype", writeable);
     };
     check(x, "x", 3);
-    check(out, "out", 2);
-    if (!out.writeable()) throw py::value_error("value_forward: out must be writeable");
+    check(out, "out", 2, true);
     Net<S> net;
     net.T = x.shape(0);
     net.B = x.shape(1);

@@ -360,9 +360,14 @@ def _skinny_extension():
 _SKINNY_MIN_ROWS = 1024
 
 
+def _lanes(dtype: torch.dtype) -> int:
+    """Lanes of the compiled kernels' 64-byte vectors (csrc/simd.hpp) for a float32/float64 dtype."""
+    return 16 if dtype == torch.float32 else 8
+
+
 def _skinny_ok(a: Tensor, W: Tensor) -> bool:
     return (a.device.type == "cpu" and W.dtype in (torch.float32, torch.float64) and a.dtype == W.dtype
-            and W.shape[0] >= _SKINNY_MIN_ROWS and W.shape[1] >= (16 if W.dtype == torch.float32 else 8)
+            and W.shape[0] >= _SKINNY_MIN_ROWS and W.shape[1] >= _lanes(W.dtype)
             and a.shape[0] >= 2 and a.is_contiguous() and W.is_contiguous())
 
 
@@ -400,7 +405,7 @@ def value_forward(thetas: Sequence[Tensor], dims: Sequence[int], x: Tensor) -> T
     fn = _compiled("value_forward")
     if (fn is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 3
             or not x.is_contiguous() or dims[-1] != 1 or len(thetas) != len(dims) - 1
-            or any(d < (16 if x.dtype == torch.float32 else 8) for d in dims[1:-1])
+            or any(d < _lanes(x.dtype) for d in dims[1:-1])
             or any(t.dim() != 2 or t.shape[0] != x.shape[0] or t.dtype != x.dtype or t.device.type != "cpu"
                    or not t.is_contiguous() for t in thetas)):
         return None
