@@ -19,12 +19,20 @@ _COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never accepts an abbreviated option (``--lr`` is not ``--lrlr``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="macaw-fast", description="Fast, exact MACAW offline meta-RL.")
+    parser = Parser(prog="macaw-fast", description="Fast, exact MACAW offline meta-RL.")
     parser.add_argument("--version", action="version", version=f"macaw-fast {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -36,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()   # long-running commands: keep freed tensor memory in the process
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError, ImportError) as e:
         print(f"macaw-fast {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:    # read-only or full disk, permissions: name the file, no traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"macaw-fast {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -314,8 +314,128 @@ def run_plot(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# reproduce
+
+
+def _json_object_file(path: str, flag: str) -> dict:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flag} {path}: file not found") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path}: not readable as JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{flag} {path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def run_reproduce(args) -> int:
+    """Entry point of `macaw-fast reproduce`."""
+    from .reproduce import ReproduceConfig, Reproduction, format_plan, merge_summary
+
+    collect_over = _json_object_file(args.collect_config, "--collect-config") if args.collect_config else {}
+    train_file = _json_object_file(args.train_config, "--train-config") if args.train_config else {}
+    unknown = sorted(set(train_file) - {"macaw", "train"})
+    if unknown:
+        raise ValueError(f"--train-config {args.train_config}: unknown top-level key(s) {unknown}; "
+                         f"expected only 'macaw' and 'train'")
+    cfg = ReproduceConfig(family=args.family, seeds=list(args.seeds), steps=args.steps,
+                          collect_steps=args.collect_steps, collect_seed=args.collect_seed,
+                          collect_overrides=collect_over, buffer_skip=args.buffer_skip, presets=list(args.preset),
+                          macaw_overrides=train_file.get("macaw", {}), train_overrides=train_file.get("train", {}),
+                          eval_interval=args.eval_interval, eval_batches=args.eval_batches,
+                          eval_rollouts=args.eval_rollouts, final_batches=args.final_batches,
+                          final_rollouts=args.final_rollouts, threads=args.threads,
+                          collect_threads=args.collect_threads, progress=not args.no_progress)
+    rep = Reproduction(args.out, cfg)
+    rep.check_directory()
+    if args.dry_run:
+        print(f"macaw-fast reproduce {cfg.family} --out {rep.dir}: plan (estimates from rates measured now on "
+              f"this machine, {torch_threads(cfg)} thread(s) for training)")
+        print(format_plan(rep.plan()))
+        return 0
+    import shlex
+
+    command = "macaw-fast " + shlex.join(getattr(args, "argv", None) or ["reproduce", cfg.family, "--out", args.out])
+    entry = rep.run(command)
+    if args.summary:
+        merge_summary(os.path.join(rep.dir, "results", "summary.json"), args.summary)
+    agg = entry.get("aggregate", {}).get("normalised_adapted")
+    line = (f"{cfg.family}: adapted {sum(entry['adapted']) / len(entry['adapted']):.1f}, unadapted "
+            f"{sum(entry['unadapted']) / len(entry['unadapted']):.1f} (mean over {len(cfg.seeds)} seeds)")
+    if agg:
+        line += f"; normalised adapted IQM {agg['iqm']:.2f} [{agg['iqm_ci'][0]:.2f}, {agg['iqm_ci'][1]:.2f}]"
+    print(line)
+    print(f"results: {os.path.join(rep.dir, 'results')}")
+    return 0
+
+
+def torch_threads(cfg) -> int:
+    import torch
+
+    return cfg.threads or torch.get_num_threads()
+
+
+def _int_at_least(lo: int):
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _register_reproduce(sub) -> None:
+    from ..envs.tasks import FAMILY_NAMES
+
+    r = sub.add_parser(
+        "reproduce", help="the whole pipeline on one benchmark: collect, subsample, train seeds, evaluate, results",
+        description="Reproduce MACAW on one of the paper's benchmarks: collect data with batched SAC, subsample it "
+                    "as the paper's loader did, train every seed, evaluate the final checkpoints, write "
+                    "OUT/results (summary.json, table.md with IQM and 95 %% bootstrap CIs, curves.png). Run the "
+                    "same command again to resume after any interruption; finished and verified stages are "
+                    "skipped, corrupt ones redone. See docs/reproduce.md.")
+    pos = _int_at_least(1)
+    nonneg = _int_at_least(0)
+    r.add_argument("family", choices=FAMILY_NAMES, metavar="FAMILY", help=f"task family: {', '.join(FAMILY_NAMES)}")
+    r.add_argument("--out", required=True, help="directory of this reproduction (created; keep it outside the repo)")
+    r.add_argument("--seeds", type=nonneg, nargs="+", default=[0, 1, 2], metavar="S", help="training seeds (default: 0 1 2)")
+    r.add_argument("--steps", type=pos, default=20_000, help="meta-steps per seed (default: 20000)")
+    r.add_argument("--collect-steps", type=pos, default=None,
+                   help="SAC env steps per task (default: the family's, see docs/collect.md)")
+    r.add_argument("--collect-seed", type=nonneg, default=0, help="seed of the data collection (default: 0)")
+    r.add_argument("--collect-config", metavar="JSON",
+                   help="JSON object of other collection settings (width, utd, warmup, batch_size, ...)")
+    r.add_argument("--buffer-skip", type=pos, default=7, help="train on every k-th stored row (default: 7, the paper's)")
+    r.add_argument("--preset", action="append", default=[], metavar="NAME",
+                   help="extra training preset after the family's (repeatable); see train --list-presets")
+    r.add_argument("--train-config", metavar="JSON", help='JSON {"macaw": {...}, "train": {...}} of training overrides')
+    r.add_argument("--eval-interval", type=pos, default=1000, help="meta-steps between evaluations (default: 1000)")
+    r.add_argument("--eval-batches", type=pos, default=4,
+                   help="adaptation batches per test task per evaluation during training (default: 4)")
+    r.add_argument("--eval-rollouts", type=pos, default=2, help="rollouts per adaptation batch during training (default: 2)")
+    r.add_argument("--final-batches", type=pos, default=10,
+                   help="adaptation batches per test task in the final evaluation (default: 10)")
+    r.add_argument("--final-rollouts", type=pos, default=3,
+                   help="rollouts per adaptation batch in the final evaluation (default: 3)")
+    r.add_argument("--threads", type=nonneg, default=0, help="torch threads for training (default: 0 = torch's default)")
+    r.add_argument("--collect-threads", type=pos, default=1, help="torch threads for the SAC updates (default: 1)")
+    r.add_argument("--summary", metavar="PATH", help="also merge the results into this summary.json (e.g. the repo's results/summary.json)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan, each stage's status and estimated time; run nothing")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=run_reproduce)
+
+
 def register(sub) -> None:
-    """Add the train, eval and plot sub-commands."""
+    """Add the train, eval, plot and reproduce sub-commands."""
+    _register_reproduce(sub)
     p = sub.add_parser("train", help="meta-train MACAW on an offline dataset",
                        description="Meta-train MACAW. Defaults are the paper's (spec §4); presets and "
                                    "--field VALUE override them.")

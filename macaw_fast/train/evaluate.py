@@ -209,8 +209,14 @@ class Evaluator:
         return sample_rows_batch(arrays, rows, dtype, device)
 
     def evaluate(self, learner, step: int = 0, n_batches: int = 1, n_rollouts: int = 1,
-                 unadapted: bool = True, random_episodes: int = 3) -> dict[str, Any]:
+                 unadapted: bool = True, random_episodes: int = 3,
+                 unadapted_rollouts: int | None = None) -> dict[str, Any]:
         """Adapted (and unadapted) mean-action returns per task and their means.
+
+        The unadapted policy is rolled out ``unadapted_rollouts`` times per task (default
+        ``n_rollouts``) from the start states of the adapted rollouts (rollout r of the unadapted
+        policy starts where rollout r of every adaptation batch starts; past ``n_rollouts`` the
+        start states are new).
 
         Returns ``{"adapted": {task: mean}, "unadapted": {...}, "adapted_all": {task: [[per batch, per
         rollout]]}, "mean_adapted", "mean_unadapted", "normalised_adapted", "normalised_unadapted",
@@ -219,11 +225,12 @@ class Evaluator:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small ops: on a busy CPU extra threads cost far more than they give
         try:
-            return self._evaluate(learner, step, n_batches, n_rollouts, unadapted, random_episodes)
+            return self._evaluate(learner, step, n_batches, n_rollouts, unadapted, random_episodes,
+                                  unadapted_rollouts or n_rollouts)
         finally:
             torch.set_num_threads(threads)
 
-    def _evaluate(self, learner, step, n_batches, n_rollouts, unadapted, random_episodes):
+    def _evaluate(self, learner, step, n_batches, n_rollouts, unadapted, random_episodes, n_unadapted):
         K = len(self.tasks)
         dtype, device = learner.dtype, learner.device
         batch = self.adaptation_batch(step, n_batches, dtype, device)
@@ -243,12 +250,13 @@ class Evaluator:
         res["mean_adapted"] = float(np.mean(list(res["adapted"].values())))
         if unadapted:
             # Same start states as the adapted rollouts of batch 0 (paired comparison).
-            ugrid = [envs[k][:n_rollouts] for k in range(K)]
-            useeds = [[_seed(self.seed, _EVAL_STREAM, step, k, 1000 + r) for r in range(n_rollouts)] for k in range(K)]
+            ugrid = [self.envs(k, max(n_unadapted, n_batches * n_rollouts))[:n_unadapted] for k in range(K)]
+            useeds = [[_seed(self.seed, _EVAL_STREAM, step, k, 1000 + r) for r in range(n_unadapted)] for k in range(K)]
             with torch.no_grad():
                 trunk = [th.detach() for th in learner.policy.trunk.thetas()]
             ret_u = rollout_mean(ugrid, lambda o: learner.policy.mean(trunk, o), useeds, dtype, device)
             res["unadapted"] = {t.id: float(ret_u[k].mean()) for k, t in enumerate(self.tasks)}
+            res["unadapted_all"] = {t.id: ret_u[k].tolist() for k, t in enumerate(self.tasks)}
             res["mean_unadapted"] = float(np.mean(list(res["unadapted"].values())))
         if random_episodes > 0:
             for kind in ("adapted", "unadapted"):

@@ -22,6 +22,7 @@ the torch/numpy/python RNG states, restored on resume for anything else that mig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -183,26 +184,102 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def state_digest(obj) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes and every plain value,
+    walked in a fixed order (dict keys sorted). Independent of the file's byte layout, so it is the
+    same before ``torch.save`` and after ``torch.load``."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, x) -> None:
+    if isinstance(x, dict):
+        h.update(b"{%d" % len(x))
+        for k in sorted(x, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, x[k])
+    elif isinstance(x, (list, tuple)):
+        h.update(b"[%d" % len(x))
+        for v in x:
+            _feed(h, v)
+    elif isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(f"{type(x).__name__}:{x!r}".encode())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not ours, or corrupt (checksum mismatch)."""
+
+
 def save_checkpoint(path: str, learner, step: int, setup: RunSetup) -> None:
-    """Write a resumable checkpoint atomically (tmp + fsync + rename)."""
-    state = {"format": CHECKPOINT_FORMAT, "version": 1, "step": int(step), "learner": learner.state_dict(),
+    """Write a resumable checkpoint atomically (tmp + fsync + rename), with a SHA-256 of its content
+    that :func:`load_checkpoint` verifies."""
+    state = {"format": CHECKPOINT_FORMAT, "version": 2, "step": int(step), "learner": learner.state_dict(),
              "macaw": setup.mc.to_dict(), "train": setup.tc.to_dict(), "data": setup.data,
              "family": setup.family, "train_ids": setup.train_ids, "test_ids": setup.test_ids,
              "rng": _rng_state()}
+    state["sha256"] = state_digest(state)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (safe loader: tensors and plain types only)."""
+    """Read and verify a checkpoint written by :func:`save_checkpoint` (safe loader: tensors and plain
+    types only). Raises :class:`CheckpointError` naming the file when it is unreadable, not a
+    macaw-fast checkpoint, or corrupt (its content does not match the SHA-256 written with it)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); the file is truncated or corrupt") from None
     if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a macaw-fast checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+        raise CheckpointError(f"{path}: not a macaw-fast checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+    if st.get("version", 1) >= 2:
+        want = st.pop("sha256", None)
+        if want is None or state_digest(st) != want:
+            raise CheckpointError(f"{path}: checksum mismatch: the checkpoint's content is corrupt "
+                                  f"(its SHA-256 does not match the one written with it)")
+        st["sha256"] = want
+    missing = [k for k in ("step", "learner", "macaw", "train") if k not in st]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks the key(s) {missing}")
     return st
+
+
+def intact_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoint in ``ckpt_dir`` that loads and verifies, newest step first."""
+    out = []
+    if not os.path.isdir(ckpt_dir):
+        return out
+    for name in os.listdir(ckpt_dir):
+        if name == "latest.pt" or (name.startswith("step_") and name.endswith(".pt")):
+            p = os.path.join(ckpt_dir, name)
+            try:
+                out.append((int(load_checkpoint(p)["step"]), p))
+            except (CheckpointError, FileNotFoundError):
+                continue
+    out.sort(key=lambda sp: (-sp[0], not sp[1].endswith("latest.pt")))
+    return out
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the temporary files that interrupted atomic writes left in ``directory`` (``.NAME.*.tmp``)."""
+    removed = []
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.startswith(".") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                    removed.append(name)
+                except OSError:
+                    pass
+    return removed
 
 
 def params_finite(learner) -> bool:
@@ -271,14 +348,24 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
     cfg_path = os.path.join(out, "config.json")
     ckpt_dir = os.path.join(out, "checkpoints")
     latest = os.path.join(ckpt_dir, "latest.pt")
+    notes: list[str] = []
     if resume:
-        if not os.path.isfile(latest):
-            raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/latest.pt)")
-        state = load_checkpoint(latest)
+        if not os.path.exists(cfg_path) and not os.path.isdir(ckpt_dir):
+            raise FileNotFoundError(f"{out}: nothing to resume (no config.json, no checkpoints/)")
+        state, notes = _resume_state(out, ckpt_dir, latest)
     else:
-        if os.path.exists(cfg_path) or os.path.exists(latest):
+        if os.path.exists(latest) or intact_checkpoints(ckpt_dir):
             raise FileExistsError(f"{out}: a run already exists here (use --resume {out}, or another --out)")
+        if os.path.exists(cfg_path):
+            # config.json written but not the step-0 checkpoint (killed or disk full right after):
+            # nothing was trained, so starting over loses nothing.
+            notes.append(f"{out}: config.json without a checkpoint (an interrupted start); starting the run afresh")
         state = None
+    for d in (out, ckpt_dir):
+        for name in remove_stale_temporaries(d):
+            notes.append(f"removed {os.path.join(d, name)} (left by an interrupted write)")
+    for n in notes:
+        print(f"macaw-fast train: {n}", file=sys.stderr)
     setup = RunSetup(data, mc, tc)
     inner_sampler, outer_sampler = setup.samplers()
     evaluator = setup.evaluator() if tc.eval_interval else None
@@ -294,6 +381,8 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
         _truncate_log(os.path.join(out, "metrics.jsonl"), start)
     else:
         os.makedirs(ckpt_dir, exist_ok=True)
+        if os.path.exists(os.path.join(out, "metrics.jsonl")):
+            _truncate_log(os.path.join(out, "metrics.jsonl"), 0)
         atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
                                      "family": setup.family, "train_ids": setup.train_ids,
                                      "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict()})
@@ -355,6 +444,32 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
         if evaluator is not None:
             evaluator.close()
     return last_eval
+
+
+def _resume_state(out: str, ckpt_dir: str, latest: str) -> tuple[dict | None, list[str]]:
+    """The checkpoint to resume from (the newest intact one) and what was done to find it.
+
+    A corrupt ``latest.pt`` is moved aside to ``latest.pt.corrupt`` and the newest intact numbered
+    checkpoint is copied over it; with no intact checkpoint at all the run starts from step 0.
+    """
+    notes = []
+    good = intact_checkpoints(ckpt_dir)
+    if os.path.exists(latest) and latest not in (p for _, p in good):
+        try:
+            load_checkpoint(latest)
+        except CheckpointError as e:
+            os.replace(latest, latest + ".corrupt")
+            notes.append(f"{e}; moved to {latest}.corrupt")
+    if not good:
+        notes.append(f"{out}: no intact checkpoint to resume from; starting from step 0")
+        return None, notes
+    step, path = good[0]
+    if path != latest:
+        with open(path, "rb") as src:
+            data = src.read()
+        atomic_write_bytes(latest, lambda f: f.write(data))
+        notes.append(f"resuming from {path} (step {step}), the newest intact checkpoint")
+    return load_checkpoint(latest), notes
 
 
 def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int):

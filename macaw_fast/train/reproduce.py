@@ -1,0 +1,613 @@
+"""`macaw-fast reproduce FAMILY --out DIR`: MACAW on one of the paper's benchmarks, end to end.
+
+Stages, each skipped when its output is complete and verified, resumed when it was interrupted,
+and redone from scratch when its output is missing or corrupt::
+
+    collect    batched per-task SAC (macaw-fast collect)       DIR/collect/ (dataset in DIR/collect/dataset)
+    subsample  the paper's buffer_skip (every k-th row)         DIR/data/
+    train      MACAW, one run per seed (bit-exact resume)       DIR/train/seed_<s>/
+    evaluate   the final checkpoint of every seed, many         DIR/eval/seed_<s>.json
+               adaptation batches x rollouts per test task
+    results    per-seed and per-task returns, IQM and 95 %      DIR/results/summary.json, table.md, curves.png
+               stratified-bootstrap CIs (rliable), curves
+
+``DIR/reproduce.json`` records the settings that define the experiment (family, data recipe,
+training configuration, evaluation protocol). Run the same command again after a kill, a reboot
+or on another day and it continues where it stopped; a setting that would change what was
+already computed is refused, naming the flag. ``--steps`` may grow (training continues), seeds may
+be added, and the final-evaluation protocol may change (only that stage is redone).
+
+How each stage knows its output is good:
+
+- collect: the collector's own resume (bit-identical data after a kill) and, before and after it,
+  a full SHA-256 verification of the committed rows (``verify_dataset``); a dataset that fails is
+  collected again from scratch.
+- subsample: ``DIR/stages/subsample.json`` records the fingerprint (the per-field SHA-256 in the
+  manifests) of the collected data it was made from; the output is verified the same way.
+- train: every checkpoint carries a SHA-256 of its content; a corrupt ``latest.pt`` is replaced by
+  the newest intact numbered checkpoint (or the seed starts again), then training resumes
+  bit-exactly. ``DIR/stages/train_seed_<s>.json`` records the fingerprint of the training data;
+  a run made from other data is started again.
+- evaluate: the JSON records the SHA-256 of the checkpoint it evaluated and the protocol.
+
+Everything the stages compute is a pure function of the settings and seeds, so an interrupted and
+resumed pipeline ends with the same numbers as an uninterrupted one (tests/test_reproduce.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .._io import atomic_write_json, atomic_write_text
+
+#: Step number that keys the final evaluation's random draws (distinct from every training step's).
+FINAL_EVAL_STEP = 10**9
+#: Subdirectories and files a reproduce directory may hold.
+STAGE_ENTRIES = ("reproduce.json", "collect", "data", "train", "eval", "results", "stages")
+
+
+@dataclass
+class ReproduceConfig:
+    """The settings of one reproduction (the ``macaw-fast reproduce`` flags mirror these fields)."""
+
+    family: str
+    """Task family: cheetah_dir, cheetah_vel, ant_dir or walker_param."""
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds (one MACAW run each)."""
+    steps: int = 20_000
+    """Meta-steps per seed."""
+    collect_steps: int | None = None
+    """SAC env steps (= dataset rows) per task; None = the family's default (docs/collect.md)."""
+    collect_seed: int = 0
+    """Seed of the data collection."""
+    collect_overrides: dict = field(default_factory=dict)
+    """Other CollectConfig fields (width, utd, warmup, batch_size, ...; tests and recipes)."""
+    buffer_skip: int = 7
+    """Train on every k-th stored row, as the paper's loader did (1 = every row)."""
+    presets: list = field(default_factory=list)
+    """Training presets applied after the family's own (e.g. an ablation)."""
+    macaw_overrides: dict = field(default_factory=dict)
+    """MacawConfig fields to override (as ``train --config-file``'s "macaw")."""
+    train_overrides: dict = field(default_factory=dict)
+    """TrainConfig fields to override (as ``train --config-file``'s "train")."""
+    eval_interval: int = 1_000
+    """Meta-steps between evaluations during training."""
+    eval_batches: int = 4
+    """Adaptation batches per test task at each evaluation during training."""
+    eval_rollouts: int = 2
+    """Mean-action rollouts per adaptation batch during training."""
+    final_batches: int = 10
+    """Adaptation batches per test task in the final evaluation."""
+    final_rollouts: int = 3
+    """Mean-action rollouts per adaptation batch (and of the unadapted policy, per batch) in the final evaluation."""
+    threads: int = 0
+    """torch threads for training and evaluation (0 = torch's default)."""
+    collect_threads: int = 1
+    """torch threads for the SAC updates of the collection (1: see docs/collect.md)."""
+    progress: bool = True
+    """Progress bars."""
+
+    #: Fields that may differ between invocations on the same directory.
+    MUTABLE = ("seeds", "steps", "final_batches", "final_rollouts", "threads", "collect_threads", "progress")
+
+    def validate(self) -> "ReproduceConfig":
+        """Raise ValueError naming the flag of the first bad value."""
+        from ..envs import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ValueError(f"FAMILY: unknown task family {self.family!r}; expected one of {', '.join(FAMILIES)}")
+        if not isinstance(self.seeds, list) or not self.seeds or \
+                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            raise ValueError(f"--seeds: expected one or more integers >= 0, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds: duplicate seeds in {self.seeds}")
+        for name, lo in (("steps", 1), ("collect_steps", 1), ("collect_seed", 0), ("buffer_skip", 1),
+                         ("eval_interval", 1), ("eval_batches", 1), ("eval_rollouts", 1), ("final_batches", 1),
+                         ("final_rollouts", 1), ("threads", 0), ("collect_threads", 1)):
+            v = getattr(self, name)
+            if name == "collect_steps" and v is None:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {lo}, got {v!r}")
+        for name in ("collect_overrides", "macaw_overrides", "train_overrides"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name}: expected a JSON object, got {getattr(self, name)!r}")
+        bad = sorted(set(self.collect_overrides) & {"family", "steps_per_task", "seed", "threads", "progress"})
+        if bad:
+            raise ValueError(f"--collect-config: {bad} are set by reproduce's own flags (--collect-steps, "
+                             f"--collect-seed, --collect-threads)")
+        bad = sorted(set(self.train_overrides) & {"steps", "seed", "eval_interval", "eval_batches", "eval_rollouts",
+                                                  "threads", "progress", "family"})
+        if bad:
+            raise ValueError(f"--train-config: {bad} are set by reproduce's own flags (--steps, --seeds, "
+                             f"--eval-interval, --eval-batches, --eval-rollouts, --threads)")
+        self.train_configs(self.seeds[0])     # validates presets and overrides
+        self.collect_kwargs()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReproduceConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown reproduce setting(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def collect_kwargs(self) -> dict:
+        """Keyword arguments of :func:`macaw_fast.collect.collect` for this reproduction."""
+        from ..collect.collector import CollectConfig, FAMILY_DEFAULTS
+
+        kw = dict(FAMILY_DEFAULTS[self.family])
+        if self.collect_steps is not None:
+            kw["steps_per_task"] = self.collect_steps
+        kw.update(self.collect_overrides)
+        kw.update(seed=self.collect_seed, threads=self.collect_threads)
+        known = {f.name for f in dataclasses.fields(CollectConfig)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ValueError(f"--collect-config: unknown collection setting(s) {unknown} "
+                             f"(fields of CollectConfig: {', '.join(sorted(known))})")
+        CollectConfig(family=self.family, **kw).validate()
+        return kw
+
+    def train_configs(self, seed: int):
+        """(MacawConfig, TrainConfig) of the run of ``seed``."""
+        from .config import resolve_config
+
+        tr = {**self.train_overrides, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
+              "eval_batches": self.eval_batches, "eval_rollouts": self.eval_rollouts, "threads": self.threads,
+              "progress": self.progress}
+        return resolve_config([self.family, *self.presets], dict(self.macaw_overrides), tr)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _say(msg: str) -> None:
+    print(f"macaw-fast reproduce: {msg}", file=sys.stderr, flush=True)
+
+
+def dataset_fingerprint(path: str) -> str:
+    """SHA-256 over the per-field SHA-256 of every task in a dataset's manifests (cheap: no data read)."""
+    from ..data.store import open_dataset
+
+    ds = open_dataset(path)
+    h = hashlib.sha256()
+    for t in ds.tasks:
+        m = ds[t].manifest
+        h.update(t.encode())
+        for f in sorted(m["fields"]):
+            h.update(f"{f}:{m['fields'][f]['sha256']}:{ds[t].num_rows}".encode())
+    return h.hexdigest()
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def task_label(family: str, params: dict) -> str:
+    """A task as people name it: 'forward', 'v = 1.20 m/s', 'goal 2.20 rad', 'task 7'."""
+    try:
+        if family == "cheetah_dir":
+            return "forward" if float(params["direction"]) > 0 else "backward"
+        if family == "cheetah_vel":
+            return f"v = {float(params['velocity']):.2f} m/s"
+        if family == "ant_dir":
+            return f"goal {float(params['goal']):.2f} rad"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+class Reproduction:
+    """One reproduce directory: its settings and stages (see the module docstring)."""
+
+    def __init__(self, out: str, config: ReproduceConfig) -> None:
+        self.dir = os.path.abspath(os.fspath(out))
+        self.cfg = config.validate()
+        self.collect_dir = os.path.join(self.dir, "collect")
+        self.data_dir = os.path.join(self.dir, "data")
+        self.stage_dir = os.path.join(self.dir, "stages")
+
+    # ---------------------------------------------------------------- settings
+    def check_directory(self) -> None:
+        """Refuse a directory that holds something else or a reproduction with other settings."""
+        d = self.dir
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise FileExistsError(f"--out {d}: exists and is not a directory")
+        saved = os.path.join(d, "reproduce.json")
+        if os.path.exists(saved):
+            old = _read_json(saved)
+            if old is None or "config" not in old:
+                raise ValueError(f"{saved}: not a readable reproduce settings file; move it away or use another --out")
+            oc = old["config"]
+            if oc.get("family") != self.cfg.family:
+                raise ValueError(f"--out {d}: holds a {oc.get('family')} reproduction, not {self.cfg.family}; "
+                                 f"use another --out")
+            new = self.cfg.to_dict()
+            for k in sorted(set(oc) | set(new)):
+                if k in ReproduceConfig.MUTABLE or oc.get(k) == new.get(k):
+                    continue
+                flag = {"collect_overrides": "--collect-config", "macaw_overrides": "--train-config",
+                        "train_overrides": "--train-config", "presets": "--preset"}.get(k, "--" + k.replace("_", "-"))
+                raise ValueError(f"{flag}: {d} was made with {oc.get(k)!r}, got {new.get(k)!r}; changing it would "
+                                 f"invalidate what is computed there (use another --out)")
+            return
+        if os.path.isdir(d):
+            others = [e for e in os.listdir(d) if e not in STAGE_ENTRIES and not e.endswith((".out", ".log"))]
+            if others:
+                raise FileExistsError(f"--out {d}: not a reproduce directory (it holds {sorted(others)[:5]}); "
+                                      f"use an empty or new directory")
+            ccfg = _read_json(os.path.join(self.collect_dir, "config.json"))
+            if ccfg is not None and ccfg.get("family") not in (None, self.cfg.family):
+                raise ValueError(f"--out {d}: its collect/ holds {ccfg.get('family')} data, not {self.cfg.family}")
+
+    def save_settings(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        atomic_write_json(os.path.join(self.dir, "reproduce.json"),
+                          {"format": "macaw-fast/reproduce", "config": self.cfg.to_dict()})
+
+    def _record_time(self, stage: str, seconds: float) -> None:
+        path = os.path.join(self.stage_dir, "wall_clock.json")
+        os.makedirs(self.stage_dir, exist_ok=True)
+        d = _read_json(path) or {}
+        d[stage] = round(d.get(stage, 0.0) + seconds, 1)
+        atomic_write_json(path, d)
+
+    # ---------------------------------------------------------------- stage: collect
+    def collect(self) -> str:
+        """The collected dataset (collected, resumed, or verified and reused)."""
+        from ..collect import collect
+        from ..data.store import DatasetError, verify_dataset
+
+        ds_path = os.path.join(self.collect_dir, "dataset")
+        overwrite = False
+        if os.path.exists(ds_path):
+            try:
+                verify_dataset(ds_path, progress=False)
+            except (DatasetError, FileNotFoundError, ValueError) as e:
+                _say(f"collect: the collected data failed verification ({str(e).splitlines()[0]}); "
+                     f"collecting again from scratch")
+                overwrite = True
+        t0 = time.perf_counter()
+        path = collect(self.cfg.family, self.collect_dir, progress=self.cfg.progress, resume=not overwrite,
+                       overwrite=overwrite, **self.cfg.collect_kwargs())
+        verify_dataset(path, progress=False)
+        self._record_time("collect", time.perf_counter() - t0)
+        return path
+
+    # ---------------------------------------------------------------- stage: subsample
+    def subsample(self, collected: str) -> str:
+        """The training data: every buffer_skip-th row of the collected data (made or reused)."""
+        from ..data.store import DatasetError, verify_dataset
+        from ..data.subsample import subsample_dataset
+
+        if self.cfg.buffer_skip == 1:
+            return collected
+        marker = os.path.join(self.stage_dir, "subsample.json")
+        want = {"source": dataset_fingerprint(collected), "buffer_skip": self.cfg.buffer_skip}
+        have = _read_json(marker)
+        if have is not None and {k: have.get(k) for k in want} == want and os.path.exists(self.data_dir):
+            try:
+                verify_dataset(self.data_dir, progress=False)
+                if dataset_fingerprint(self.data_dir) == have.get("output"):
+                    return self.data_dir
+                _say("subsample: DIR/data is not the data this stage made; making it again")
+            except (DatasetError, FileNotFoundError, ValueError) as e:
+                _say(f"subsample: the training data failed verification ({str(e).splitlines()[0]}); making it again")
+        t0 = time.perf_counter()
+        subsample_dataset(collected, self.data_dir, skip=self.cfg.buffer_skip, overwrite=True,
+                          progress=self.cfg.progress)
+        verify_dataset(self.data_dir, progress=False)
+        os.makedirs(self.stage_dir, exist_ok=True)
+        atomic_write_json(marker, {**want, "output": dataset_fingerprint(self.data_dir)})
+        self._record_time("subsample", time.perf_counter() - t0)
+        return self.data_dir
+
+    # ---------------------------------------------------------------- stage: train
+    def run_dir(self, seed: int) -> str:
+        return os.path.join(self.dir, "train", f"seed_{seed}")
+
+    def train_seed(self, data: str, seed: int) -> None:
+        """Train (or resume, or confirm finished) the run of one seed."""
+        from .loop import intact_checkpoints, read_jsonl, train
+
+        run = self.run_dir(seed)
+        marker = os.path.join(self.stage_dir, f"train_seed_{seed}.json")
+        fp = dataset_fingerprint(data)
+        have = _read_json(marker)
+        if os.path.exists(run) and (have is None or have.get("data") != fp):
+            _say(f"train: {run} was not trained on the current data; training seed {seed} again")
+            shutil.rmtree(run)
+        os.makedirs(self.stage_dir, exist_ok=True)
+        atomic_write_json(marker, {"data": fp})
+        mc, tc = self.cfg.train_configs(seed)
+        good = intact_checkpoints(os.path.join(run, "checkpoints"))
+        if good and good[0][0] > self.cfg.steps:
+            raise ValueError(f"--steps {self.cfg.steps}: seed {seed} is already trained to step {good[0][0]} "
+                             f"({run}); use --steps {good[0][0]} or more")
+        if good and good[0][0] == self.cfg.steps and good[0][1].endswith("latest.pt"):
+            evals = [r for r in read_jsonl(os.path.join(run, "metrics.jsonl"))
+                     if r.get("kind") == "eval" and r.get("step") == self.cfg.steps]
+            if evals:
+                return
+        t0 = time.perf_counter()
+        resume = os.path.exists(os.path.join(run, "config.json")) or os.path.isdir(os.path.join(run, "checkpoints"))
+        train(data, run, mc, tc, presets=[self.cfg.family, *self.cfg.presets], resume=resume)
+        self._record_time(f"train_seed_{seed}", time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- stage: evaluate
+    def eval_path(self, seed: int) -> str:
+        return os.path.join(self.dir, "eval", f"seed_{seed}.json")
+
+    def evaluate_seed(self, data: str, seed: int) -> dict:
+        """The final evaluation of one seed's last checkpoint (computed, or verified and reused)."""
+        import torch
+
+        from ..macaw import MetaLearner
+        from .loop import RunSetup, _jsonable, load_checkpoint
+
+        ck = load_checkpoint(os.path.join(self.run_dir(seed), "checkpoints", "latest.pt"))
+        if int(ck["step"]) != self.cfg.steps:
+            raise ValueError(f"{self.run_dir(seed)}: latest checkpoint is step {ck['step']}, expected {self.cfg.steps}")
+        key = {"checkpoint_sha256": ck["sha256"], "step": self.cfg.steps, "batches": self.cfg.final_batches,
+               "rollouts": self.cfg.final_rollouts, "data": dataset_fingerprint(data)}
+        path = self.eval_path(seed)
+        old = _read_json(path)
+        if old is not None and old.get("key") == key and "result" in old:
+            return old["result"]
+        t0 = time.perf_counter()
+        mc, tc = self.cfg.train_configs(seed)
+        learner = MetaLearner.from_state_dict(ck["learner"])
+        setup = RunSetup(data, mc, tc)
+        ev = setup.evaluator()
+        threads = torch.get_num_threads()
+        try:
+            res = ev.evaluate(learner, FINAL_EVAL_STEP, self.cfg.final_batches, self.cfg.final_rollouts,
+                              random_episodes=tc.random_episodes,
+                              unadapted_rollouts=self.cfg.final_batches * self.cfg.final_rollouts)
+            res["random"], res["data_best"] = ev.random_returns(tc.random_episodes), ev.best_data_returns()
+            res["labels"] = {t.id: task_label(self.cfg.family, t.task) for t in ev.tasks}
+        finally:
+            ev.close()
+            torch.set_num_threads(threads)
+        res = _jsonable(res)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_json(path, {"format": "macaw-fast/final-eval", "key": key, "result": res})
+        self._record_time("evaluate", time.perf_counter() - t0)
+        return res
+
+    # ---------------------------------------------------------------- stage: results
+    def results(self, command: str) -> dict:
+        """Write DIR/results/{summary.json, table.md, curves.png}; returns the summary entry."""
+        from .stats import family_entry, write_curves, write_table
+
+        evals = {s: _read_json(self.eval_path(s))["result"] for s in self.cfg.seeds}
+        wall = _read_json(os.path.join(self.stage_dir, "wall_clock.json")) or {}
+        entry = family_entry(evals, self.cfg, command, wall)
+        out = os.path.join(self.dir, "results")
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: {"macaw": entry}})
+        atomic_write_text(os.path.join(out, "table.md"), write_table(self.cfg.family, entry))
+        try:
+            entry["curves_png"] = write_curves([self.run_dir(s) for s in self.cfg.seeds], self.cfg.family,
+                                               os.path.join(out, "curves.png"), entry.get("labels", {}))
+        except ImportError as e:
+            _say(f"results: no curves.png ({e}); install them with pip install 'macaw-fast[results]'")
+        return entry
+
+    # ---------------------------------------------------------------- all of it
+    def run(self, command: str = "") -> dict:
+        self.check_directory()
+        self.save_settings()
+        n = 3 + 2 * len(self.cfg.seeds)
+        k = 1
+        _say(f"[{k}/{n}] collect -> {self.collect_dir}")
+        collected = self.collect()
+        k += 1
+        _say(f"[{k}/{n}] subsample (buffer_skip {self.cfg.buffer_skip}) -> {self.data_dir}")
+        data = self.subsample(collected)
+        for s in self.cfg.seeds:
+            k += 1
+            _say(f"[{k}/{n}] train seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s)}")
+            self.train_seed(data, s)
+        for s in self.cfg.seeds:
+            k += 1
+            _say(f"[{k}/{n}] evaluate seed {s}: {self.cfg.final_batches} batches x {self.cfg.final_rollouts} "
+                 f"rollouts per test task -> {self.eval_path(s)}")
+            self.evaluate_seed(data, s)
+        k += 1
+        _say(f"[{k}/{n}] results -> {os.path.join(self.dir, 'results')}")
+        return self.results(command)
+
+    # ---------------------------------------------------------------- the plan
+    def plan(self, rates: dict | None = None) -> list[dict]:
+        """Each stage's status and estimated remaining wall-clock seconds (``--dry-run``)."""
+        from .loop import intact_checkpoints, read_jsonl
+
+        rates = rates if rates is not None else measure_rates(self.cfg)
+        c = self.cfg
+        kw = c.collect_kwargs()
+        from ..envs import FAMILIES
+
+        T = len(kw.get("tasks") or FAMILIES[c.family].paper_tasks())
+        steps_task = kw["steps_per_task"]
+        done_steps = 0
+        log = read_jsonl(os.path.join(self.collect_dir, "log.jsonl"))
+        if log:
+            done_steps = max(int(r.get("step", 0)) for r in log)
+        finished = any(r.get("final") for r in log) and done_steps >= steps_task
+        warm = kw.get("warmup", 5000)
+        utd = kw.get("utd", 1.0)
+        rem_steps = 0 if finished else steps_task - done_steps
+        rem_updates = 0 if finished else max(0, steps_task - max(warm, done_steps)) * utd
+        collect_s = rem_steps * T * rates["env_step_s"] + rem_updates * rates["sac_update_s"]
+        rows = []
+        rows.append({"stage": "collect", "status": "done" if finished else
+                     (f"at {done_steps}/{steps_task} env steps per task" if done_steps else "to do"),
+                     "estimate_s": collect_s,
+                     "detail": f"{T} tasks x {steps_task} env steps, {int(max(0, steps_task - warm) * utd)} "
+                               f"SAC updates of all tasks (width {kw.get('width')})"})
+        sub_done = _read_json(os.path.join(self.stage_dir, "subsample.json")) is not None
+        rows.append({"stage": "subsample", "status": "done" if sub_done else "to do",
+                     "estimate_s": 0.0 if sub_done or c.buffer_skip == 1 else 5.0 + T * steps_task * 2e-6,
+                     "detail": f"buffer_skip {c.buffer_skip}"})
+        test_tasks = 5 if c.family != "cheetah_dir" else 2
+        ep_s = 200 * (rates["env_step_s"] + rates.get("act_s", 0.0))
+        per_eval = test_tasks * (c.eval_batches * c.eval_rollouts + c.eval_rollouts) * ep_s
+        for s in c.seeds:
+            good = intact_checkpoints(os.path.join(self.run_dir(s), "checkpoints"))
+            at = good[0][0] if good else 0
+            left = max(0, c.steps - at)
+            n_evals = left // c.eval_interval + 1
+            rows.append({"stage": f"train seed {s}", "status": "done" if left == 0 else (f"at step {at}" if at else "to do"),
+                         "estimate_s": left * rates["meta_step_s"] + n_evals * per_eval,
+                         "detail": f"{c.steps} meta-steps, evaluation every {c.eval_interval} "
+                                   f"({c.eval_batches} batches x {c.eval_rollouts} rollouts)"})
+        final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
+        for s in c.seeds:
+            done = _read_json(self.eval_path(s)) is not None
+            rows.append({"stage": f"evaluate seed {s}", "status": "done" if done else "to do",
+                         "estimate_s": 0.0 if done else final,
+                         "detail": f"{c.final_batches} batches x {c.final_rollouts} rollouts per test task"})
+        rows.append({"stage": "results", "status": "", "estimate_s": 10.0, "detail": "summary.json, table.md, curves.png"})
+        return rows
+
+
+def measure_rates(cfg: ReproduceConfig, repeats: int = 3) -> dict:
+    """Seconds per env step, per batched SAC update of all tasks and per meta-step, measured here
+    on random data of the family's shapes (a few seconds)."""
+    import numpy as np
+    import torch
+
+    from ..collect.sac import BatchedSAC, SACConfig
+    from ..envs import FAMILIES, make
+
+    fam = FAMILIES[cfg.family]
+    kw = cfg.collect_kwargs()
+    T = len(kw.get("tasks") or fam.paper_tasks())
+    env = make(cfg.family, fam.paper_tasks()[0], disable_env_checker=True)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(400):
+        _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, fam.act_dim))
+        n += 1
+        if term or trunc:
+            env.reset()
+    env_s = (time.perf_counter() - t0) / n
+    env.close()
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cfg.collect_threads)
+        g = torch.Generator().manual_seed(0)
+        B = kw.get("batch_size", 256)
+        sac = BatchedSAC(T, fam.obs_dim, fam.act_dim, SACConfig(width=kw.get("width", 256)), seed=0)
+        batch = {"obs": torch.randn(T, B, fam.obs_dim, generator=g), "action": torch.rand(T, B, fam.act_dim) * 2 - 1,
+                 "reward": torch.randn(T, B, generator=g), "next_obs": torch.randn(T, B, fam.obs_dim, generator=g),
+                 "done": torch.zeros(T, B)}
+        times = []
+        for k in range(repeats + 1):
+            t0 = time.perf_counter()
+            sac.update(batch, generator=g)
+            if k:
+                times.append(time.perf_counter() - t0)
+        sac_s = min(times)
+        obs = torch.randn(T, 1, fam.obs_dim)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            sac.act(obs, generator=g)
+        act_collect_s = (time.perf_counter() - t0) / 20
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        else:
+            torch.set_num_threads(threads)
+        meta_s = _meta_step_seconds(cfg, fam, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {"env_step_s": env_s, "sac_update_s": sac_s, "meta_step_s": meta_s, "act_s": act_collect_s / T,
+            "collect_act_s": act_collect_s}
+
+
+def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int) -> float:
+    import torch
+
+    from ..data.batch import Batch
+    from ..macaw import MetaLearner
+
+    mc, tc = cfg.train_configs(cfg.seeds[0])
+    n_train = len(fam.paper_tasks()) - (0 if cfg.family == "cheetah_dir" else 5)
+    T, B = min(tc.tasks_per_step, n_train), tc.batch_size
+    g = torch.Generator().manual_seed(0)
+
+    def batch() -> Batch:
+        return Batch(obs=torch.randn(T, B, fam.obs_dim, generator=g), action=torch.rand(T, B, fam.act_dim) * 2 - 1,
+                     reward=torch.randn(T, B, generator=g), next_obs=torch.randn(T, B, fam.obs_dim, generator=g),
+                     done=torch.zeros(T, B), mc_return=torch.randn(T, B, generator=g),
+                     terminal_obs=torch.randn(T, B, fam.obs_dim, generator=g),
+                     terminal_discount=torch.full((T, B), 0.5))
+    learner = MetaLearner(fam.obs_dim, fam.act_dim, n_train, mc)
+    times = []
+    for k in range(repeats + 1):
+        inner, outer = batch(), batch()
+        t0 = time.perf_counter()
+        learner.meta_step(inner, outer)
+        if k:
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def format_plan(rows: list[dict]) -> str:
+    def hms(s: float) -> str:
+        s = int(round(s))
+        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+    lines = [f"{'stage':<18s} {'status':<34s} {'estimate':>9s}  what"]
+    for r in rows:
+        lines.append(f"{r['stage']:<18s} {r['status']:<34s} {hms(r['estimate_s']):>9s}  {r['detail']}")
+    lines.append(f"{'total':<18s} {'':<34s} {hms(sum(r['estimate_s'] for r in rows)):>9s}")
+    return "\n".join(lines)
+
+
+def merge_summary(entry_file: str, summary: str) -> None:
+    """Merge the family entries of ``entry_file`` (a reproduce DIR/results/summary.json) into ``summary``."""
+    new = _read_json(entry_file)
+    if new is None:
+        raise FileNotFoundError(f"{entry_file}: no results to publish (run the pipeline to the end first)")
+    old = {}
+    if os.path.exists(summary):
+        old = _read_json(summary)
+        if old is None:
+            raise ValueError(f"--summary {summary}: exists but is not a JSON object; not overwritten")
+    for fam, algos in new.items():
+        old.setdefault(fam, {}).update(algos)
+    d = os.path.dirname(os.path.abspath(summary))
+    os.makedirs(d, exist_ok=True)
+    atomic_write_json(summary, old)
+
+
+__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "merge_summary", "task_label",
+           "FINAL_EVAL_STEP"]

@@ -1,0 +1,292 @@
+"""`macaw-fast reproduce`: the whole pipeline with tiny budgets, in subprocesses.
+
+End to end; killed (SIGKILL) at random moments and rerun, it ends with the same numbers as an
+uninterrupted run; corrupt stage outputs (flipped bytes in a dataset, a truncated checkpoint) are
+detected and their stage redone; bad input gets a one-line error naming the flag or path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("mujoco")
+pytest.importorskip("rliable")
+
+COLLECT = {"warmup": 100, "width": 16, "batch_size": 16, "eval_interval": 0, "eval_episodes": 1,
+           "checkpoint_interval": 100, "tensorboard": False}
+TRAIN = {"macaw": {"net_width": 16, "wlinear_dim": 8, "head_width": 8},
+         "train": {"batch_size": 32, "random_episodes": 1, "latest_interval": 4, "numbered_interval": 8,
+                   "log_interval": 5, "tensorboard": False}}
+ENV = {**os.environ, "MACAW_FAST_BOOTSTRAP_REPS": "200", "OMP_NUM_THREADS": "1"}
+
+
+def _args(tmp, out, *extra):
+    cfiles = tmp / "collect.json", tmp / "train.json"
+    cfiles[0].write_text(json.dumps(COLLECT))
+    cfiles[1].write_text(json.dumps(TRAIN))
+    return [sys.executable, "-m", "macaw_fast", "reproduce", "cheetah_dir", "--out", str(out), "--seeds", "0", "1",
+            "--steps", "20", "--collect-steps", "400", "--collect-config", str(cfiles[0]), "--train-config",
+            str(cfiles[1]), "--buffer-skip", "2", "--eval-interval", "10", "--eval-batches", "1", "--eval-rollouts", "1",
+            "--final-batches", "2", "--final-rollouts", "1", "--threads", "1", "--no-progress", *extra]
+
+
+def _run(tmp, out, *extra, check=True):
+    p = subprocess.run(_args(tmp, out, *extra), capture_output=True, text=True, env=ENV, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"reproduce failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def _results(out) -> dict:
+    """Everything the pipeline computed, without wall-clock times and the command line."""
+    summ = json.loads((out / "results" / "summary.json").read_text())
+    entry = summ["cheetah_dir"]["macaw"]
+    entry.pop("wall_clock_s")
+    entry.pop("command")
+    evals = {s: json.loads((out / "eval" / f"seed_{s}.json").read_text()) for s in (0, 1)}
+    for e in evals.values():
+        e["key"].pop("checkpoint_sha256")   # the checkpoint records the (absolute) data path
+    return {"summary": entry, "evals": evals, "learners": {s: _learner(out, s) for s in (0, 1)}}
+
+
+def _learner(out, seed) -> dict:
+    """The final learner state of one seed as numpy arrays (compared bitwise)."""
+    import torch
+
+    from macaw_fast.train.loop import load_checkpoint
+
+    st = load_checkpoint(out / "train" / f"seed_{seed}" / "checkpoints" / "latest.pt")
+    flat = {}
+
+    def walk(prefix, x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(f"{prefix}/{i}", v)
+        elif isinstance(x, torch.Tensor):
+            flat[prefix] = x.numpy().tobytes()
+        else:
+            flat[prefix] = x
+    walk("", st["learner"])
+    return {"step": st["step"], "state": flat}
+
+
+def _arrays(ds_path) -> dict:
+    from macaw_fast.data.store import open_dataset
+
+    ds = open_dataset(ds_path)
+    return {(t, f): np.array(ds[t][f]) for t in ds.tasks for f in ("obs", "action", "reward", "mc_return")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reproduce_ref")
+    out = tmp / "ref"
+    t0 = time.perf_counter()
+    p = _run(tmp, out)
+    return {"tmp": tmp, "out": out, "seconds": time.perf_counter() - t0, "stdout": p.stdout, "stderr": p.stderr}
+
+
+def test_end_to_end(reference):
+    out = reference["out"]
+    assert "cheetah_dir: adapted" in reference["stdout"]
+    for stage in ("[1/7] collect", "[2/7] subsample", "[3/7] train seed 0", "[5/7] evaluate seed 0", "[7/7] results"):
+        assert stage in reference["stderr"]
+    entry = json.loads((out / "results" / "summary.json").read_text())["cheetah_dir"]["macaw"]
+    assert entry["seeds"] == [0, 1] and entry["meta_steps"] == 20
+    assert len(entry["adapted"]) == 2 and len(entry["unadapted"]) == 2
+    assert set(entry["per_task"]) == {"0", "1"}
+    assert entry["per_task"]["0"]["label"] == "forward" and entry["per_task"]["1"]["label"] == "backward"
+    for k in ("return_adapted", "return_unadapted", "return_gain"):
+        a = entry["aggregate"][k]
+        assert a["iqm_ci"][0] <= a["iqm"] <= a["iqm_ci"][1] and a["mean_ci"][0] <= a["mean"] <= a["mean_ci"][1]
+    # the per-seed means are the means of the per-task values
+    for i in range(2):
+        assert entry["adapted"][i] == pytest.approx(np.mean([entry["per_task"][t]["adapted"][i] for t in ("0", "1")]))
+    assert "| 0 (forward) |" in (out / "results" / "table.md").read_text()
+    assert (out / "results" / "curves.png").stat().st_size > 1000
+    ev = json.loads((out / "eval" / "seed_0.json").read_text())["result"]
+    assert all(len(v) == 2 and len(v[0]) == 1 for v in ev["adapted_all"].values())   # 2 batches x 1 rollout
+    assert all(len(v) == 2 for v in ev["unadapted_all"].values())
+    # a second run finds every stage done and changes nothing
+    before = _results(out)
+    p = _run(reference["tmp"], out)
+    assert "failed verification" not in p.stderr and "again" not in p.stderr
+    assert _results(out) == before
+
+
+def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path):
+    """SIGKILL once inside every stage (at a random moment after the stage announces itself), rerun."""
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    kills = []
+    for k in range(1, 8):
+        proc = subprocess.Popen(_args(tmp_path, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+                                text=True)
+        for line in proc.stderr:
+            if f"[{k}/7]" in line:
+                time.sleep(float(rng.uniform(0.0, 1.5 if k == 1 else 0.5)))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills.append(k)
+                break
+        proc.stderr.close()
+        proc.wait()
+    print("killed in stages", kills)
+    assert len(kills) >= 4, f"kills landed only in stages {kills}"
+    _run(tmp_path, out)
+    assert _results(out) == _results(reference["out"])
+    ref_data, got_data = _arrays(reference["out"] / "data"), _arrays(out / "data")
+    assert ref_data.keys() == got_data.keys()
+    for k in ref_data:
+        np.testing.assert_array_equal(got_data[k], ref_data[k])
+    leftovers = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".tmp")]
+    assert not leftovers
+
+
+def _flip(path, offset_from_end=64):
+    with open(path, "r+b") as f:
+        f.seek(-offset_from_end, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-offset_from_end, os.SEEK_END)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_corrupt_training_data_is_made_again(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    _flip(out / "data" / "0" / "obs.npy")
+    p = _run(reference["tmp"], out)
+    assert "subsample: the training data failed verification" in p.stderr
+    assert _results(out) == _results(reference["out"])
+    from macaw_fast.data.store import verify_dataset
+
+    verify_dataset(out / "data", progress=False)
+
+
+def test_corrupt_collected_data_is_collected_again(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    _flip(out / "collect" / "dataset" / "1" / "reward.npy")
+    p = _run(reference["tmp"], out)
+    assert "collect: the collected data failed verification" in p.stderr
+    assert _results(out) == _results(reference["out"])
+
+
+def test_truncated_checkpoint_is_detected_and_training_redone(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    latest = out / "train" / "seed_0" / "checkpoints" / "latest.pt"
+    size = latest.stat().st_size
+    with open(latest, "r+b") as f:
+        f.truncate(size // 2)
+    p = _run(reference["tmp"], out)
+    assert "latest.pt" in p.stderr and "corrupt" in p.stderr
+    assert "resuming from" in p.stderr and "step_0000016.pt" in p.stderr
+    assert _results(out) == _results(reference["out"])
+
+
+def test_flipped_checkpoint_bits_are_detected(reference, tmp_path):
+    from macaw_fast.train.loop import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "latest.pt"
+    shutil.copy(reference["out"] / "train" / "seed_1" / "checkpoints" / "latest.pt", ck)
+    load_checkpoint(ck)
+    # flip a low bit inside the first tensor's data record (the zip's stored payload)
+    raw = bytearray(ck.read_bytes())
+    i = raw.index(b"data/0") + 200
+    raw[i] ^= 0x01
+    ck.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum mismatch|could not be read"):
+        load_checkpoint(ck)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: one line naming the flag or path, nothing written
+
+
+def _cli(*args, env=ENV):
+    return subprocess.run([sys.executable, "-m", "macaw_fast", "reproduce", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_unknown_family(tmp_path):
+    p = _cli("hopper_vel", "--out", str(tmp_path / "x"))
+    assert p.returncode == 2 and "invalid choice: 'hopper_vel'" in p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--collect-steps", "--eval-interval", "--final-batches", "--buffer-skip"])
+def test_budgets_must_be_positive(tmp_path, flag):
+    for bad in ("0", "-3"):
+        p = _cli("cheetah_dir", "--out", str(tmp_path / "x"), flag, bad)
+        assert p.returncode == 2 and f"argument {flag}: expected an integer >= 1" in p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_abbreviated_flags_are_refused(tmp_path):
+    p = _cli("cheetah_dir", "--out", str(tmp_path / "x"), "--step", "5", "--dry-run")
+    assert p.returncode == 2 and "unrecognized arguments: --step" in p.stderr
+
+
+def test_out_holding_another_family(reference, tmp_path):
+    p = _cli("cheetah_vel", "--out", str(reference["out"]), "--dry-run")
+    assert p.returncode == 1
+    assert p.stderr.strip().count("\n") == 0
+    assert "holds a cheetah_dir reproduction, not cheetah_vel" in p.stderr
+
+
+def test_changed_setting_is_refused(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    args = _args(reference["tmp"], out)
+    args[args.index("--buffer-skip") + 1] = "3"
+    p = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 1 and "--buffer-skip: " in p.stderr and "made with 2, got 3" in p.stderr
+    assert _results(out) == _results(reference["out"])
+
+
+def test_out_that_is_not_a_reproduction(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    p = _cli("cheetah_dir", "--out", str(tmp_path / "mine"), "--dry-run")
+    assert p.returncode == 1 and "not a reproduce directory" in p.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_unwritable_out(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    p = _cli("cheetah_dir", "--out", str(f / "sub"), "--collect-steps", "400")
+    assert p.returncode == 1 and str(f) in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0
+    p = _cli("cheetah_dir", "--out", "/proc/macaw-fast-test", "--collect-steps", "400")
+    assert p.returncode == 1 and "/proc/macaw-fast-test" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(reference, tmp_path):
+    p = _cli("cheetah_dir", "--out", str(tmp_path / "new"), "--dry-run", "--steps", "1000")
+    assert p.returncode == 0, p.stderr
+    for stage in ("collect", "subsample", "train seed 0", "train seed 2", "evaluate seed 1", "results", "total"):
+        assert stage in p.stdout
+    assert not (tmp_path / "new").exists()
+    # on a finished reproduction every stage is done
+    args = _args(reference["tmp"], reference["out"], "--dry-run")
+    p = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = {ln.split()[0] + (" " + ln.split()[2] if ln.startswith(("train", "evaluate")) else ""): ln
+             for ln in p.stdout.splitlines()[2:] if ln.strip()}
+    for k in ("collect", "subsample", "train 0", "train 1", "evaluate 0", "evaluate 1"):
+        assert " done " in lines[k], lines[k]
