@@ -188,3 +188,69 @@ def test_inner_data_ablation_restricts_inner_rows(dataset):
         rows = inner.obs[k].numpy()
         assert any(np.isin(rows[:, 0], e[:, 0]).all() for e in ends)
     it.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# run directories that were interrupted or damaged (issue: a run must never get stuck)
+
+
+def test_config_without_checkpoint_starts_afresh(dataset, tmp_path, capsys):
+    """config.json written but not the step-0 checkpoint (kill -9 or full disk right after it)."""
+    mc, tc = tiny(steps=3)
+    train(dataset, tmp_path / "ref", mc, tc)
+    for resume in (False, True):
+        run = tmp_path / f"stuck_{resume}"
+        run.mkdir()
+        (run / "config.json").write_text("{}")
+        train(dataset, run, mc, tc, resume=resume)
+        _assert_same(_state(run / "checkpoints" / "latest.pt"), _state(tmp_path / "ref" / "checkpoints" / "latest.pt"))
+        assert "starting" in capsys.readouterr().err
+
+
+def test_corrupt_latest_falls_back_to_newest_intact_checkpoint(dataset, tmp_path, capsys):
+    mc, tc = tiny(steps=12, latest_interval=2, numbered_interval=4)
+    train(dataset, tmp_path / "full", mc, tc)
+    full = _state(tmp_path / "full" / "checkpoints" / "latest.pt")
+    run = tmp_path / "part"
+    train(dataset, run, mc, tc, stop_after=10)
+    latest = run / "checkpoints" / "latest.pt"
+    assert load_checkpoint(latest)["step"] == 10
+    raw = bytearray(latest.read_bytes())
+    raw[raw.index(b"data/0") + 300] ^= 0x01     # one low bit inside a tensor record
+    latest.write_bytes(bytes(raw))
+    (run / "checkpoints" / ".latest.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    from macaw_fast.train.loop import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checksum mismatch|could not be read"):
+        load_checkpoint(latest)
+    train(dataset, run, mc, tc, resume=True)
+    err = capsys.readouterr().err
+    assert "latest.pt.corrupt" in err and "step_0000008.pt" in err and ".latest.pt.x1y2.tmp" in err
+    assert not (run / "checkpoints" / ".latest.pt.x1y2.tmp").exists()
+    assert (run / "checkpoints" / "latest.pt.corrupt").exists()        # kept, not deleted
+    _assert_same(_state(latest), full)
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))    # records after step 8 redone once
+
+
+def test_eval_of_a_corrupt_checkpoint_is_a_one_line_error(dataset, tmp_path):
+    mc, tc = tiny(steps=2)
+    train(dataset, tmp_path / "run", mc, tc)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    raw = bytearray(latest.read_bytes())
+    raw[raw.index(b"data/0") + 300] ^= 0x04
+    latest.write_bytes(bytes(raw))
+    p = subprocess.run([sys.executable, "-m", "macaw_fast", "eval", str(latest), "--episodes", "1", "--batches", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert str(latest) in p.stderr and ("checksum mismatch" in p.stderr or "could not be read" in p.stderr)
+
+
+@pytest.mark.parametrize("argv, bad", [(["--lr", "3"], "--lr"), (["--disc", "0.5"], "--disc"),
+                                       (["--step", "5"], "--step")])
+def test_abbreviated_options_are_refused(dataset, tmp_path, capsys, argv, bad):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY, *argv])
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {bad}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
