@@ -94,11 +94,19 @@ def _init_linear(n: int, fan_in: int, fan_out: int, generator: torch.Generator |
 
 
 def _mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """Batched MLP: ``x`` (N, B, in) through (W (N, in, out), b (N, 1, out)) pairs, ReLU between."""
+    """Batched MLP: ``x`` (N, B, in) through (W (N, in, out), b (N, 1, out)) pairs, ReLU between.
+
+    A layer with one output (the critics' last) is a broadcast multiply and a sum: MKL's batched
+    GEMM with N = 1 ran at ~2 GFLOP/s here (3.3 ms for (100, 256, 128) x (100, 128, 1)). The ReLUs
+    run in place on each layer's fresh output (baddbmm's backward does not read its output).
+    """
     for i, (w, b) in enumerate(layers):
-        x = torch.baddbmm(b, x, w)
+        if w.shape[-1] == 1:
+            x = (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b
+        else:
+            x = torch.baddbmm(b, x, w)
         if i < len(layers) - 1:
-            x = torch.relu(x)
+            x = x.relu_()
     return x
 
 
