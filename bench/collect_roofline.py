@@ -5,7 +5,8 @@ Prints, per thread count: the batched SAC update's time and FLOPs (torch's FlopC
 achieved GFLOP/s, the time its GEMMs would take at the rates the same shapes reach standalone
 (hot, in this process), a large square GEMM's rate for scale, the env step of each family, the
 batched action selection, and the model of a whole collection's wall-clock time:
-``(steps - warmup) * utd * t_update + steps * (T * t_env + t_act)``. Run it on idle cores.
+``(steps - warmup) * utd * t_update + steps * (t_envs + t_act)``, where t_envs is one step of all T envs
+on as many threads as torch has (as the collector steps them). Run it on idle cores.
 """
 
 from __future__ import annotations
@@ -64,19 +65,24 @@ def standalone_gemm_seconds(shapes) -> tuple[float, dict]:
     return total, rates
 
 
-def env_step_seconds(family: str, n: int = 2000) -> float:
-    from macaw_fast.envs import FAMILIES, make
+def env_step_seconds(family: str, T: int, workers: int, n: int = 100) -> float:
+    """Seconds per collection step of T envs of ``family`` on ``workers`` threads (as the collector steps them)."""
+    from macaw_fast.collect.collector import _Envs
+    from macaw_fast.envs import FAMILIES
 
     fam = FAMILIES[family]
-    env = make(family, fam.paper_tasks()[0], disable_env_checker=True)
-    env.reset(seed=0)
+    tasks = [fam.paper_tasks()[i % len(fam.paper_tasks())] for i in range(T)]
+    envs = _Envs(family, tasks, 200)
+    envs.set_workers(workers)
+    envs.reset_all(list(range(T)))
     rng = np.random.default_rng(0)
-    acts = rng.uniform(-1, 1, (n, fam.act_dim))
+    acts = rng.uniform(-1, 1, (n, T, fam.act_dim))
     t = time.perf_counter()
     for i in range(n):
-        _, _, term, trunc, _ = env.step(acts[i])
-        if term or trunc:
-            env.reset()
+        for k, (_, _, term) in enumerate(envs.step_all(acts[i])):
+            if term:
+                envs.envs[k].reset()
+    envs.close()
     return (time.perf_counter() - t) / n
 
 
@@ -86,9 +92,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
+    from macaw_fast._malloc import tune_malloc
+
+    tune_malloc()     # as `macaw-fast collect` does: freed activations stay in the process
     obs, act = 27, 8   # Ant's sizes (the largest of the 50-task families)
-    env_s = {f: env_step_seconds(f) for f in ("cheetah_vel", "ant_dir", "walker_param")}
-    print("env step (one env, ms): " + ", ".join(f"{f} {1e3 * s:.3f}" for f, s in env_s.items()))
     for threads in args.threads:
         torch.set_num_threads(threads)
         a = torch.randn(2000, 2000)
@@ -106,6 +113,7 @@ def main() -> None:
             shapes = gemm_shapes(sac, bt, g)
             gemm_s, rates = standalone_gemm_seconds(shapes)
             gemm_flop = sum(2 * b * m * k * n for b, m, k, n in shapes)
+            env_s = {f: env_step_seconds(f, T, threads) for f in ("cheetah_vel", "ant_dir", "walker_param")}
             o = torch.randn(T, 1, obs)
             t_act = _best(lambda: sac.act(o, generator=g), 50)
             print(f"\nthreads {threads}, T = {T}, width {args.width}: update {1e3 * t_upd:.1f} ms, "
@@ -114,10 +122,12 @@ def main() -> None:
                   f"({gemm_flop / gemm_s / 1e9:.1f} GFLOP/s); 2000^3 GEMM {big:.0f} GFLOP/s; act {1e3 * t_act:.2f} ms")
             print("  standalone GFLOP/s per GEMM shape (b, m, k, n): " +
                   ", ".join(f"{s}: {r:.0f}" for s, r in sorted(rates.items(), key=lambda kv: -kv[1])))
+            print(f"  one step of {T} envs on {threads} thread(s): " +
+                  ", ".join(f"{f} {1e3 * s:.2f} ms" for f, s in env_s.items()))
             for fam in ("cheetah_vel", "ant_dir", "walker_param"):
                 steps, warm, utd = 60_000, 5_000, 0.5
                 upd = (steps - warm) * utd * t_upd
-                env = steps * (T * env_s[fam] + t_act)
+                env = steps * (env_s[fam] + t_act)
                 print(f"  {fam}: model of a {T}-task collection at 60k steps, utd 0.5: updates {upd / 60:.1f} min "
                       f"+ envs and actions {env / 60:.1f} min = {(upd + env) / 60:.1f} min")
 
