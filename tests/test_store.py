@@ -267,6 +267,26 @@ def test_manifest_disagreement_detected(filled):
         open_dataset(filled)
 
 
+@pytest.mark.parametrize("bad_id", ["../victim", "/etc", "a/b", ".hidden", ""])
+def test_task_ids_that_are_paths_are_refused_on_read(filled, tmp_path, bad_id):
+    """A manifest naming a task '../victim' must not make the reader, verify or a resuming writer
+    touch anything outside the dataset directory."""
+    import shutil
+
+    victim = tmp_path / "victim"
+    shutil.copytree(filled / "0", victim)      # a plausible task directory right outside the dataset
+    before = {p.name: p.read_bytes() for p in victim.iterdir()}
+    dm = json.loads((filled / "dataset.json").read_text())
+    old = dm["tasks"][0]["id"]
+    dm["tasks"][0]["id"] = bad_id
+    dm["split"] = {k: [bad_id if t == old else t for t in v] for k, v in dm["split"].items()}
+    (filled / "dataset.json").write_text(json.dumps(dm))
+    for fn in (open_dataset, lambda p: store.verify_dataset(p, progress=False), store.DatasetWriter.open):
+        with pytest.raises(DatasetError, match="is not a valid task id"):
+            fn(filled)
+    assert {p.name: p.read_bytes() for p in victim.iterdir()} == before
+
+
 def test_wrong_dims_detected(filled):
     dm = json.loads((filled / "dataset.json").read_text())
     dm["obs_dim"] = 4

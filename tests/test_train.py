@@ -254,3 +254,21 @@ def test_abbreviated_options_are_refused(dataset, tmp_path, capsys, argv, bad):
     assert e.value.code == 2
     assert f"unrecognized arguments: {bad}" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content, msg", [
+    ('{"trian": {"steps": 2}}', "unknown top-level key(s) ['trian']"),
+    ('[1, 2]', "expected a JSON object, got list"),
+    ('{"train": [1]}', "'train' must be a JSON object"),
+    ('{"train": {"stepz": 2}}', "stepz"),
+    ('{not json', "not readable as JSON"),
+])
+def test_config_file_mistakes_are_one_line_errors(dataset, tmp_path, capsys, content, msg):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(content)
+    rc, err = _cli(capsys, "train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY,
+                   "--config-file", str(cfg))
+    assert rc == 1 and msg in err
+    assert str(cfg) in err or msg == "stepz"      # field errors name the field (train.stepz), not the file
+    assert err.strip().count("\n") == 0
+    assert not (tmp_path / "r").exists()

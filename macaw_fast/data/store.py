@@ -392,6 +392,10 @@ def _check_dataset_manifest(path: str, m: dict) -> None:
         _require(isinstance(entry, dict) and isinstance(entry.get("id"), str)
                  and isinstance(entry.get("manifest"), str) and isinstance(entry.get("rows"), int),
                  f"{where}: each entry of 'tasks' needs 'id', 'manifest' and 'rows'")
+        # task ids name directories: never a path ('../x', '/x', 'a/b') that leaves the dataset
+        _require(_TASK_ID_RE.match(entry["id"]) is not None,
+                 f"{where}: task id {entry['id']!r} is not a valid task id (letters, digits, '_', '.', '-'; "
+                 f"1-64 characters, not starting with '.', '_' or '-'); refusing to read outside {path}")
         ids.append(entry["id"])
     _require(len(set(ids)) == len(ids), f"{where}: duplicate task ids")
     for k in ("train", "test"):

@@ -19,8 +19,7 @@ from .config import add_config_arguments, list_presets, overrides_from_args, res
 def _configs(args) -> tuple:
     mac, tr = {}, {}
     if args.config_file:
-        with open(args.config_file) as f:
-            d = json.load(f)
+        d = _config_file(args.config_file, "--config-file")
         mac.update(d.get("macaw", {}))
         tr.update(d.get("train", {}))
     m2, t2 = overrides_from_args(args)
@@ -331,16 +330,24 @@ def _json_object_file(path: str, flag: str) -> dict:
     return d
 
 
+def _config_file(path: str, flag: str) -> dict:
+    """A JSON file {"macaw": {...}, "train": {...}}; anything else is an error naming the key."""
+    d = _json_object_file(path, flag)
+    unknown = sorted(set(d) - {"macaw", "train"})
+    if unknown:
+        raise ValueError(f"{flag} {path}: unknown top-level key(s) {unknown}; expected only 'macaw' and 'train'")
+    for k in ("macaw", "train"):
+        if k in d and not isinstance(d[k], dict):
+            raise ValueError(f"{flag} {path}: '{k}' must be a JSON object of fields, got {type(d[k]).__name__}")
+    return d
+
+
 def run_reproduce(args) -> int:
     """Entry point of `macaw-fast reproduce`."""
     from .reproduce import ReproduceConfig, Reproduction, format_plan, merge_summary
 
     collect_over = _json_object_file(args.collect_config, "--collect-config") if args.collect_config else {}
-    train_file = _json_object_file(args.train_config, "--train-config") if args.train_config else {}
-    unknown = sorted(set(train_file) - {"macaw", "train"})
-    if unknown:
-        raise ValueError(f"--train-config {args.train_config}: unknown top-level key(s) {unknown}; "
-                         f"expected only 'macaw' and 'train'")
+    train_file = _config_file(args.train_config, "--train-config") if args.train_config else {}
     cfg = ReproduceConfig(family=args.family, seeds=list(args.seeds), steps=args.steps,
                           collect_steps=args.collect_steps, collect_seed=args.collect_seed,
                           collect_overrides=collect_over, buffer_skip=args.buffer_skip, presets=list(args.preset),
