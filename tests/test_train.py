@@ -272,3 +272,29 @@ def test_config_file_mistakes_are_one_line_errors(dataset, tmp_path, capsys, con
     assert str(cfg) in err or msg == "stepz"      # field errors name the field (train.stepz), not the file
     assert err.strip().count("\n") == 0
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_arguments_are_checked(dataset, tmp_path, capsys):
+    mc, tc = tiny(steps=2)
+    train(dataset, tmp_path / "run", mc, tc)
+    ck = str(tmp_path / "run")
+    for argv, msg in ((["--tasks", "-1"], "argument --tasks: expected an integer >= 0, got -1"),
+                      (["--episodes", "0"], "argument --episodes: expected an integer >= 1, got 0"),
+                      (["--batches", "-2"], "argument --batches: expected an integer >= 1, got -2"),
+                      (["--random-episodes", "-1"], "argument --random-episodes: expected an integer >= 0")):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", ck, *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    rc, err = _cli(capsys, "eval", ck, "--tasks", "0", "5", "--batch-size", "16", "--episodes", "1", "--batches", "1")
+    assert rc == 1 and "--tasks: [5] out of range" in err and "has 2 tasks (indices 0..1)" in err
+    rc = main(["eval", ck, "--random-episodes", "0", "--batch-size", "16", "--episodes", "1", "--batches", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "n/a" in out and "mean" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_device_cuda_without_cuda_is_a_one_line_error(dataset, tmp_path, capsys):
+    rc, err = _cli(capsys, "train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY, "--steps", "2",
+                   "--device", "cuda")
+    assert rc == 1 and "train.device: 'cuda'" in err and "no CUDA device" in err
+    assert not (tmp_path / "r").exists()

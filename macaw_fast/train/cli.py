@@ -226,11 +226,21 @@ def run_eval(args) -> int:
     if (learner.obs_dim, learner.act_dim) != (ds.obs_dim, ds.act_dim):
         raise ValueError(f"{data}: obs/act dims ({ds.obs_dim}, {ds.act_dim}) differ from the checkpoint's "
                          f"({learner.obs_dim}, {learner.act_dim})")
+    if args.tasks:
+        bad = [i for i in args.tasks if i >= len(ds.tasks)]
+        if bad:
+            raise ValueError(f"--tasks: {bad} out of range; {data} has {len(ds.tasks)} tasks (indices 0.."
+                             f"{len(ds.tasks) - 1})")
     tasks = ds.test_tasks if not args.tasks else [ds.tasks[i] for i in args.tasks]
     ev = Evaluator(ds, tasks, family, args.batch_size, args.seed)
     res = ev.evaluate(learner, 0, args.batches, args.episodes, random_episodes=args.random_episodes)
-    rnd, best = ev.random_returns(args.random_episodes), ev.best_data_returns()
+    nan = float("nan")
+    rnd = ev.random_returns(args.random_episodes) if args.random_episodes else {t: nan for t in tasks}
+    best = ev.best_data_returns()
     res["random"], res["data_best"] = rnd, best
+    for kind in ("adapted", "unadapted"):
+        res.setdefault(f"normalised_{kind}", {t: None for t in tasks})
+        res.setdefault(f"mean_normalised_{kind}", None)
     print(f"{'task':>8s} {'adapted':>9s} {'norm':>6s} {'unadapted':>10s} {'norm':>6s} {'random':>8s} {'data best':>10s}")
     fmt = lambda v: "   n/a" if v is None else f"{v:6.2f}"  # noqa: E731
     for t in tasks:
@@ -461,15 +471,18 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint (ours or the paper's archive_*.pt) on test tasks")
     e.add_argument("checkpoint", help="checkpoint file, run directory (uses its latest.pt), or a paper archive_*.pt")
     e.add_argument("--data", help="dataset (default: the one the run trained on; required for paper archives)")
-    e.add_argument("--episodes", type=int, default=3, help="mean-action rollouts per adaptation batch and task")
-    e.add_argument("--batches", type=int, default=3, help="adaptation batches per task")
-    e.add_argument("--batch-size", type=int, default=256, help="rows per adaptation batch")
-    e.add_argument("--tasks", type=int, nargs="+", help="dataset task indices to evaluate (default: the test split)")
-    e.add_argument("--random-episodes", type=int, default=3, help="random-policy episodes per task (normalised score)")
-    e.add_argument("--seed", type=int, default=0)
+    pos, nonneg = _int_at_least(1), _int_at_least(0)
+    e.add_argument("--episodes", type=pos, default=3, help="mean-action rollouts per adaptation batch and task (default: 3)")
+    e.add_argument("--batches", type=pos, default=3, help="adaptation batches per task (default: 3)")
+    e.add_argument("--batch-size", type=pos, default=256, help="rows per adaptation batch (default: 256)")
+    e.add_argument("--tasks", type=nonneg, nargs="+", metavar="INDEX",
+                   help="dataset task indices to evaluate, 0 .. number of tasks - 1 (default: the test split)")
+    e.add_argument("--random-episodes", type=nonneg, default=3,
+                   help="random-policy episodes per task for the normalised score; 0 = no normalised score (default: 3)")
+    e.add_argument("--seed", type=nonneg, default=0, help="seed of the evaluation draws (default: 0)")
     e.add_argument("--fused", action="store_true", help="use the fused ops")
     e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (spec §6)")
-    e.add_argument("--ft-iterations", type=int, default=500, help="online fine-tuning iterations")
+    e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")
     e.add_argument("--video-dir", default="videos")
     e.add_argument("--json", help="also write the full results to this JSON file")

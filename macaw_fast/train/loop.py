@@ -144,9 +144,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"train.device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {name!r}, but this torch ({torch.__version__}) sees no CUDA device; "
+                         f"use --device cpu (or auto)")
+    return dev
 
 
 def make_learner(setup: RunSetup):
