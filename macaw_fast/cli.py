@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from ._provenance import set_command
+
+    set_command(["macaw-fast", *args.argv])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

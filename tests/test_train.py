@@ -298,3 +298,27 @@ def test_device_cuda_without_cuda_is_a_one_line_error(dataset, tmp_path, capsys)
                    "--device", "cuda")
     assert rc == 1 and "train.device: 'cuda'" in err and "no CUDA device" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_provenance_in_config_checkpoint_logs_and_eval_json(dataset, tmp_path, capsys):
+    import json
+
+    rc = main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY, "--steps", "2",
+               "--log-interval", "1"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    prov = cfg["provenance"]
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0] or prov["versions"]["torch"] == torch.__version__
+    assert prov["versions"]["macaw-fast"] and prov["command"][:2] == ["macaw-fast", "train"]
+    assert prov["time_utc"].endswith("Z")
+    st = load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")
+    assert st["provenance"]["versions"] == prov["versions"]
+    recs = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert recs and all(isinstance(r["time"], float) and r["time"] > 1.7e9 for r in recs)
+    out = tmp_path / "e.json"
+    rc = main(["eval", str(tmp_path / "r"), "--batch-size", "16", "--episodes", "1", "--batches", "1",
+               "--random-episodes", "1", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["checkpoint"] == str(tmp_path / "r" / "checkpoints" / "latest.pt") and res["checkpoint_step"] == 2
+    assert res["protocol"]["batches"] == 1 and res["provenance"]["command"][:2] == ["macaw-fast", "eval"]

@@ -301,7 +301,15 @@ class Collector:
                 ds_path, self.fam.env_id, {tid: envs.task_to_jsonable(t) for tid, t in zip(self.ids, self.tasks)},
                 split, o, a, gamma=self.cfg.gamma, overwrite=overwrite,
                 source={"collector": "macaw_fast.collect", "family": self.cfg.family, "config": asdict(self.cfg)})
-        atomic_write_text(os.path.join(self.out_dir, CONFIG), json.dumps(asdict(self.cfg), indent=1) + "\n")
+        from .._provenance import provenance
+
+        cfg_path = os.path.join(self.out_dir, CONFIG)
+        prov = {"provenance": provenance()}
+        if resume and os.path.exists(cfg_path):       # keep where the run started; add this resume
+            old = _read_json_object(cfg_path)
+            if "provenance" in old:
+                prov = {"provenance": old["provenance"], "last_resume": provenance()}
+        atomic_write_text(cfg_path, json.dumps({**asdict(self.cfg), **prov}, indent=1) + "\n")
 
     # ---- resume
 
@@ -480,6 +488,7 @@ class Collector:
                 "eval_length": (steps / n).tolist()}
 
     def _log(self, record: dict) -> None:
+        record = {**record, "time": round(time.time(), 3)}     # wall-clock (Unix seconds)
         with open(os.path.join(self.out_dir, LOG), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is None and self.cfg.tensorboard:
@@ -487,7 +496,11 @@ class Collector:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
-            except ImportError:
+                self._tb.add_text("config", "```\n" + json.dumps(asdict(self.cfg), indent=1) + "\n```", 0)
+            except ImportError as e:
+                print(f"macaw-fast collect: TensorBoard logging is off: {e} (pip install 'macaw-fast[log]', or "
+                      f"pass --no-tensorboard); the log still goes to {os.path.join(self.out_dir, LOG)}",
+                      file=sys.stderr)
                 self._tb = False
         if self._tb:
             step = record["step"]
@@ -577,6 +590,15 @@ class Collector:
         self.writer.close()
         if hasattr(self, "envs"):
             self.envs.close()
+
+
+def _read_json_object(path: str) -> dict:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
 
 
 def _parse_json_line(line: str) -> dict | None:

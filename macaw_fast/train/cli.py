@@ -183,8 +183,9 @@ def _print_eval(res: dict, prefix: str = "") -> None:
 # eval
 
 
-def load_any_checkpoint(path: str, data: str | None, fused: bool = False):
-    """(learner, dataset path, family or None): a macaw-fast checkpoint or the paper's archive_*.pt."""
+def load_any_checkpoint(path: str, data: str | None, fused: bool = False, with_step: bool = False):
+    """(learner, dataset path, family or None): a macaw-fast checkpoint or the paper's archive_*.pt.
+    With ``with_step`` also the checkpoint's step (None for a paper archive)."""
     import torch
 
     from ..macaw import MetaLearner
@@ -201,14 +202,16 @@ def load_any_checkpoint(path: str, data: str | None, fused: bool = False):
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         st = load_checkpoint(path)
         learner = MetaLearner.from_state_dict(st["learner"], fused=fused)
-        return learner, data or st["data"], st["family"]
+        out = learner, data or st["data"], st["family"]
+        return out + (int(st["step"]),) if with_step else out
     if not data:
         raise ValueError(f"{path}: a paper archive needs --data DATASET (its test tasks and n_train)")
     from ..data.store import open_dataset
     from ..paper import load_archive
 
     ds = open_dataset(data)
-    return load_archive(raw, len(ds.train_tasks), fused=fused), data, None
+    out = load_archive(raw, len(ds.train_tasks), fused=fused), data, None
+    return out + (None,) if with_step else out
 
 
 def run_eval(args) -> int:
@@ -218,7 +221,7 @@ def run_eval(args) -> int:
     from ..data.store import open_dataset
     from .evaluate import Evaluator, family_of, online_finetune
 
-    learner, data, fam = load_any_checkpoint(args.checkpoint, args.data, args.fused)
+    learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.fused, with_step=True)
     ds = open_dataset(data)
     family = family_of(ds)
     if fam and fam != family:
@@ -264,8 +267,14 @@ def run_eval(args) -> int:
     if args.video:
         _videos(ev, learner, args)
     if args.json:
+        from .._provenance import provenance
         from .loop import _jsonable, atomic_write_json
 
+        ck = os.path.join(args.checkpoint, "checkpoints", "latest.pt") if os.path.isdir(args.checkpoint) else args.checkpoint
+        res.update(checkpoint=os.path.abspath(ck), checkpoint_step=step, data=os.path.abspath(data),
+                   protocol={"batches": args.batches, "episodes": args.episodes, "batch_size": args.batch_size,
+                             "random_episodes": args.random_episodes, "seed": args.seed},
+                   provenance=provenance())
         atomic_write_json(args.json, _jsonable(res))
     ev.close()
     return 0 if np.isfinite(res["mean_adapted"]) else 1

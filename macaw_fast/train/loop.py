@@ -222,10 +222,12 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str, learner, step: int, setup: RunSetup) -> None:
     """Write a resumable checkpoint atomically (tmp + fsync + rename), with a SHA-256 of its content
     that :func:`load_checkpoint` verifies."""
+    from .._provenance import provenance
+
     state = {"format": CHECKPOINT_FORMAT, "version": 2, "step": int(step), "learner": learner.state_dict(),
              "macaw": setup.mc.to_dict(), "train": setup.tc.to_dict(), "data": setup.data,
              "family": setup.family, "train_ids": setup.train_ids, "test_ids": setup.test_ids,
-             "rng": _rng_state()}
+             "rng": _rng_state(), "provenance": provenance()}
     state["sha256"] = state_digest(state)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
@@ -297,26 +299,33 @@ def params_finite(learner) -> bool:
 
 
 class _Logger:
-    def __init__(self, run: str, tensorboard: bool) -> None:
+    """metrics.jsonl (every record with its wall-clock ``time``) and, when installed, TensorBoard
+    (scalars, and the run's configuration as text)."""
+
+    def __init__(self, run: str, tensorboard: bool, config: dict | None = None) -> None:
         self.path = os.path.join(run, "metrics.jsonl")
         self.f = open(self.path, "a")
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError as e:
+                print(f"macaw-fast: TensorBoard logging is off: {e} (pip install 'macaw-fast[log]', or pass "
+                      f"--tensorboard false); metrics still go to {self.path}", file=sys.stderr)
+            else:
                 self.tb = SummaryWriter(os.path.join(run, "tb"))
-            except Exception:  # noqa: BLE001 - tensorboard missing or broken: JSONL only
-                self.tb = None
+                if config is not None:
+                    self.tb.add_text("config", "```\n" + json.dumps(_jsonable(config), indent=1) + "\n```", 0)
 
     def write(self, rec: dict) -> None:
+        rec = {**rec, "time": round(time.time(), 3)}      # wall-clock (Unix seconds) of every record
         self.f.write(json.dumps(_jsonable(rec)) + "\n")
         self.f.flush()
         if self.tb is not None:
             step = rec.get("step", 0)
             prefix = rec.get("kind", "train")
             for k, v in rec.items():
-                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if k not in ("step", "kind", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
                 elif isinstance(v, dict) and k in ("adapted", "unadapted"):
                     for tid, r in v.items():
@@ -387,11 +396,15 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
         os.makedirs(ckpt_dir, exist_ok=True)
         if os.path.exists(os.path.join(out, "metrics.jsonl")):
             _truncate_log(os.path.join(out, "metrics.jsonl"), 0)
+        from .._provenance import provenance
+
         atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
                                      "family": setup.family, "train_ids": setup.train_ids,
-                                     "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict()})
+                                     "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict(),
+                                     "provenance": provenance()})
         save_checkpoint(latest, learner, 0, setup)
-    log = _Logger(out, tc.tensorboard)
+    log = _Logger(out, tc.tensorboard, {"data": setup.data, "presets": presets or [], "macaw": mc.to_dict(),
+                                         "train": tc.to_dict()})
     bar = None
     if tc.progress:
         from tqdm import tqdm
