@@ -656,3 +656,32 @@ def test_gymnasium_make_with_module_prefix():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1.0", "200"]
+
+
+@pytest.mark.parametrize("family", ["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"])
+def test_task_is_in_reset_and_step_info(family):
+    from macaw_fast import envs as menvs
+
+    task = menvs.FAMILIES[family].paper_tasks()[1]
+    env = menvs.make(family, task)
+    _, info = env.reset(seed=0)
+    for i in (info, env.step(env.action_space.sample())[4]):
+        assert set(i["task"]) == set(task)
+        for k, v in task.items():
+            np.testing.assert_array_equal(i["task"][k], v)
+    other = menvs.FAMILIES[family].paper_tasks()[0]
+    _, info = env.reset(seed=0, options={"task": other})
+    for k, v in other.items():
+        np.testing.assert_array_equal(info["task"][k], v)
+
+
+def test_gymnasium_make_without_importing_macaw_fast_first():
+    """gymnasium 1.x has no plugin hook (removed for 1.0), so its 'module:id' form loads our envs."""
+    code = ("import gymnasium as gym, sys; assert 'macaw_fast' not in sys.modules; "
+            "e = gym.make('macaw_fast.envs:macaw_fast/CheetahVel-v0', task={'velocity': 1.2}); "
+            "o, i = e.reset(seed=0); assert i['task'] == {'velocity': 1.2}, i; assert o.shape == (20,); print('ok')")
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

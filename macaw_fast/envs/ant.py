@@ -177,6 +177,7 @@ class AntDirEnv(TaskMujocoEnv):
             "reward_ctrl": reward_ctrl,
             "reward_contact": reward_contact,
             "reward_survive": reward_survive,
+            "task": self.task,
         }
         if self.render_mode == "human":
             self.render()
@@ -192,4 +193,4 @@ class AntDirEnv(TaskMujocoEnv):
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, float]:
-        return {"x_position": self.data.qpos[0], "y_position": self.data.qpos[1]}
+        return {"x_position": self.data.qpos[0], "y_position": self.data.qpos[1], "task": self.task}

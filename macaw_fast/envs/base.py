@@ -63,7 +63,7 @@ class TaskMujocoEnv(MujocoEnv, utils.EzPickle):
 
     @property
     def task(self) -> dict[str, Any]:
-        """The current task (a copy)."""
+        """The current task (a copy; also in every reset and step ``info`` as ``info["task"]``)."""
         return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._task.items()}
 
     def set_task(self, task: Mapping[str, Any]) -> None:

@@ -144,6 +144,7 @@ class _HalfCheetahTaskEnv(TaskMujocoEnv):
             "x_velocity": x_velocity,
             "reward_forward": reward_forward,
             "reward_ctrl": reward_ctrl,
+            "task": self.task,
         }
         if self.render_mode == "human":
             self.render()
@@ -158,7 +159,7 @@ class _HalfCheetahTaskEnv(TaskMujocoEnv):
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, float]:
-        return {"x_position": self.data.qpos[0]}
+        return {"x_position": self.data.qpos[0], "task": self.task}
 
 
 class HalfCheetahDirEnv(_HalfCheetahTaskEnv):

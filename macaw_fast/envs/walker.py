@@ -193,6 +193,7 @@ class WalkerParamsEnv(TaskMujocoEnv):
             "reward_forward": x_velocity,
             "reward_survive": self._healthy_reward,
             "reward_ctrl": reward_ctrl,
+            "task": self.task,
         }
         if self.render_mode == "human":
             self.render()
@@ -208,4 +209,4 @@ class WalkerParamsEnv(TaskMujocoEnv):
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, float]:
-        return {"x_position": self.data.qpos[0]}
+        return {"x_position": self.data.qpos[0], "task": self.task}
