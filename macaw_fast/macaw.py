@@ -10,6 +10,7 @@ rank-1 identity of spec §5, so no task ever gets its own copy of a weight matri
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,6 +59,23 @@ class Adapted:
     value: list[Tensor]
     policy: list[Tensor]
     """Trunk layers then (when present) head layers."""
+
+    def __len__(self) -> int:
+        """Number of tasks T."""
+        return int((self.policy or self.value)[0].shape[0])
+
+    def select(self, tasks) -> "Adapted":
+        """The adapted parameters of a subset of the tasks: ``tasks`` is an index, a list of indices,
+        a slice or a boolean/integer tensor over the T tasks (in the order they were adapted)."""
+        if isinstance(tasks, int):
+            tasks = [tasks]
+        if isinstance(tasks, (list, tuple)):
+            n = len(self)
+            bad = [t for t in tasks if not isinstance(t, int) or not -n <= t < n]
+            if bad:
+                raise IndexError(f"Adapted.select: task indices {bad} out of range for {n} adapted tasks")
+            tasks = torch.as_tensor(tasks, dtype=torch.long, device=(self.policy or self.value)[0].device)
+        return Adapted(value=[p[tasks] for p in self.value], policy=[p[tasks] for p in self.policy])
 
 
 class MetaLearner:
@@ -319,8 +337,17 @@ class MetaLearner:
         policy, _ = self._adapt_policy(batch, adv, w)
         return Adapted(value=value, policy=policy)
 
-    def act(self, obs: Tensor, adapted: Adapted | None = None) -> Tensor:
-        """Policy mean for obs (T, B, obs_dim): adapted per task, or the meta-trained policy."""
+    def act(self, obs: Tensor, adapted: Adapted | None = None, tasks=None) -> Tensor:
+        """Policy mean for obs (T, B, obs_dim): adapted per task, or the meta-trained policy.
+
+        ``tasks`` picks which of the adapted tasks ``obs`` belongs to (as :meth:`Adapted.select`),
+        e.g. ``act(obs_of_task_2, adapted, tasks=[2])`` with obs (1, B, obs_dim).
+        """
+        if adapted is not None and tasks is not None:
+            adapted = adapted.select(tasks)
+        if adapted is not None and obs.dim() == 3 and obs.shape[0] != len(adapted):
+            raise ValueError(f"act: obs holds {obs.shape[0]} tasks but {len(adapted)} adapted tasks were given "
+                             f"(pick them with tasks=[...])")
         n = self.policy.num_trunk_layers
         thetas = adapted.policy[:n] if adapted is not None else self.policy.trunk.thetas()
         return self.policy.mean(thetas, obs, backend=self.backend)
@@ -617,6 +644,21 @@ class MetaLearner:
                     raise ValueError(f"state['{name}']: expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
                 dst.copy_(src)
         self.optimizer.load_state_dict(state["optimizer"])
+
+    @classmethod
+    def from_checkpoint(cls, path, *, device=None, fused: bool = False, ops_backend: str = "auto",
+                        chunk_size: int | str = "auto") -> "MetaLearner":
+        """A learner from a ``macaw-fast train`` checkpoint file or run directory (its
+        ``checkpoints/latest.pt``), verified against its SHA-256. For the paper's ``archive_*.pt``
+        use :func:`macaw_fast.paper.load_archive`."""
+        from .checkpoint import load_checkpoint
+
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "checkpoints", "latest.pt")
+        st = load_checkpoint(path, map_location="cpu")
+        return cls.from_state_dict(st["learner"], device=device, fused=fused, ops_backend=ops_backend,
+                                   chunk_size=chunk_size)
 
     @classmethod
     def from_state_dict(cls, state: dict, *, device=None, fused: bool = False, ops_backend: str = "auto",

@@ -41,6 +41,14 @@ def test_info_prints_returns_and_writes_png(ds_path, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_info_writes_its_histogram_next_to_the_dataset(ds_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")       # not where the dataset is
+    assert main(["data", "info", str(ds_path)]) == 0
+    png = ds_path.parent / f"{ds_path.name}_returns.png"
+    assert png.exists() and str(png) in capsys.readouterr().out
+    assert not (tmp_path / ".." / f"{ds_path.name}_returns.png").exists() or tmp_path.parent == ds_path.parent
+
+
 def test_verify_ok_and_corrupt(ds_path, capsys):
     assert main(["data", "verify", "-q", str(ds_path)]) == 0
     assert "OK (2 tasks, 16 rows" in capsys.readouterr().out

@@ -62,7 +62,9 @@ def plot_returns(ds, summary: list[dict], path: str) -> None:
             ax.hist(s["returns"], bins=min(30, max(5, len(s["returns"]) // 5)))
         else:
             ax.text(0.5, 0.5, "no returns", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(f"task {s['task']}", fontsize=8)
+        ax.set_title(f"task {s['task']}: {_params_label(s['params'])}", fontsize=7)
+        ax.set_xlabel("trajectory return", fontsize=6)
+        ax.set_ylabel("trajectories", fontsize=6)
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{os.path.basename(os.path.abspath(ds.path))} ({ds.env_id}): trajectory returns", fontsize=9)
     fig.tight_layout()
@@ -70,6 +72,18 @@ def plot_returns(ds, summary: list[dict], path: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _params_label(params: dict) -> str:
+    """Task parameters in a few characters: scalars as name=value, arrays as name[size]."""
+    parts = []
+    for k, v in params.items():
+        if isinstance(v, (int, float)):
+            parts.append(f"{k}={v:.3g}")
+        else:
+            parts.append(f"{k}[{len(v) if hasattr(v, '__len__') else '?'}]")
+    text = ", ".join(parts)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fmt(x) -> str:
@@ -93,7 +107,8 @@ def cmd_info(args) -> int:
         print(f"{s['task']:>8} {s['rows']:>10} {trajs:>7} {_fmt(s['min']):>10} {_fmt(s['mean']):>10} "
               f"{_fmt(s['max']):>10}  {params}")
     if not args.no_plot:
-        path = args.plot or f"{os.path.basename(os.path.abspath(ds.path))}_returns.png"
+        d = os.path.abspath(ds.path)
+        path = args.plot or os.path.join(os.path.dirname(d), f"{os.path.basename(d)}_returns.png")
         plot_returns(ds, summary, path)
         print(f"histogram of trajectory returns per task: {path}")
     return 0
@@ -168,7 +183,7 @@ def register(sub) -> None:
 
     q = dsub.add_parser("info", help="tasks, rows, trajectory returns; histogram PNG")
     q.add_argument("dataset", help="dataset directory")
-    q.add_argument("--plot", default=None, help="PNG path (default: <dataset name>_returns.png here)")
+    q.add_argument("--plot", default=None, help="PNG path (default: <dataset name>_returns.png next to the dataset directory)")
     q.add_argument("--no-plot", action="store_true", help="do not write the histogram")
     q.set_defaults(func=cmd_info)
 
