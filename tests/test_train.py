@@ -322,3 +322,45 @@ def test_provenance_in_config_checkpoint_logs_and_eval_json(dataset, tmp_path, c
     res = json.loads(out.read_text())
     assert res["checkpoint"] == str(tmp_path / "r" / "checkpoints" / "latest.pt") and res["checkpoint_step"] == 2
     assert res["protocol"]["batches"] == 1 and res["provenance"]["command"][:2] == ["macaw-fast", "eval"]
+
+
+def test_nan_in_the_data_is_reported_with_step_task_field_and_row(tmp_path, capsys):
+    import json
+
+    from macaw_fast.data.store import open_dataset
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    data = make_scripted_dataset(tmp_path / "d", "cheetah_dir", episodes_per_task=2, episode_steps=60, seed=1)
+    f = tmp_path / "d" / "1" / "reward.npy"
+    arr = np.load(f, mmap_mode="r+")
+    arr[50:] = np.nan
+    arr.flush()
+    del arr
+    mc, tc = tiny(steps=5, latest_interval=1)
+    with pytest.raises(FloatingPointError) as e:
+        train(data, tmp_path / "run", mc, tc)
+    msg = str(e.value)
+    rec = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert rec["kind"] == "error" and rec["cause"] == "data" and rec["task"] == "1" and rec["field"] == "reward"
+    assert f"step {rec['step']}:" in msg and "dataset task '1', field 'reward', row" in msg
+    assert np.isnan(open_dataset(data)["1"]["reward"][rec["row"]]) and rec["row"] >= 50
+    assert "macaw-fast train: step" in capsys.readouterr().err
+
+
+def test_nonfinite_parameters_are_named(dataset, tmp_path, monkeypatch):
+    from macaw_fast.macaw import MetaLearner
+
+    real = MetaLearner.meta_step
+
+    def poisoned(self, inner, outer):
+        m = real(self, inner, outer)
+        with torch.no_grad():
+            self.vf.layers[1].z[0] = float("nan")
+        return m
+
+    monkeypatch.setattr(MetaLearner, "meta_step", poisoned)
+    mc, tc = tiny(steps=3)
+    with pytest.raises(FloatingPointError, match=r"step 0: parameter\(s\) vf\.\S*1\S*z"):
+        train(dataset, tmp_path / "run", mc, tc)
+    rec = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert rec["cause"] == "parameters" and any(p.startswith("vf.") for p in rec["parameters"])

@@ -120,6 +120,14 @@ class RunSetup:
         a = {"start": 0, "middle": (n - k) // 2, "end": n - k}[part]
         return {f: v[a:a + k] for f, v in arrays.items()}
 
+    def row_offset(self, tid: str, part: str) -> int:
+        """Dataset row of row 0 of the rows that ``part`` ('all'/'start'/'middle'/'end') samples from."""
+        if part == "all":
+            return 0
+        n = self.ds[tid].num_rows
+        k = min(self.tc.inner_data_rows, n)
+        return {"start": 0, "middle": (n - k) // 2, "end": n - k}[part]
+
     def samplers(self):
         """(inner sampler, outer sampler): the same object unless inner_data restricts the inner rows."""
         from ..data.sampler import MetaBatchSampler
@@ -338,7 +346,8 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
 
         bar = tqdm(total=tc.steps, initial=start, desc=os.path.basename(out), unit="step", dynamic_ncols=True,
                    file=sys.stderr, mininterval=1.0)
-    it = _batches(setup, inner_sampler, outer_sampler, start)
+    it = _batches(setup, inner_sampler, outer_sampler, start, with_ids=True)
+    error_extra: dict = {}
     last_eval: dict = {}
     t_last, s_last = time.perf_counter(), start
     dtype, device = learner.dtype, learner.device
@@ -361,14 +370,22 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
                     bar.set_postfix_str(f"adapted {res['mean_adapted']:.1f} unadapted {res.get('mean_unadapted', float('nan')):.1f}")
             if step == tc.steps or (stop_after is not None and step - start >= stop_after):
                 break
-            inner, outer = next(it)
+            inner, outer, ids = next(it)
             inner, outer = inner.to(device=device, dtype=dtype), outer.to(device=device, dtype=dtype)
             try:
                 metrics = learner.meta_step(inner, outer)
-            except FloatingPointError as e:
-                raise FloatingPointError(f"step {step}: {e}. Stopped; the last good checkpoint is {latest}") from None
+            except (FloatingPointError, ValueError) as e:
+                if isinstance(e, ValueError) and "NaN or inf" not in str(e):
+                    raise
+                where = diagnose_nonfinite(setup, learner, inner, outer, step, ids, (inner_sampler, outer_sampler))
+                error_extra = where
+                raise FloatingPointError(f"step {step}: {e}; {_describe(where)}. Stopped; the last good checkpoint "
+                                         f"is {latest}") from None
             if not params_finite(learner):
-                raise FloatingPointError(f"step {step}: a parameter became NaN/inf after the meta-step. "
+                bad = _nonfinite_parameters(learner)
+                error_extra = {"cause": "parameters", "parameters": bad}
+                raise FloatingPointError(f"step {step}: parameter(s) {', '.join(bad[:6])}"
+                                         f"{' ...' if len(bad) > 6 else ''} became NaN/inf after the meta-step. "
                                          f"Stopped; the last good checkpoint is {latest} (not overwritten)")
             if step % tc.log_interval == 0:
                 now = time.perf_counter()
@@ -378,7 +395,8 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
             if bar is not None:
                 bar.update(1)
     except FloatingPointError as e:
-        log.write({"kind": "error", "step": step, "error": str(e)})
+        log.write({"kind": "error", "step": step, "error": str(e), **error_extra})
+        print(f"macaw-fast train: {e}", file=sys.stderr)
         raise
     finally:
         if bar is not None:
@@ -416,8 +434,9 @@ def _resume_state(out: str, ckpt_dir: str, latest: str) -> tuple[dict | None, li
     return load_checkpoint(latest), notes
 
 
-def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int):
-    """Yield (inner, outer) of steps start, start + 1, ... (prefetched when possible)."""
+def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int, with_ids: bool = False):
+    """Yield (inner, outer) of steps start, start + 1, ... (prefetched when possible); with
+    ``with_ids`` also the step's training-task indices (into ``setup.train_ids``)."""
     from ..data.loader import MetaBatchLoader
     from ..data.sampler import choose_tasks
 
@@ -426,12 +445,68 @@ def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int):
     if inner_sampler is outer_sampler:
         loader = MetaBatchLoader(outer_sampler, train_idx, tc.tasks_per_step, start_step=start, prefetch=tc.prefetch)
         for ms in loader:
-            yield ms.inner, ms.outer
+            yield (ms.inner, ms.outer, list(ms.task_ids)) if with_ids else (ms.inner, ms.outer)
         return
     step = start
     while True:
         ids = choose_tasks(train_idx, tc.tasks_per_step, tc.seed, step)
         inner, _ = inner_sampler.sample(step, ids)
         _, outer = outer_sampler.sample(step, ids)
-        yield inner, outer
+        yield (inner, outer, list(ids)) if with_ids else (inner, outer)
         step += 1
+
+
+def diagnose_nonfinite(setup: RunSetup, learner, inner, outer, step: int, ids: list[int],
+                       samplers: tuple) -> dict:
+    """Where a non-finite meta-step came from: the first NaN/inf in the step's data (batch, dataset
+    task, field, dataset row), else the tasks whose own meta-loss is not finite and its parts."""
+    import numpy as np
+
+    from ..data.batch import FIELDS
+    from ..data.sampler import sample_indices_numpy
+
+    tc = setup.tc
+    for k, (name, b, sampler) in enumerate((("inner", inner, samplers[0]), ("outer", outer, samplers[1]))):
+        for f in FIELDS:
+            x = getattr(b, f)
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                t, r = (int(i) for i in bad.nonzero()[0][:2])
+                rows = sample_indices_numpy(sampler.n_rows, ids, tc.batch_size, tc.seed, step, sampler.inner_mode,
+                                            sampler.paper_window)[k]
+                tid = setup.train_ids[ids[t]]
+                part = tc.inner_data if name == "inner" else "all"
+                row = int(rows[t, r]) + setup.row_offset(tid, part)
+                return {"cause": "data", "batch": name, "task": tid, "field": f, "row": row,
+                        "value": float(x[t, r].reshape(-1)[~torch.isfinite(x[t, r].reshape(-1))][0])}
+    bad_tasks, parts = [], set()
+    with torch.enable_grad():
+        for t in range(inner.num_tasks):
+            loss, metrics = learner.meta_loss(inner.task(t), outer.task(t))
+            if not np.isfinite(float(loss.detach())):
+                bad_tasks.append(setup.train_ids[ids[t]])
+                parts.update(k for k, v in metrics.items() if not np.isfinite(float(v)))
+    return {"cause": "loss", "tasks": bad_tasks, "metrics": sorted(parts)}
+
+
+def _describe(where: dict) -> str:
+    if where.get("cause") == "data":
+        return (f"{where['batch']} batch: dataset task {where['task']!r}, field {where['field']!r}, row {where['row']} "
+                f"is {where['value']}")
+    if where.get("tasks"):
+        return (f"the data is finite; the meta-loss of dataset task(s) {where['tasks']} is not "
+                f"(non-finite: {', '.join(where['metrics']) or 'the total'})")
+    return "the data is finite and so is each task's own meta-loss (the sum overflowed)"
+
+
+def _nonfinite_parameters(learner) -> list[str]:
+    """Names (state_dict keys) of the learner's tensors holding NaN or inf."""
+    out = []
+    for net, sd in learner.state_dict().items():
+        if isinstance(sd, dict):
+            for k, v in sd.items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    out.append(f"{net}.{k}")
+        elif isinstance(sd, torch.Tensor) and sd.is_floating_point() and not bool(torch.isfinite(sd).all()):
+            out.append(net)
+    return out
