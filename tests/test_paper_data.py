@@ -185,3 +185,21 @@ def test_bad_files_give_clear_errors(cheetah_dir, tmp_path):
     bad.write_bytes(pickle.dumps([{"x": os.getcwd}]))
     with pytest.raises(ValueError, match="refusing to unpickle posix.getcwd"):
         load_task_params(str(bad))
+
+
+def test_empty_task_and_group_fields_are_refused(cheetah_dir, tmp_path):
+    src, files = cheetah_dir
+    p = os.path.join(src, "buffers_cheetah_dir_train_1_sub_task_0.hdf5")
+    with h5py.File(p, "r+") as f:          # a field that is a group, not a dataset
+        del f["rewards"]
+        f.create_group("rewards")
+    with pytest.raises(ValueError, match=r"train_1_sub_task_0.hdf5: 'rewards' is an HDF5 group, expected a dataset"):
+        import_paper(src, "cheetah_dir", tmp_path / "out", progress=False)
+    cols, _ = paper_trajectories(np.random.default_rng(1), [3], 20, 6)
+    write_paper_task(src, "cheetah_dir", 1, {k: v[:0] for k, v in cols.items()}, {"direction": -1.0})   # 0 rows
+    with pytest.raises(ValueError, match=r"train_1_sub_task_0.hdf5: 0 row\(s\); a task needs data"):
+        import_paper(src, "cheetah_dir", tmp_path / "out", progress=False)
+    write_paper_task(src, "cheetah_dir", 1, {k: v[:3] for k, v in cols.items()}, {"direction": -1.0})   # 3 < skip 7
+    with pytest.raises(ValueError, match=r"3 row\(s\), none left after buffer_skip 7"):
+        import_paper(src, "cheetah_dir", tmp_path / "out", buffer_skip=7, progress=False)
+    assert not os.path.exists(tmp_path / "out")

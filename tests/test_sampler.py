@@ -689,3 +689,19 @@ def test_compiled_row_layouts_match_twin(obs_dim, act_dim, mode):
         for f, name in enumerate(FIELDS):
             src = tasks[t][name].reshape(len(tasks[t][name]), -1)
             np.testing.assert_array_equal(cout[f][slot].reshape(33, -1), src[co[slot]])
+
+
+def test_wrong_argument_types_give_short_messages():
+    """pybind11's own message lists every argument, the output buffers included (kilobytes)."""
+    rng = np.random.default_rng(0)
+    task = {f: rng.normal(size=(300, 3 if f in ("obs", "next_obs", "terminal_obs") else 2 if f == "action" else 1))
+            .astype(np.float32) for f in ("obs", "action", "reward", "next_obs", "done", "mc_return", "terminal_obs",
+                                          "terminal_discount")}
+    from macaw_fast.data.sampler import MetaBatchSampler
+
+    s = MetaBatchSampler([task, task], 32)
+    for args, kw, err in ((("0", [0]), {}, "step"), ((0, "ab"), {}, "task_ids[0]"), ((0, [0, 1.5]), {}, "task_ids[1]"),
+                          ((0, [0, 1]), {"slots": ["x"]}, "slots")):
+        with pytest.raises((TypeError, ValueError)) as e:
+            s.sample(*args, **kw)
+        assert len(str(e.value)) < 300 and err in str(e.value), str(e.value)[:300]

@@ -164,6 +164,10 @@ def _read_buffer(path: str, fam: PaperFamily, skip: int, chunk: int = 1 << 16):
         missing = [k for k in (*HDF5_FIELDS, "discount_factor") if k not in f]
         if missing:
             raise ValueError(f"{path}: missing dataset(s) {', '.join(missing)} (not a MACAW paper buffer)")
+        for key in (*HDF5_FIELDS, "discount_factor"):
+            if not isinstance(f[key], h5py.Dataset):
+                raise ValueError(f"{path}: {key!r} is an HDF5 {type(f[key]).__name__.lower()}, expected a dataset "
+                                 f"(not a MACAW paper buffer)")
         n = f["obs"].shape[0] if f["obs"].ndim == 2 else -1
         for key, field in HDF5_FIELDS.items():
             ds = f[key]
@@ -181,7 +185,11 @@ def _read_buffer(path: str, fam: PaperFamily, skip: int, chunk: int = 1 << 16):
         gamma = float(dfac[()])
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"{path}: discount_factor {gamma} is not in (0, 1]")
-        return f, n, gamma, skip_rows(n, skip)
+        kept = skip_rows(n, skip)
+        if kept.size == 0:
+            raise ValueError(f"{path}: {n} row(s){f', none left after buffer_skip {skip}' if n else ''}; "
+                             f"a task needs data (refusing to import an empty task)")
+        return f, n, gamma, kept
     except BaseException:
         f.close()
         raise

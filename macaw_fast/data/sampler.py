@@ -644,7 +644,16 @@ class MetaBatchSampler:
         if type(task_ids) is not list:  # noqa: E721
             task_ids = list(task_ids)
         if self._core is not None:
-            idx = self._core.sample(step, task_ids, v_in, v_out, slots, self.num_threads, return_indices)
+            try:
+                idx = self._core.sample(step, task_ids, v_in, v_out, slots, self.num_threads, return_indices)
+            except TypeError:
+                # pybind11's message would list every argument, buffers included (kilobytes): name
+                # the bad one instead (the fast path above skips these checks).
+                _check_task_ids(task_ids, self.num_tasks)
+                if slots is not None:
+                    _check_slots(slots, len(task_ids))
+                raise TypeError("MetaBatchSampler.sample: expected step: int, task_ids: a list of ints, "
+                                "slots: a list of ints or None") from None
         else:
             idx = sample_meta_batch_numpy(
                 self._tasks, task_ids, self.batch_size, self.seed, step, self.inner_mode, self.paper_window,
