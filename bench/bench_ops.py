@@ -199,7 +199,7 @@ def time_it(f, reps: int) -> float:
 # ------------------------------------------------------------------ a prototype fused meta-step
 
 def prototype_meta_step_launches(be: str) -> tuple[int, int]:
-    """Launches of a whole MACAW meta-step (value + policy, spec §4) written with the ops, on
+    """Launches of a whole MACAW meta-step (value + policy, docs/algorithm.md §4) written with the ops, on
     backend ``be`` at tiny float64 shapes: (forward, forward + meta-backward). A stand-in for the
     lead's ``MetaLearner(fused=True)`` until that exists; counts do not depend on the shapes."""
     F = torch.nn.functional

@@ -1,4 +1,4 @@
-"""MACAW's algorithm configuration. Defaults are the paper's (`config/alg/standard.json`, spec §4)."""
+"""MACAW's algorithm configuration. Defaults are the paper's (`config/alg/standard.json`, docs/algorithm.md §4)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class MacawConfig:
     net_depth: int = 3
     """Number of hidden layers (so depth + 1 linear layers per trunk)."""
     wlinear: bool = True
-    """Weight-transform layers (spec §2); False = plain linear layers with the same learned-rate scheme."""
+    """Weight-transform layers (docs/algorithm.md §2); False = plain linear layers with the same learned-rate scheme."""
     wlinear_dim: int = 100
     """Size D of each weight-transform layer's latent z."""
     advantage_head: bool = True

@@ -1,6 +1,6 @@
 """Data-parallel meta-training on torch.distributed (one process per GPU or per CPU group).
 
-The meta-objective (spec §4) is a sum over the step's task batch divided by N_train, so it splits
+The meta-objective (docs/algorithm.md §4) is a sum over the step's task batch divided by N_train, so it splits
 exactly across ranks: each rank takes a contiguous block of the task batch's slots (uneven splits
 allowed: T=5 over 2 ranks gives slots 0-2 and 3-4), samples only those tasks, computes the sum of
 its tasks' outer losses / N_train, and back-propagates. One all-reduce (SUM) of a single flat

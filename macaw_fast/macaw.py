@@ -1,10 +1,10 @@
-"""MACAW's meta-training step for all tasks of a task batch in one batched pass (spec §4, §5).
+"""MACAW's meta-training step for all tasks of a task batch in one batched pass (docs/algorithm.md §4, §5).
 
 `MetaLearner` owns the value function, the policy (with its advantage head), one learned inner
 rate per parameter tensor (softplus(rho)), the head weight softplus(kappa), and the Adam state.
 Every task's inner step is taken at once: per-task gradients with respect to each layer's
 generated parameters come from one batched backward pass, and the adapted parameters from the
-rank-1 identity of spec §5, so no task ever gets its own copy of a weight matrix W.
+rank-1 identity of docs/algorithm.md §5, so no task ever gets its own copy of a weight matrix W.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ class MetaLearner:
         return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in
 
     def adapt(self, batch: Batch) -> Adapted:
-        """Adapt value function then policy to each task's batch (one step each, spec §6)."""
+        """Adapt value function then policy to each task's batch (one step each, docs/algorithm.md §6)."""
         self._check(batch, "batch")
         c = self.config
         value, _, _ = self._adapt_value(batch, with_target=False)
@@ -393,7 +393,7 @@ class MetaLearner:
         return loss, parts
 
     def _value_part(self, inner: Batch, outer: Batch, v_th, value_backward: bool = False) -> tuple:
-        """Value function: inner step, target mix, bootstrapped outer regression (spec §4).
+        """Value function: inner step, target mix, bootstrapped outer regression (docs/algorithm.md §4).
 
         Returns (adapted value thetas, V_phi'(outer.obs) (T, B), inner losses (T,), outer losses (T,));
         with ``value_backward`` the backward of sum(outer losses) / N_train has run (see
@@ -422,7 +422,7 @@ class MetaLearner:
 
     def _policy_part(self, inner: Batch, outer: Batch, p_th, v_new: Sequence[Tensor], v_out: Tensor) -> tuple:
         """Policy: advantages from the adapted value function (no gradient into it), inner step,
-        weighted outer loss (spec §4). ``v_new``, ``v_out``: from `_value_part` (used as constants).
+        weighted outer loss (docs/algorithm.md §4). ``v_new``, ``v_out``: from `_value_part` (used as constants).
 
         Returns (inner losses (T,), outer losses (T,), outer advantages (T, B), outer weights (T, B)).
         """

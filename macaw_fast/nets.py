@@ -1,4 +1,4 @@
-"""MACAW's networks as parameter containers plus batched functional forward passes (spec §2).
+"""MACAW's networks as parameter containers plus batched functional forward passes (docs/algorithm.md §2).
 
 A layer is described by the vector of its *generated parameters* ``theta`` (P = in*out + out):
 ``weight = theta[:in*out].view(in, out)`` (row-major, used as ``x @ weight``) and
@@ -27,7 +27,7 @@ class _LowRankWGrad:
     """Collects the factors of dL/dW = sum_k u_k v_k^T from every use of one layer's W.
 
     All of a weight-transform layer's uses of W in the meta-step are matrix products whose
-    gradient with respect to W has rank at most T (spec §5), so instead of letting autograd build
+    gradient with respect to W has rank at most T (docs/algorithm.md §5), so instead of letting autograd build
     and add a dense P x D gradient per use, each use records its factors here and the last node to
     run backward (the one that generated theta = W z + b) forms dL/dW with ONE GEMM.
     """
@@ -101,7 +101,7 @@ class _AdaptLowRank(torch.autograd.Function):
     """`WLinear.adapt` of several layers as ONE autograd node (theta leaves with a W-gradient gatherer).
 
     Per layer, with rates (eta_z, eta_W, eta_b) and per-task inner gradients G (T, P):
-    z' = z - eta_z G W, c = eta_W z'.z + eta_b, theta' = W z' + b - c G (spec §5). Backward, from
+    z' = z - eta_z G W, c = eta_W z'.z + eta_b, theta' = W z' + b - c G (docs/algorithm.md §5). Backward, from
     dtheta' (T, P): db = sum_t dtheta', dc = -rowdot(dtheta', G), dz' = dtheta' W + eta_W dc z^T,
     dz = sum_t dz' + eta_W z'^T dc, d(eta_z, eta_W, eta_b) = (-<dz', G W>, dc.(z' z), sum dc),
     dG = -c dtheta' - eta_z dz' W^T; W's gradient dtheta'^T z' + G^T (-eta_z dz') goes to the
@@ -231,7 +231,7 @@ class WLinear(nn.Module):
 
     def adapt(self, theta: Tensor, grad: Tensor, rates: Tensor, alpha: float | None = None,
               backend: str | None = None):
-        """One inner SGD step of every task at once, without copying W (spec §5).
+        """One inner SGD step of every task at once, without copying W (docs/algorithm.md §5).
 
         theta: (P,) generated parameters at the shared point; grad: (T, P) per-task gradients of
         the inner loss w.r.t. theta; rates: (3,) step sizes (eta_z, eta_W, eta_b).

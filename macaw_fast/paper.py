@@ -1,4 +1,4 @@
-"""Interop with the paper's checkpoints (`archive_<step>.pt`, spec §9).
+"""Interop with the paper's checkpoints (`archive_<step>.pt`, docs/algorithm.md §9).
 
 The paper's code saves ``torch.save`` of a dict with the value net and policy state_dicts (every
 weight-transform layer's W and b appear under several alias keys), their Adam states, the learned

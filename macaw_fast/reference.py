@@ -1,4 +1,4 @@
-"""The MACAW meta-loss as a plain loop over tasks with per-task parameter copies (spec §4).
+"""The MACAW meta-loss as a plain loop over tasks with per-task parameter copies (docs/algorithm.md §4).
 
 This is the oracle for tests and the baseline for benchmarks. It is written to be obviously
 correct, not fast: for each task it copies every parameter tensor (z, W, b of every layer), takes

@@ -1,4 +1,4 @@
-"""Tests of the MACAW task environments (macaw_fast.envs): spec section 7.
+"""Tests of the MACAW task environments (macaw_fast.envs): docs/algorithm.md §7.
 
 Golden trajectories live in tests/golden/envs_golden.npz; regenerate them (after checking that
 a dynamics change is expected, e.g. a MuJoCo upgrade) with

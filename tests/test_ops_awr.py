@@ -1,4 +1,4 @@
-"""`macaw_fast.ops.awr_loss` vs the float64 unfused composition (the paper's loss, spec §4).
+"""`macaw_fast.ops.awr_loss` vs the float64 unfused composition (the paper's loss, docs/algorithm.md §4).
 
 Torch twin in the normal suite; Triton kernel through the interpreter when marked ``triton``.
 """

@@ -37,7 +37,7 @@ def policy_params(obs, act, width, head, D, seed=0):
 
 
 def meta_gradient(lin, cat_lin, loss_fn, adapt, dims, layers, rho, kappa, inner, outer):
-    """Sum over tasks of the outer AWR loss after one inner step of the trunk (spec §4)."""
+    """Sum over tasks of the outer AWR loss after one inner step of the trunk (docs/algorithm.md §4)."""
     obs_in, act_in, adv_in, obs_out, act_out, adv_out = inner + outer
     T = obs_in.shape[0]
     thetas = [W @ z + b for z, W, b in layers]

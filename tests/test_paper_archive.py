@@ -1,4 +1,4 @@
-"""Interop with the paper's archive_*.pt checkpoints (spec §9)."""
+"""Interop with the paper's archive_*.pt checkpoints (docs/algorithm.md §9)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from macaw_fast.paper import ArchiveError, export_archive, load_archive
 from helpers import make_learner, param_names, random_batch
 
 
-# --- a module laid out like the paper's WLinear / MLP, written here from spec §9, so its
+# --- a module laid out like the paper's WLinear / MLP, written here from docs/algorithm.md §9, so its
 # --- state_dict has the paper's keys (aliases included) by construction, not by our exporter.
 class PaperStyleWLinear(nn.Module):
     def __init__(self, i, o, dim):

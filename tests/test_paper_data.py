@@ -1,4 +1,4 @@
-"""Import of the paper's HDF5 buffers (spec §8), on small files built here in the paper's exact layout."""
+"""Import of the paper's HDF5 buffers (docs/algorithm.md §8), on small files built here in the paper's exact layout."""
 
 from __future__ import annotations
 

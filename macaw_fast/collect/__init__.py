@@ -1,4 +1,4 @@
-"""Making offline data: batched per-task SAC on all tasks of a family (spec section 10).
+"""Making offline data: batched per-task SAC on all tasks of a family (docs/algorithm.md §10).
 
 ``collect(family, out_dir, steps_per_task=..., seed=..., tasks=None)`` trains one SAC agent per
 task from scratch, all tasks in one process with one batched agent, and stores each task's whole

@@ -1,5 +1,5 @@
 """Collect MACAW offline data: batched per-task SAC on all tasks of a family, the whole replay
-buffer of each task written to the data store (spec section 10).
+buffer of each task written to the data store (docs/algorithm.md §10).
 
 One process, one :class:`~macaw_fast.collect.sac.BatchedSAC` for all T tasks: each collection step
 picks T actions with one batched forward pass, steps the T envs, writes row ``pos`` of every

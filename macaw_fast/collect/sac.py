@@ -1,6 +1,6 @@
 """Soft actor-critic for many tasks at once: one set of tensors, a leading task dimension.
 
-:class:`BatchedSAC` holds T independent SAC agents (spec section 10: two hidden layers, Adam 3e-4,
+:class:`BatchedSAC` holds T independent SAC agents (docs/algorithm.md §10: two hidden layers, Adam 3e-4,
 batch 256, gamma 0.99, tau 0.005, learned entropy temperature with target ``-act_dim``). Every
 weight has shape ``(T, in, out)`` and every layer is one ``torch.baddbmm`` for all tasks; the twin
 critics are stacked too (``(2T, in, out)``), so a critic forward is one bmm per layer. The loss

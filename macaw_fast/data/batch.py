@@ -17,7 +17,7 @@ FIELDS = ("obs", "action", "reward", "next_obs", "done", "mc_return", "terminal_
 
 @dataclass
 class Batch:
-    """Transitions for T tasks, B per task (spec §3).
+    """Transitions for T tasks, B per task (docs/algorithm.md §3).
 
     Vector fields are (T, B, dim): ``obs``, ``next_obs``, ``terminal_obs`` (dim = obs_dim) and
     ``action`` (dim = act_dim). Scalar fields are (T, B): ``reward``, ``done``, ``mc_return``,

@@ -41,7 +41,7 @@ class MetaBatchLoader:
 
     ``sampler``: a :class:`MetaBatchSampler` (its seed also seeds the task choice).
     ``train_task_ids``: the training tasks (indices into the sampler's tasks).
-    ``tasks_per_step``: task-batch size (spec §4: 5; all tasks when there are fewer).
+    ``tasks_per_step``: task-batch size (docs/algorithm.md §4: 5; all tasks when there are fewer).
     ``num_steps``: stop after this many steps (None: never). ``prefetch``: sample on a background
     thread (False: sample synchronously in ``next()``, same output). ``num_buffers``: >= 2.
     """

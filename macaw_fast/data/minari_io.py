@@ -11,7 +11,7 @@ Episodes. Where a task's trajectory boundaries are known, each trajectory is one
 = not ``done`` on the last step. Where they are not known (the paper's subsampled buffers), every
 row is a one-step episode. The derived fields (``mc_return``, ``terminal_obs``,
 ``terminal_discount``) travel in the episode ``infos`` so data is used exactly as stored; on
-import from a foreign Minari dataset without them they are recomputed (spec §3).
+import from a foreign Minari dataset without them they are recomputed (docs/algorithm.md §3).
 
 Observation and action spaces are given explicitly (unbounded float32 Box for observations, the
 stored actions' range for actions unless given), so nothing needs our environments importable.

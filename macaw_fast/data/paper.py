@@ -1,4 +1,4 @@
-"""Import the MACAW paper's published offline buffers (spec §8) into a macaw-fast dataset.
+"""Import the MACAW paper's published offline buffers (docs/algorithm.md §8) into a macaw-fast dataset.
 
 The paper ships, per task ``i`` of a family, ``buffers_<env>_train_<i>_sub_task_0.hdf5`` (lzf
 datasets ``obs``, ``actions``, ``rewards``, ``mc_rewards``, ``terminals``, ``terminal_obs``,

@@ -1,4 +1,4 @@
-"""Deterministic meta-batch sampling (spec §4): the C++ sampler, its numpy twin, and the wrapper.
+"""Deterministic meta-batch sampling (docs/algorithm.md §4): the C++ sampler, its numpy twin, and the wrapper.
 
 One call samples a whole meta-batch: for each task of a task batch, an inner batch (a contiguous
 window of B rows, or B distinct uniform rows) and an outer batch (B distinct uniform rows), every
@@ -468,7 +468,7 @@ def sample_indices(
 
 
 def choose_tasks(task_ids: Sequence[int], k: int, seed: int, step: int) -> list[int]:
-    """The task batch of a step (spec §4): k of ``task_ids`` without replacement, all when <= k.
+    """The task batch of a step (docs/algorithm.md §4): k of ``task_ids`` without replacement, all when <= k.
 
     A pure function of (seed, step): uniformly random order, stream 5 of the counter-based RNG.
     """

@@ -25,7 +25,7 @@ and its checksums valid. ``DatasetWriter.open`` truncates any uncommitted tail a
 manifests no longer referenced. The SHA-256 of a field covers exactly its committed row bytes
 (from the data offset to ``offset + rows * row_bytes``), which never change once committed.
 
-Derived fields (spec §3) are computed by the writer per trajectory in float64 and stored as
+Derived fields (docs/algorithm.md §3) are computed by the writer per trajectory in float64 and stored as
 float32: ``mc_return[t] = sum_k gamma^k r[t+k]``, ``terminal_obs[t] = next_obs[T-1]``,
 ``terminal_discount[t] = gamma^(T-t)``, or 0 for every row of a trajectory that ended in a
 termination (not a time limit), and ``done`` is 1 on the last row of a terminated trajectory.
@@ -164,7 +164,7 @@ def _jsonable(x):
 
 
 def compute_derived(reward: np.ndarray, next_obs: np.ndarray, terminated: bool, gamma: float):
-    """The derived fields of one trajectory (spec §3), in float64.
+    """The derived fields of one trajectory (docs/algorithm.md §3), in float64.
 
     Returns ``(done, mc_return, terminal_obs, terminal_discount)`` with shapes (T,), (T,),
     (T, obs_dim), (T,). ``terminal_discount[t] = gamma^(T-t)``, or 0 everywhere when the trajectory

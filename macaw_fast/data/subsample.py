@@ -1,6 +1,6 @@
 """Subsample a dataset the way the paper's loader subsamples its buffers (``buffer_skip``).
 
-The paper trained on every 7th row of each replay buffer (spec §8): rows ``(N mod k) + k*j``.
+The paper trained on every 7th row of each replay buffer (docs/algorithm.md §8): rows ``(N mod k) + k*j``.
 A contiguous inner window of 256 rows then spans about 1,800 environment steps, i.e. several
 trajectories from neighbouring stages of the SAC run, instead of one or two. Data made by
 ``macaw-fast collect`` stores every row, so training on it with the paper's recipe means

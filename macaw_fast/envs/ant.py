@@ -1,4 +1,4 @@
-"""Ant-Dir: MACAW's Ant task family (spec section 7)."""
+"""Ant-Dir: MACAW's Ant task family (docs/algorithm.md §7)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DEFAULT_CAMERA_CONFIG = {"distance": 4.0}
 class AntDirEnv(TaskMujocoEnv):
     r"""
     ## Description
-    Ant-Dir (MACAW, spec section 7): gymnasium's Ant model (the same bodies, joints, gears and
+    Ant-Dir (MACAW, docs/algorithm.md §7): gymnasium's Ant model (the same bodies, joints, gears and
     RK4 integrator as the paper's `ant.xml`, without its two invisible marker sites), rewarded
     for moving its torso in the task's direction theta in the xy-plane.
     Registered as `macaw_fast/AntDir-v0` (200-step episodes). Family name `ant_dir`.

@@ -1,4 +1,4 @@
-"""Cheetah-Dir and Cheetah-Vel: MACAW's HalfCheetah task families (spec section 7)."""
+"""Cheetah-Dir and Cheetah-Vel: MACAW's HalfCheetah task families (docs/algorithm.md §7)."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
     __doc__ = (
         r"""
     ## Description
-    Cheetah-Dir (MACAW, spec section 7): gymnasium's HalfCheetah model with MACAW's 20-dim
+    Cheetah-Dir (MACAW, docs/algorithm.md §7): gymnasium's HalfCheetah model with MACAW's 20-dim
     observation, rewarded for running in the task's direction d (+1 forward, -1 backward).
     Registered as `macaw_fast/CheetahDir-v0` (200-step episodes). Family name `cheetah_dir`.
 
@@ -210,7 +210,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
     __doc__ = (
         r"""
     ## Description
-    Cheetah-Vel (MACAW, spec section 7): gymnasium's HalfCheetah model with MACAW's 20-dim
+    Cheetah-Vel (MACAW, docs/algorithm.md §7): gymnasium's HalfCheetah model with MACAW's 20-dim
     observation, rewarded for running forward at the task's target velocity.
     Registered as `macaw_fast/CheetahVel-v0` (200-step episodes). Family name `cheetah_vel`.
 

@@ -52,7 +52,7 @@ WALKER_LOG_SCALE_LIMIT = 3.0
 #: came from an unseeded global numpy RNG and live only in its pickles).
 PAPER_TASK_SEED = 1337
 
-#: Test-task indices of the paper's splits (spec section 7); the other tasks train.
+#: Test-task indices of the paper's splits (docs/algorithm.md §7); the other tasks train.
 PAPER_TEST_INDICES = {
     "cheetah_dir": (0, 1),
     "cheetah_vel": (2, 7, 15, 23, 26),
@@ -229,7 +229,7 @@ def sample_tasks(family: str, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def paper_tasks(family: str) -> list[dict[str, Any]]:
-    """Return the paper's task set of ``family`` (spec section 7), index = task id.
+    """Return the paper's task set of ``family`` (docs/algorithm.md §7), index = task id.
 
     Cheetah-Dir: [+1, -1]. Cheetah-Vel: linspace(0.075, 3.0, 40). Ant-Dir and Walker-Params: 50
     tasks from :data:`PAPER_TASK_SEED` (same distribution as the paper, not its exact values:

@@ -1,4 +1,4 @@
-"""Walker-Params: MACAW's Walker2d family with per-task physics (spec section 7)."""
+"""Walker-Params: MACAW's Walker2d family with per-task physics (docs/algorithm.md §7)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def walker_model_path(xml_file: str = WALKER_XML) -> str:
 class WalkerParamsEnv(TaskMujocoEnv):
     r"""
     ## Description
-    Walker-Params (MACAW, spec section 7): a 2-D biped (gymnasium's original `walker2d.xml`,
+    Walker-Params (MACAW, docs/algorithm.md §7): a 2-D biped (gymnasium's original `walker2d.xml`,
     foot friction 0.9 / 1.9 like old gym's, run at timestep 0.004 with frame skip 4) whose
     physics differ per task: `body_mass`, `body_inertia`, `geom_friction` and `dof_damping`
     of the model are set per element to the task's values (the paper's generator multiplies

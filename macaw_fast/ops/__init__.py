@@ -7,7 +7,7 @@ first-order backward is itself a Function running Triton kernels, whose own back
 backward is differentiated again, as MACAW's meta-gradient does through the inner step) is the
 vector-Jacobian product of that differentiable torch backward.
 
-* `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (spec §5);
+* `wlinear_adapt`: the inner SGD step of a weight-transform layer for all tasks (docs/algorithm.md §5);
   `wlinear_adapt_many`: the same for a net's layers at once (three launches per six layers).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
   with fused ReLUs.

@@ -1,4 +1,4 @@
-"""`awr_loss`: MACAW's advantage-weighted policy loss per task, in one op (spec §4).
+"""`awr_loss`: MACAW's advantage-weighted policy loss per task, in one op (docs/algorithm.md §4).
 
 Per task t, over its N rows:
 

@@ -1,7 +1,7 @@
 """`batched_linear` and `concat_relu_linear`: one linear layer per task from generated parameters.
 
 A layer's generated parameters theta (P,) = [weight (in*out, row-major (in, out)), bias (out)]
-give y = x @ weight + bias (spec §2). With per-task theta (T, P) every task of a meta-batch runs in
+give y = x @ weight + bias (docs/algorithm.md §2). With per-task theta (T, P) every task of a meta-batch runs in
 one launch; ReLU on the input (the MLP's ReLU between layers, applied on load so the pre-activation
 need not be stored twice), ReLU on the output, and the advantage head's ReLU(concat(h, a)) input
 are fused. The backward is two launches (`LinearBackward`); differentiating it again (MACAW's

@@ -1,4 +1,4 @@
-"""`wlinear_adapt`: one inner SGD step of a weight-transform layer for every task at once (spec §5).
+"""`wlinear_adapt`: one inner SGD step of a weight-transform layer for every task at once (docs/algorithm.md §5).
 
 For a layer with weight W (P, D), bias b (P,), latent z (D,) and per-task gradients G (T, P) of the
 inner loss w.r.t. the generated parameters theta = W z + b, one step with rates
@@ -310,7 +310,7 @@ class WLinearAdapt(torch.autograd.Function):
 
 def wlinear_adapt(W: Tensor, b: Tensor, z: Tensor, G: Tensor, rates: Tensor, alpha: float | None = None,
                   *, backend: str = "auto"):
-    """Adapted generated parameters of one weight-transform layer for T tasks (spec §5).
+    """Adapted generated parameters of one weight-transform layer for T tasks (docs/algorithm.md §5).
 
     Args:
         W: (P, D) float32/float64, the layer's weight (any strides).

@@ -463,7 +463,7 @@ def register(sub) -> None:
     """Add the train, eval, plot and reproduce sub-commands."""
     _register_reproduce(sub)
     p = sub.add_parser("train", help="meta-train MACAW on an offline dataset",
-                       description="Meta-train MACAW. Defaults are the paper's (spec §4); presets and "
+                       description="Meta-train MACAW. Defaults are the paper's (docs/algorithm.md §4); presets and "
                                    "--field VALUE override them.")
     p.add_argument("--data", help="dataset directory (macaw-fast format)")
     p.add_argument("--out", help="run directory to create")
@@ -490,7 +490,7 @@ def register(sub) -> None:
                    help="random-policy episodes per task for the normalised score; 0 = no normalised score (default: 3)")
     e.add_argument("--seed", type=nonneg, default=0, help="seed of the evaluation draws (default: 0)")
     e.add_argument("--fused", action="store_true", help="use the fused ops")
-    e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (spec §6)")
+    e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (docs/algorithm.md §6)")
     e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")
     e.add_argument("--video-dir", default="videos")

@@ -1,7 +1,7 @@
 """Run configuration of `macaw-fast train`: the `TrainConfig` dataclass, presets, CLI generation.
 
 A run is fully described by two dataclasses: :class:`macaw_fast.config.MacawConfig` (the
-algorithm, spec §4) and :class:`TrainConfig` (steps, intervals, sampling, evaluation, device).
+algorithm, docs/algorithm.md §4) and :class:`TrainConfig` (steps, intervals, sampling, evaluation, device).
 Their defaults are the paper's. Presets (``macaw_fast/presets/*.json``) are small files that
 override fields of either; the command line overrides a preset. Every field becomes a
 ``--field value`` option whose help text is the field's docstring.
@@ -173,7 +173,7 @@ def _parse_int_list(text: str) -> list:
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
     """Add ``--<field> VALUE`` for every MacawConfig and TrainConfig field (default: unset)."""
-    for cls, title in ((MacawConfig, "algorithm (MacawConfig, spec §4)"), (TrainConfig, "run (TrainConfig)")):
+    for cls, title in ((MacawConfig, "algorithm (MacawConfig, docs/algorithm.md §4)"), (TrainConfig, "run (TrainConfig)")):
         group = parser.add_argument_group(title)
         docs = field_docs(cls)
         for f in fields(cls):

@@ -1,4 +1,4 @@
-"""Evaluation (spec §6): offline adaptation on a test task's data, then mean-action rollouts.
+"""Evaluation (docs/algorithm.md §6): offline adaptation on a test task's data, then mean-action rollouts.
 
 For each task: draw a batch of ``batch_size`` rows of that task's offline data uniformly at random
 (without replacement), adapt the value function then the policy with one step each
@@ -113,7 +113,7 @@ class EvalTask:
 
 
 class Evaluator:
-    """Evaluates a MetaLearner on a fixed list of dataset tasks (spec §6).
+    """Evaluates a MetaLearner on a fixed list of dataset tasks (docs/algorithm.md §6).
 
     ``ds``: an open dataset; ``task_ids``: dataset task ids to evaluate; ``family``: env family;
     ``batch_size``: rows per adaptation batch; ``seed``: base of every evaluation draw.
@@ -269,7 +269,7 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------------------------
-# Online fine-tuning (spec §6)
+# Online fine-tuning (docs/algorithm.md §6)
 
 
 def online_finetune(learner, adapted_value: list, adapted_policy: list, env, *, iterations: int = 500,
