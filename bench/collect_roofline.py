@@ -6,7 +6,8 @@ achieved GFLOP/s, the time its GEMMs would take at the rates the same shapes rea
 (hot, in this process), a large square GEMM's rate for scale, the env step of each family, the
 batched action selection, and the model of a whole collection's wall-clock time:
 ``(steps - warmup) * utd * t_update + steps * (t_envs + t_act)``, where t_envs is one step of all T envs
-on as many threads as torch has (as the collector steps them). Run it on idle cores.
+(one after another, as the collector steps them). Run it on idle cores. The model is optimistic:
+in a real collection loop the update ran at ~100 ms against ~83 ms alone (BENCHMARKS.md Session 8).
 """
 
 from __future__ import annotations
@@ -65,24 +66,22 @@ def standalone_gemm_seconds(shapes) -> tuple[float, dict]:
     return total, rates
 
 
-def env_step_seconds(family: str, T: int, workers: int, n: int = 100) -> float:
-    """Seconds per collection step of T envs of ``family`` on ``workers`` threads (as the collector steps them)."""
+def env_step_seconds(family: str, T: int, n: int = 100) -> float:
+    """Seconds per collection step of T envs of ``family``, stepped one after another as the collector does."""
     from macaw_fast.collect.collector import _Envs
     from macaw_fast.envs import FAMILIES
 
     fam = FAMILIES[family]
     tasks = [fam.paper_tasks()[i % len(fam.paper_tasks())] for i in range(T)]
     envs = _Envs(family, tasks, 200)
-    envs.set_workers(workers)
     envs.reset_all(list(range(T)))
     rng = np.random.default_rng(0)
     acts = rng.uniform(-1, 1, (n, T, fam.act_dim))
     t = time.perf_counter()
     for i in range(n):
-        for k, (_, _, term) in enumerate(envs.step_all(acts[i])):
-            if term:
-                envs.envs[k].reset()
-    envs.close()
+        for k, e in enumerate(envs.envs):
+            if e.step(acts[i, k])[2]:
+                e.reset()
     return (time.perf_counter() - t) / n
 
 
@@ -113,7 +112,7 @@ def main() -> None:
             shapes = gemm_shapes(sac, bt, g)
             gemm_s, rates = standalone_gemm_seconds(shapes)
             gemm_flop = sum(2 * b * m * k * n for b, m, k, n in shapes)
-            env_s = {f: env_step_seconds(f, T, threads) for f in ("cheetah_vel", "ant_dir", "walker_param")}
+            env_s = {f: env_step_seconds(f, T) for f in ("cheetah_vel", "ant_dir", "walker_param")}
             o = torch.randn(T, 1, obs)
             t_act = _best(lambda: sac.act(o, generator=g), 50)
             print(f"\nthreads {threads}, T = {T}, width {args.width}: update {1e3 * t_upd:.1f} ms, "
@@ -122,7 +121,7 @@ def main() -> None:
                   f"({gemm_flop / gemm_s / 1e9:.1f} GFLOP/s); 2000^3 GEMM {big:.0f} GFLOP/s; act {1e3 * t_act:.2f} ms")
             print("  standalone GFLOP/s per GEMM shape (b, m, k, n): " +
                   ", ".join(f"{s}: {r:.0f}" for s, r in sorted(rates.items(), key=lambda kv: -kv[1])))
-            print(f"  one step of {T} envs on {threads} thread(s): " +
+            print(f"  one step of {T} envs: " +
                   ", ".join(f"{f} {1e3 * s:.2f} ms" for f, s in env_s.items()))
             for fam in ("cheetah_vel", "ant_dir", "walker_param"):
                 steps, warm, utd = 60_000, 5_000, 0.5

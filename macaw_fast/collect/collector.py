@@ -165,40 +165,6 @@ class _Envs:
         self.envs = [envs.make(family, task, disable_env_checker=True).unwrapped for task in tasks]
         self.max_steps = max_steps
         self.ep_len = np.zeros(len(tasks), dtype=np.int64)
-        self._pool = None
-        self.workers = 1
-
-    def set_workers(self, workers: int) -> None:
-        """Step the envs on ``workers`` threads (MuJoCo's mj_step releases the GIL: 50 Ant envs took
-        6.2 ms per step on 2 threads against 11.0 on one, BENCHMARKS.md Session 8)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.close()
-        self.workers = max(1, min(int(workers), len(self.envs)))
-        if self.workers > 1:
-            self._pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="macaw-env")
-
-    def step_all(self, actions: np.ndarray) -> list[tuple]:
-        """``(obs, reward, terminated)`` of ``envs[i].step(actions[i])`` for every i, in order. Each env
-        is independent, so the results do not depend on the number of workers."""
-        def run(lo: int, hi: int) -> list[tuple]:
-            return [self.envs[i].step(actions[i])[:3] for i in range(lo, hi)]
-
-        if self._pool is None:
-            return run(0, len(self.envs))
-        n, k = len(self.envs), self.workers
-        bounds = [n * j // k for j in range(k + 1)]
-        futures = [self._pool.submit(run, bounds[j], bounds[j + 1]) for j in range(1, k)]
-        out = run(bounds[0], bounds[1])
-        for f in futures:
-            out.extend(f.result())
-        return out
-
-    def close(self) -> None:
-        """Stop the worker threads."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
     def reset_all(self, seeds: Sequence[int]) -> np.ndarray:
         """Reset every env with its seed; returns the observations (T, obs_dim)."""
@@ -266,7 +232,6 @@ class Collector:
         self.agent = BatchedSAC(T, o, a, self.cfg.sac_config(), seed=self.cfg.seed)
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.envs = _Envs(self.cfg.family, self.tasks, self.fam.max_episode_steps)
-        self.envs.set_workers(self.cfg.threads or torch.get_num_threads())
         self.obs = self.envs.reset_all([_env_seed(self.cfg.seed, t) for t in self.task_idx])
         self.pos = 0
         self.update_debt = 0.0
@@ -425,9 +390,8 @@ class Collector:
         b["obs"][:, p] = self.obs
         b["action"][:, p] = act_np
         envs = self.envs
-        results = envs.step_all(np.clip(act_np.astype(np.float64), -1.0, 1.0))
         for i, e in enumerate(envs.envs):
-            o2, r, term = results[i]
+            o2, r, term, _, _ = e.step(np.clip(act_np[i].astype(np.float64), -1.0, 1.0))
             envs.ep_len[i] += 1
             b["reward"][i, p] = r
             b["next_obs"][i, p] = o2
@@ -586,10 +550,8 @@ class Collector:
             pass
 
     def close(self) -> None:
-        """Release the dataset writer (uncommitted rows are discarded) and the env worker threads."""
+        """Release the dataset writer (uncommitted rows are discarded)."""
         self.writer.close()
-        if hasattr(self, "envs"):
-            self.envs.close()
 
 
 def _read_json_object(path: str) -> dict:
