@@ -59,6 +59,21 @@ def _results(out) -> dict:
     return {"summary": entry, "evals": evals, "learners": {s: _learner(out, s) for s in (0, 1)}}
 
 
+def _diff(a, b, path="") -> list[str]:
+    """Paths where two nested JSON-like values differ (for readable failures)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b), key=str) for p in _diff(a.get(k), b.get(k), f"{path}/{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"[:300]]
+
+
+def _same_results(a, b) -> None:
+    ra, rb = _results(a), _results(b)
+    d = _diff(ra, rb)
+    assert not d, "results differ at:\n" + "\n".join(d[:20])
+
+
 def _learner(out, seed) -> dict:
     """The final learner state of one seed as numpy arrays (compared bitwise)."""
     import torch
@@ -147,7 +162,7 @@ def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path
     print("killed in stages", kills)
     assert len(kills) >= 4, f"kills landed only in stages {kills}"
     _run(tmp_path, out)
-    assert _results(out) == _results(reference["out"])
+    _same_results(out, reference["out"])
     ref_data, got_data = _arrays(reference["out"] / "data"), _arrays(out / "data")
     assert ref_data.keys() == got_data.keys()
     for k in ref_data:
@@ -170,7 +185,7 @@ def test_corrupt_training_data_is_made_again(reference, tmp_path):
     _flip(out / "data" / "0" / "obs.npy")
     p = _run(reference["tmp"], out)
     assert "subsample: the training data failed verification" in p.stderr
-    assert _results(out) == _results(reference["out"])
+    _same_results(out, reference["out"])
     from macaw_fast.data.store import verify_dataset
 
     verify_dataset(out / "data", progress=False)
@@ -182,7 +197,7 @@ def test_corrupt_collected_data_is_collected_again(reference, tmp_path):
     _flip(out / "collect" / "dataset" / "1" / "reward.npy")
     p = _run(reference["tmp"], out)
     assert "collect: the collected data failed verification" in p.stderr
-    assert _results(out) == _results(reference["out"])
+    _same_results(out, reference["out"])
 
 
 def test_truncated_checkpoint_is_detected_and_training_redone(reference, tmp_path):
@@ -195,7 +210,7 @@ def test_truncated_checkpoint_is_detected_and_training_redone(reference, tmp_pat
     p = _run(reference["tmp"], out)
     assert "latest.pt" in p.stderr and "corrupt" in p.stderr
     assert "resuming from" in p.stderr and "step_0000016.pt" in p.stderr
-    assert _results(out) == _results(reference["out"])
+    _same_results(out, reference["out"])
 
 
 def test_flipped_checkpoint_bits_are_detected(reference, tmp_path):
@@ -255,7 +270,7 @@ def test_changed_setting_is_refused(reference, tmp_path):
     args[args.index("--buffer-skip") + 1] = "3"
     p = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == 1 and "--buffer-skip: " in p.stderr and "made with 2, got 3" in p.stderr
-    assert _results(out) == _results(reference["out"])
+    _same_results(out, reference["out"])
 
 
 def test_out_that_is_not_a_reproduction(tmp_path):

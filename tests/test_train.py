@@ -364,3 +364,16 @@ def test_nonfinite_parameters_are_named(dataset, tmp_path, monkeypatch):
         train(dataset, tmp_path / "run", mc, tc)
     rec = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
     assert rec["cause"] == "parameters" and any(p.startswith("vf.") for p in rec["parameters"])
+
+
+def test_bool_fields_have_no_flags_and_config_is_a_deprecated_preset_alias(dataset, tmp_path, capsys):
+    import json
+
+    rc = main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *[a for a in TINY if a not in
+               ("--progress", "--tensorboard", "false")], "--no-progress", "--no-tensorboard", "--steps", "1",
+               "--config", "cheetah_dir"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["train"]["progress"] is False and cfg["train"]["tensorboard"] is False
+    assert cfg["presets"] == ["cheetah_dir"] and not (tmp_path / "r" / "tb").exists()
+    assert "--config NAME is deprecated" in capsys.readouterr().err

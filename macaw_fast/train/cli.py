@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -106,6 +107,10 @@ def run_train(args) -> int:
 
 
 def _run_train(args) -> int:
+    if getattr(args, "deprecated_config", None):
+        print("macaw-fast train: --config NAME is deprecated (it looked like --config-file); use --preset NAME",
+              file=sys.stderr)
+        args.preset = list(args.preset) + list(args.deprecated_config)
     if _under_torchrun():
         from ..distributed import train_distributed as train
     else:
@@ -468,8 +473,9 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset directory (macaw-fast format)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from checkpoints/latest.pt (bit-exact)")
-    p.add_argument("--preset", "--config", action="append", default=[], metavar="NAME",
+    p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="apply a preset (repeatable, in order); see --list-presets")
+    p.add_argument("--config", action="append", dest="deprecated_config", default=[], help=argparse.SUPPRESS)
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--config-file", metavar="JSON", help='a JSON file {"macaw": {...}, "train": {...}} of overrides')
     p.add_argument("--seeds", type=int, nargs="+", metavar="N",

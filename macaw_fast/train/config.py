@@ -194,6 +194,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple = ()) -> N
             else:
                 kw.update(type=str, metavar="STR")
             group.add_argument("--" + f.name.replace("_", "-"), **kw)
+            if t == "bool":      # --no-<field>, as collect's --no-progress / --no-tensorboard
+                group.add_argument("--no-" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", action="store_const",
+                                   const=False, help=f"same as --{f.name.replace('_', '-')} false")
 
 
 def overrides_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
