@@ -60,3 +60,26 @@ def test_demo_fast(tmp_path):
                "--eval-rollouts", 1)
     assert "Data 0 s" in out2
     assert len([d for d in os.listdir(tmp_path) if d.startswith("demo")]) == 2
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    import argparse
+
+    from macaw_fast.cli import build_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for n, sp in a.choices.items():
+                    walk(sp, f"{name} {n}")
+            elif (a.option_strings and a.help != argparse.SUPPRESS
+                  and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))
+                  and not (a.default is None or a.default is False or a.default == [] or a.default == argparse.SUPPRESS)
+                  and "default" not in (a.help or "")):
+                missing.append(f"{name} {a.option_strings[0]}")
+        assert parser.allow_abbrev is False, name
+
+    walk(build_parser(), "macaw-fast")
+    assert not missing, f"options whose --help does not show the default: {missing}"

@@ -191,7 +191,7 @@ def register(sub) -> None:
     q.add_argument("src", help="directory with buffers_<env>_train_<i>_sub_task_0.hdf5 and env_<env>_train_task<i>.pkl")
     q.add_argument("--env", required=True, help="cheetah_dir, cheetah_vel, ant_dir or walker_param")
     q.add_argument("out", help="new dataset directory")
-    q.add_argument("--buffer-skip", type=int, default=7, help="the paper loader's subsampling (1 keeps every row)")
+    q.add_argument("--buffer-skip", type=int, default=7, help="the paper loader's subsampling (default: 7, the paper's; 1 keeps every row)")
     q.add_argument("--tasks", default=None, help="comma-separated task indices to import (default: all)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -499,7 +499,7 @@ def register(sub) -> None:
     e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (docs/algorithm.md §6)")
     e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")
-    e.add_argument("--video-dir", default="videos")
+    e.add_argument("--video-dir", default="videos", help="where --video writes its GIFs (default: videos)")
     e.add_argument("--json", help="also write the full results to this JSON file")
     e.set_defaults(func=run_eval)
 
