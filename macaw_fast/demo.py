@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+
+from ._cli_types import positive_int
 import dataclasses
 import os
 import sys
@@ -146,27 +148,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pos(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
 def register(sub) -> None:
     """Add the `demo` sub-command."""
     p = sub.add_parser("demo", help="end-to-end demo: collect Cheetah-Dir data, meta-train, evaluate, plot")
     p.add_argument("--fast", action="store_true", help="seconds-long smoke run (scripted data, tiny networks)")
-    p.add_argument("--steps", type=_pos, default=None, help="meta-steps (default: 3000; 20 with --fast)")
-    p.add_argument("--sac-steps", type=_pos, default=30_000, help="SAC env steps per task for the data (default: 30000)")
+    p.add_argument("--steps", type=positive_int, default=None, help="meta-steps (default: 3000; 20 with --fast)")
+    p.add_argument("--sac-steps", type=positive_int, default=30_000, help="SAC env steps per task for the data (default: 30000)")
     p.add_argument("--buffer-skip", type=int, default=7,
                    help="train on every k-th stored row, as the paper did (default 7; 1 = all rows)")
-    p.add_argument("--eval-batches", type=_pos, default=5,
+    p.add_argument("--eval-batches", type=positive_int, default=5,
                    help="adaptation batches per task in the final evaluation (default: 5)")
-    p.add_argument("--eval-rollouts", type=_pos, default=3,
+    p.add_argument("--eval-rollouts", type=positive_int, default=3,
                    help="rollouts per adaptation batch in the final evaluation (default: 3)")
     p.add_argument("--out", default="macaw-demo-run",
                    help="run directory (default: macaw-demo-run; a new one with a time stamp is made if it exists)")

@@ -83,3 +83,28 @@ def test_every_option_with_a_default_shows_it_in_help():
 
     walk(build_parser(), "macaw-fast")
     assert not missing, f"options whose --help does not show the default: {missing}"
+
+
+def test_one_name_per_idea_across_commands():
+    """--family everywhere a family is named (--env stays as an alias), the same task-list syntax
+    everywhere, eval's --rollouts/--batches also under train's --eval-rollouts/--eval-batches names."""
+    from macaw_fast.cli import build_parser
+
+    p = build_parser()
+    for argv in (["collect", "--family", "ant_dir", "--out", "x"], ["collect", "--env", "ant_dir", "--out", "x"]):
+        assert p.parse_args(argv).family == "ant_dir"
+    a = p.parse_args(["collect", "--family", "ant_dir", "--out", "x", "--tasks", "0-2,7"])
+    assert a.tasks == [0, 1, 2, 7]
+    for argv in (["data", "import-paper", "SRC", "OUT", "--family", "cheetah_vel", "--tasks", "0,3"],
+                 ["data", "import-paper", "SRC", "OUT", "--env", "cheetah_vel", "--tasks", "0,3"]):
+        a = p.parse_args(argv)
+        assert a.family == "cheetah_vel" and a.tasks == [0, 3]
+    for flag in ("--rollouts", "--eval-rollouts", "--episodes"):
+        assert p.parse_args(["eval", "ck", flag, "4"]).episodes == 4
+    for flag in ("--batches", "--eval-batches"):
+        assert p.parse_args(["eval", "ck", flag, "5"]).batches == 5
+    from macaw_fast._cli_types import flat_tasks
+
+    assert flat_tasks(p.parse_args(["eval", "ck", "--tasks", "2", "7"]).tasks) == [2, 7]
+    assert flat_tasks(p.parse_args(["eval", "ck", "--tasks", "0-2,5"]).tasks) == [0, 1, 2, 5]
+    assert p.parse_args(["train", "--train-tasks", "0-3"]).cfg_train_tasks == [0, 1, 2, 3]

@@ -194,7 +194,7 @@ def test_bad_arguments(tmp_path):
         Collector(cfg, tmp_path / "r", resume=True)
     r = subprocess.run([sys.executable, "-m", "macaw_fast", "collect", "--env", "cheetah_dir", "--out", str(tmp_path / "y"),
                         "--width", "-3"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--width" in r.stderr and "positive integer" in r.stderr
+    assert r.returncode == 2 and "--width" in r.stderr and "expected an integer >= 1" in r.stderr
 
 
 def test_tensorboard_and_jsonl_logging(tmp_path):

@@ -325,8 +325,6 @@ def test_provenance_in_config_checkpoint_logs_and_eval_json(dataset, tmp_path, c
 
 
 def test_nan_in_the_data_is_reported_with_step_task_field_and_row(tmp_path, capsys):
-    import json
-
     from macaw_fast.data.store import open_dataset
     from macaw_fast.train.scripted import make_scripted_dataset
 

@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+from .._cli_types import nonneg_int as _nonneg_int
+from .._cli_types import positive_int as _positive_int
+from .._cli_types import task_list as _tasks
 
 
 def _utd(text: str) -> float:
@@ -35,23 +19,6 @@ def _utd(text: str) -> float:
     return v
 
 
-def _tasks(text: str) -> list[int]:
-    """``0,3,5`` or ``0-9`` or a mix (``0-4,7``)."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected task indices like '0,3,5' or '0-9', got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected at least one task index, got {text!r}")
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a collection from parsed arguments; prints the dataset path and per-task final returns."""
     import json
@@ -59,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .collector import LOG, collect
 
-    path = collect(args.env, args.out, steps_per_task=args.steps_per_task, seed=args.seed, tasks=args.tasks,
+    path = collect(args.family, args.out, steps_per_task=args.steps_per_task, seed=args.seed, tasks=args.tasks,
                    progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite, warmup=args.warmup,
                    utd=args.utd, width=args.width, batch_size=args.batch_size, eval_interval=args.eval_interval,
                    eval_episodes=args.eval_episodes,
@@ -91,8 +58,8 @@ def register(sub) -> None:
                     "batched agent) and store each task's whole replay buffer as its offline data in "
                     "OUT/dataset. Checkpoints at intervals; --resume continues an interrupted run. Writes "
                     "OUT/log.jsonl (evaluations), OUT/tb (TensorBoard) and OUT/collect_report.png.")
-    p.add_argument("--env", required=True, choices=["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"],
-                   help="task family")
+    p.add_argument("--family", "--env", dest="family", required=True,
+                   choices=["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"], help="task family")
     p.add_argument("--out", required=True, help="run directory (created; holds dataset/, checkpoint, logs)")
     p.add_argument("--steps-per-task", type=_positive_int, default=None,
                    help="env steps = dataset rows per task (default per family: cheetah_dir 30000, others 60000; "

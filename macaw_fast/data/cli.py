@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from .._cli_types import task_list
+
 
 def _errors_reported(fn):
     """Report a missing optional dependency or an I/O failure (e.g. a full disk) as one clear line."""
@@ -129,8 +131,8 @@ def cmd_import_paper(args) -> int:
     """Import the paper's HDF5 buffers."""
     from .paper import import_paper
 
-    tasks = None if args.tasks is None else [int(x) for x in args.tasks.split(",") if x.strip()]
-    ds = import_paper(args.src, args.env, args.out, buffer_skip=args.buffer_skip, tasks=tasks,
+    tasks = args.tasks
+    ds = import_paper(args.src, args.family, args.out, buffer_skip=args.buffer_skip, tasks=tasks,
                       overwrite=args.overwrite, progress=not args.quiet)
     print(f"imported {len(ds)} tasks ({ds.num_rows} rows, buffer_skip {args.buffer_skip}) into {ds.path}")
     return 0
@@ -189,10 +191,11 @@ def register(sub) -> None:
 
     q = dsub.add_parser("import-paper", help="import the MACAW paper's HDF5 buffers")
     q.add_argument("src", help="directory with buffers_<env>_train_<i>_sub_task_0.hdf5 and env_<env>_train_task<i>.pkl")
-    q.add_argument("--env", required=True, help="cheetah_dir, cheetah_vel, ant_dir or walker_param")
+    q.add_argument("--family", "--env", dest="family", required=True,
+                   choices=["cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"], help="task family")
     q.add_argument("out", help="new dataset directory")
     q.add_argument("--buffer-skip", type=int, default=7, help="the paper loader's subsampling (default: 7, the paper's; 1 keeps every row)")
-    q.add_argument("--tasks", default=None, help="comma-separated task indices to import (default: all)")
+    q.add_argument("--tasks", type=task_list, default=None, help="task indices to import, e.g. '0,3,5' or '0-9' (default: all)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_import_paper)

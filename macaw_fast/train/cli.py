@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from .._cli_types import flat_tasks, int_at_least, task_list
 from .config import add_config_arguments, list_presets, overrides_from_args, resolve_config
 
 
@@ -234,6 +235,7 @@ def run_eval(args) -> int:
     if (learner.obs_dim, learner.act_dim) != (ds.obs_dim, ds.act_dim):
         raise ValueError(f"{data}: obs/act dims ({ds.obs_dim}, {ds.act_dim}) differ from the checkpoint's "
                          f"({learner.obs_dim}, {learner.act_dim})")
+    args.tasks = flat_tasks(args.tasks)
     if args.tasks:
         bad = [i for i in args.tasks if i >= len(ds.tasks)]
         if bad:
@@ -409,20 +411,6 @@ def torch_threads(cfg) -> int:
     return cfg.threads or torch.get_num_threads()
 
 
-def _int_at_least(lo: int):
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
-
-
 def _register_reproduce(sub) -> None:
     from ..envs.tasks import FAMILY_NAMES
 
@@ -433,8 +421,8 @@ def _register_reproduce(sub) -> None:
                     "OUT/results (summary.json, table.md with IQM and 95 %% bootstrap CIs, curves.png). Run the "
                     "same command again to resume after any interruption; finished and verified stages are "
                     "skipped, corrupt ones redone. See docs/reproduce.md.")
-    pos = _int_at_least(1)
-    nonneg = _int_at_least(0)
+    pos = int_at_least(1)
+    nonneg = int_at_least(0)
     r.add_argument("family", choices=FAMILY_NAMES, metavar="FAMILY", help=f"task family: {', '.join(FAMILY_NAMES)}")
     r.add_argument("--out", required=True, help="directory of this reproduction (created; keep it outside the repo)")
     r.add_argument("--seeds", type=nonneg, nargs="+", default=[0, 1, 2], metavar="S", help="training seeds (default: 0 1 2)")
@@ -486,12 +474,14 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint (ours or the paper's archive_*.pt) on test tasks")
     e.add_argument("checkpoint", help="checkpoint file, run directory (uses its latest.pt), or a paper archive_*.pt")
     e.add_argument("--data", help="dataset (default: the one the run trained on; required for paper archives)")
-    pos, nonneg = _int_at_least(1), _int_at_least(0)
-    e.add_argument("--episodes", type=pos, default=3, help="mean-action rollouts per adaptation batch and task (default: 3)")
-    e.add_argument("--batches", type=pos, default=3, help="adaptation batches per task (default: 3)")
+    pos, nonneg = int_at_least(1), int_at_least(0)
+    e.add_argument("--rollouts", "--eval-rollouts", "--episodes", dest="episodes", type=pos, default=3,
+                   help="mean-action rollouts per adaptation batch and task (default: 3)")
+    e.add_argument("--batches", "--eval-batches", dest="batches", type=pos, default=3,
+                   help="adaptation batches per task (default: 3)")
     e.add_argument("--batch-size", type=pos, default=256, help="rows per adaptation batch (default: 256)")
-    e.add_argument("--tasks", type=nonneg, nargs="+", metavar="INDEX",
-                   help="dataset task indices to evaluate, 0 .. number of tasks - 1 (default: the test split)")
+    e.add_argument("--tasks", type=task_list, nargs="+", metavar="INDICES",
+                   help="dataset task indices to evaluate, e.g. '2 7' or '2,7' or '0-4' (default: the test split)")
     e.add_argument("--random-episodes", type=nonneg, default=3,
                    help="random-policy episodes per task for the normalised score; 0 = no normalised score (default: 3)")
     e.add_argument("--seed", type=nonneg, default=0, help="seed of the evaluation draws (default: 0)")

@@ -165,10 +165,9 @@ def _parse_float(text: str) -> float:
 
 
 def _parse_int_list(text: str) -> list:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected task indices like '0,3,5', got {text!r}") from None
+    from .._cli_types import task_list
+
+    return task_list(text)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
