@@ -108,3 +108,21 @@ def test_one_name_per_idea_across_commands():
     assert flat_tasks(p.parse_args(["eval", "ck", "--tasks", "2", "7"]).tasks) == [2, 7]
     assert flat_tasks(p.parse_args(["eval", "ck", "--tasks", "0-2,5"]).tasks) == [0, 1, 2, 5]
     assert p.parse_args(["train", "--train-tasks", "0-3"]).cfg_train_tasks == [0, 1, 2, 3]
+
+
+def test_plot_names_tasks_as_people_do(tmp_path):
+    from macaw_fast.train.plot import task_names
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    data = make_scripted_dataset(tmp_path / "d", "cheetah_vel", episodes_per_task=1, episode_steps=60, seed=0,
+                                 task_indices=[2, 3])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    (run / "config.json").write_text(json.dumps({"data": str(data), "family": "cheetah_vel"}))
+    names = task_names(str(run))
+    assert names["2"].startswith("v = ") and names["2"].endswith(" m/s")
+    from macaw_fast.envs import task_label
+
+    assert task_label("cheetah_dir", {"direction": -1.0}) == "backward"
+    assert task_label("ant_dir", {"goal": 2.2}) == "goal 2.20 rad"

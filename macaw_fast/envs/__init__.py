@@ -36,6 +36,7 @@ from .tasks import (
     paper_tasks,
     sample_tasks,
     task_family,
+    task_label,
     task_to_jsonable,
     validate_task,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "paper_tasks",
     "sample_tasks",
     "task_family",
+    "task_label",
     "task_to_jsonable",
     "validate_task",
     "HalfCheetahDirEnv",

@@ -306,3 +306,18 @@ def load_paper_task(path: str | os.PathLike, family: str | None = None) -> dict[
         return validate_task(fam, obj)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def task_label(family: str, params: Mapping[str, Any]) -> str:
+    """A task as people name it: 'forward', 'v = 1.20 m/s', 'goal 2.20 rad'; '' for Walker-Params
+    (its tasks are arrays of physics multipliers) or unknown parameters."""
+    try:
+        if family == "cheetah_dir":
+            return "forward" if float(params["direction"]) > 0 else "backward"
+        if family == "cheetah_vel":
+            return f"v = {float(params['velocity']):.2f} m/s"
+        if family == "ant_dir":
+            return f"goal {float(params['goal']):.2f} rad"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ""

@@ -40,14 +40,35 @@ def eval_curves(run: str) -> dict:
     return out
 
 
+def task_names(run: str) -> dict[str, str]:
+    """Test-task id -> how people name it ('forward', 'v = 1.20 m/s', 'goal 2.20 rad'), from the
+    run's dataset; {} when the dataset cannot be opened."""
+    import json
+
+    from ..envs import task_label
+
+    d = seed_dirs(run)[0]
+    try:
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        from ..data.store import open_dataset
+
+        ds = open_dataset(cfg["data"])
+        return {t: task_label(cfg.get("family", ""), ds[t].params) for t in ds.tasks}
+    except Exception:  # noqa: BLE001 - a moved dataset only costs the names
+        return {}
+
+
 def plot_runs(runs: list[str], out: str, per_task: bool = True) -> str:
-    """Write a PNG: one panel for the task mean and (with ``per_task``) one per task; mean ± std over seeds."""
+    """Write a PNG: one panel for the task mean and (with ``per_task``) one per task; the line is the
+    mean over seeds, the band ± one standard deviation over seeds (ddof 1, as the tables)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = {r: eval_curves(r) for r in runs}
+    names = task_names(runs[0])
     tasks = ["mean"]
     if per_task:
         first = next(iter(curves.values()))
@@ -65,17 +86,18 @@ def plot_runs(runs: list[str], out: str, per_task: bool = True) -> str:
                 if kind not in c or task not in c[kind]:
                     continue
                 y = c[kind][task]
-                m, s = y.mean(0), y.std(0)
+                m, s = y.mean(0), (y.std(0, ddof=1) if y.shape[0] > 1 else 0 * y[0])
                 col = colors[j % len(colors)]
                 ax.plot(c["steps"], m, style, color=col, label=f"{label} {kind} ({c['seeds']} seed{'s' * (c['seeds'] > 1)})")
                 if y.shape[0] > 1:
                     ax.fill_between(c["steps"], m - s, m + s, color=col, alpha=0.15 if kind == "adapted" else 0.07)
-        ax.set_title("mean over test tasks" if task == "mean" else f"test task {task}")
+        name = names.get(task, "")
+        ax.set_title("mean over test tasks" if task == "mean" else f"test task {task}" + (f": {name}" if name else ""))
         ax.set_xlabel("meta-step")
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
         if i == 0:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, title="band: ± 1 std over seeds", title_fontsize=7)
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()

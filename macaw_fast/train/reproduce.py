@@ -201,20 +201,6 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
-def task_label(family: str, params: dict) -> str:
-    """A task as people name it: 'forward', 'v = 1.20 m/s', 'goal 2.20 rad', 'task 7'."""
-    try:
-        if family == "cheetah_dir":
-            return "forward" if float(params["direction"]) > 0 else "backward"
-        if family == "cheetah_vel":
-            return f"v = {float(params['velocity']):.2f} m/s"
-        if family == "ant_dir":
-            return f"goal {float(params['goal']):.2f} rad"
-    except (KeyError, TypeError, ValueError):
-        pass
-    return ""
-
-
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -364,6 +350,7 @@ class Reproduction:
         """The final evaluation of one seed's last checkpoint (computed, or verified and reused)."""
         import torch
 
+        from ..envs import task_label
         from ..macaw import MetaLearner
         from .loop import RunSetup, _jsonable, load_checkpoint
 
@@ -609,5 +596,5 @@ def merge_summary(entry_file: str, summary: str) -> None:
     atomic_write_json(summary, old)
 
 
-__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "merge_summary", "task_label",
+__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "merge_summary",
            "FINAL_EVAL_STEP"]
