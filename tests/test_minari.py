@@ -90,7 +90,8 @@ def test_round_trip_without_trajectories(tmp_path):
     w.commit()
     w.close()
     root = tmp_path / "minari"
-    export_minari(p, "vel", root=root, progress=False)
+    with pytest.warns(UserWarning, match="one-step Minari episode"):
+        export_minari(p, "vel", root=root, progress=False)
     import_minari("vel", tmp_path / "back", root=root, progress=False)
     assert_same(p, tmp_path / "back")
     assert open_dataset(tmp_path / "back")["0"].episode_lengths is None
@@ -119,3 +120,28 @@ def test_foreign_minari_dataset_recomputes_derived(collected, tmp_path):
         assert b[t].params == {}
         for f in FIELDS:
             np.testing.assert_allclose(b[t][f], a[t][f], rtol=1e-6, atol=1e-6, err_msg=f)
+
+
+def test_failed_export_leaves_nothing_half_written(collected, tmp_path, monkeypatch):
+    """The second task fails mid-export: the Minari root holds neither namespace nor staging files,
+    and an existing namespace that was being overwritten is left as it was."""
+    import macaw_fast.data.minari_io as mio
+
+    root = tmp_path / "minari"
+    export_minari(collected, "keep", root=root, progress=False)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    real = mio.np.array_equal
+    calls = {"n": 0}
+
+    def fail_later(a, b):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("disk full")
+        return real(a, b)
+
+    monkeypatch.setattr(mio.np, "array_equal", fail_later)
+    for ns, overwrite in (("new", False), ("keep", True)):
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="disk full"):
+            export_minari(collected, ns, root=root, overwrite=overwrite, progress=False)
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

@@ -85,69 +85,96 @@ def export_minari(dataset, namespace: str, root=None, action_bounds: tuple[float
     ``~/.minari/datasets``). ``action_bounds`` sets the action Box (default: [-1, 1] when every
     stored action lies in it, else unbounded). ``overwrite`` replaces an existing namespace.
     """
-    minari = _require_minari()
-    import gymnasium as gym
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
+    _require_minari()
     ds = dataset if hasattr(dataset, "tasks") and hasattr(dataset, "split") else open_dataset(dataset)
     if not re.fullmatch(r"[-_\w][-_\w/]*[-_\w]+", namespace):
         raise ValueError(f"namespace {namespace!r}: expected letters, digits, '_', '-' and '/'")
     ids = [minari_dataset_id(namespace, t) for t in ds.tasks]
     if len(set(ids)) != len(ids):
         raise ValueError(f"task ids {ds.tasks} map to clashing Minari names")
+    import shutil
+    import tempfile
+
     with _minari_root(root):
         from minari.storage.datasets_root_dir import get_dataset_path
 
-        ns_path = get_dataset_path(namespace)
+        real_root = os.fspath(get_dataset_path())
+        ns_path = os.path.join(real_root, namespace)
+        if os.path.exists(ns_path) and not overwrite:
+            raise FileExistsError(f"{ns_path}: Minari namespace {namespace!r} already exists (use overwrite)")
+    # Written under a staging root beside the real one and moved into place only when complete, so
+    # a failed or killed export leaves nothing half-written in the Minari root.
+    staging = tempfile.mkdtemp(prefix=".macaw-fast-export-", dir=os.path.dirname(os.path.abspath(real_root)))
+    try:
+        with _minari_root(staging):
+            _export_into(ds, namespace, ids, action_bounds, progress)
+        old = None
         if os.path.exists(ns_path):
-            if not overwrite:
-                raise FileExistsError(f"{ns_path}: Minari namespace {namespace!r} already exists (use overwrite)")
-            import shutil
-
-            shutil.rmtree(ns_path)
-        if action_bounds is None:
-            inside = all(np.all(np.abs(ds[t]["action"]) <= 1.0) for t in ds.tasks)
-            action_bounds = (-1.0, 1.0) if inside else (-np.inf, np.inf)
-        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(ds.obs_dim,), dtype=np.float32)
-        act_space = gym.spaces.Box(action_bounds[0], action_bounds[1], shape=(ds.act_dim,), dtype=np.float32)
-        from minari.namespace import create_namespace
-
-        create_namespace(namespace, description=f"macaw-fast dataset exported from {ds.env_id}", macaw_fast={
-            "env_id": ds.env_id, "obs_dim": ds.obs_dim, "act_dim": ds.act_dim, "gamma": ds.gamma,
-            "split": ds.split, "tasks": [{"id": t, "dataset_id": i} for t, i in zip(ds.tasks, ids)]})
-        it = list(zip(ds.tasks, ids))
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, desc=f"export {namespace}", unit="task")
-        for tid, mid in it:
-            td = ds[tid]
-            a = {f: np.asarray(td[f]) for f in FIELDS}
-            bounds, known = _episodes(td)
-            buffers = []
-            for k, (s, e) in enumerate(bounds):
-                if known and e - s > 1 and not np.array_equal(a["next_obs"][s : e - 1], a["obs"][s + 1 : e]):
-                    raise ValueError(f"task {tid}: trajectory {k} (rows {s}..{e - 1}) has next_obs[t] != obs[t+1]; "
-                                     f"Minari's episode layout cannot hold it")
-                done = a["done"][s:e] != 0
-                trunc = np.zeros(e - s, dtype=bool)
-                trunc[-1] = not done[-1]
-                buffers.append(EpisodeBuffer(
-                    id=k, observations=np.concatenate([a["obs"][s:e], a["next_obs"][e - 1 : e]]),
-                    actions=a["action"][s:e], rewards=a["reward"][s:e].astype(np.float64).tolist(),
-                    terminations=done.tolist(), truncations=trunc.tolist(),
-                    infos={f: a[f][s:e] for f in _DERIVED}))
-            meta = {"task_id": tid, "params": td.params, "env_id": ds.env_id, "gamma": td.gamma,
-                    "episodes_known": known, "episode_returns": td.episode_returns,
-                    "source": td.manifest.get("source")}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # author/permalink/... not set
-                mds = minari.create_dataset_from_buffers(
-                    mid, buffers, observation_space=obs_space, action_space=act_space,
-                    algorithm_name="macaw-fast export", description=f"task {tid} of {ds.env_id}, params {td.params}",
-                    data_format="hdf5", jpeg_encoding=False)
-            mds.storage.update_metadata({"macaw_fast": meta})
+            old = ns_path + f".old-{os.getpid()}"
+            os.replace(ns_path, old)
+        os.makedirs(os.path.dirname(ns_path), exist_ok=True)
+        os.replace(os.path.join(staging, namespace), ns_path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return ids
+
+
+def _export_into(ds, namespace: str, ids: list[str], action_bounds, progress: bool) -> None:
+    """Write the namespace and one Minari dataset per task into the current Minari root."""
+    import gymnasium as gym
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    minari = _require_minari()
+    if action_bounds is None:
+        inside = all(np.all(np.abs(ds[t]["action"]) <= 1.0) for t in ds.tasks)
+        action_bounds = (-1.0, 1.0) if inside else (-np.inf, np.inf)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=(ds.obs_dim,), dtype=np.float32)
+    act_space = gym.spaces.Box(action_bounds[0], action_bounds[1], shape=(ds.act_dim,), dtype=np.float32)
+    from minari.namespace import create_namespace
+
+    create_namespace(namespace, description=f"macaw-fast dataset exported from {ds.env_id}", macaw_fast={
+        "env_id": ds.env_id, "obs_dim": ds.obs_dim, "act_dim": ds.act_dim, "gamma": ds.gamma,
+        "split": ds.split, "tasks": [{"id": t, "dataset_id": i} for t, i in zip(ds.tasks, ids)]})
+    unknown = [t for t in ds.tasks if ds[t].episode_lengths is None]
+    if unknown:
+        warnings.warn(f"tasks {unknown[:8]}{' ...' if len(unknown) > 8 else ''} do not know their trajectory "
+                      f"boundaries (subsampled or imported data): each of their rows is exported as a one-step "
+                      f"Minari episode; export the data before subsampling to keep real episodes",
+                      UserWarning, stacklevel=3)
+    it = list(zip(ds.tasks, ids))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"export {namespace}", unit="task")
+    for tid, mid in it:
+        td = ds[tid]
+        a = {f: np.asarray(td[f]) for f in FIELDS}
+        bounds, known = _episodes(td)
+        buffers = []
+        for k, (s, e) in enumerate(bounds):
+            if known and e - s > 1 and not np.array_equal(a["next_obs"][s : e - 1], a["obs"][s + 1 : e]):
+                raise ValueError(f"task {tid}: trajectory {k} (rows {s}..{e - 1}) has next_obs[t] != obs[t+1]; "
+                                 f"Minari's episode layout cannot hold it")
+            done = a["done"][s:e] != 0
+            trunc = np.zeros(e - s, dtype=bool)
+            trunc[-1] = not done[-1]
+            buffers.append(EpisodeBuffer(
+                id=k, observations=np.concatenate([a["obs"][s:e], a["next_obs"][e - 1 : e]]),
+                actions=a["action"][s:e], rewards=a["reward"][s:e].astype(np.float64).tolist(),
+                terminations=done.tolist(), truncations=trunc.tolist(),
+                infos={f: a[f][s:e] for f in _DERIVED}))
+        meta = {"task_id": tid, "params": td.params, "env_id": ds.env_id, "gamma": td.gamma,
+                "episodes_known": known, "episode_returns": td.episode_returns,
+                "source": td.manifest.get("source")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # author/permalink/... not set
+            mds = minari.create_dataset_from_buffers(
+                mid, buffers, observation_space=obs_space, action_space=act_space,
+                algorithm_name="macaw-fast export", description=f"task {tid} of {ds.env_id}, params {td.params}",
+                data_format="hdf5", jpeg_encoding=False)
+        mds.storage.update_metadata({"macaw_fast": meta})
 
 
 def import_minari(namespace: str, out, root=None, overwrite: bool = False, progress: bool = True):
