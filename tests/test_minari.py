@@ -145,3 +145,46 @@ def test_failed_export_leaves_nothing_half_written(collected, tmp_path, monkeypa
         with pytest.raises(RuntimeError, match="disk full"):
             export_minari(collected, ns, root=root, overwrite=overwrite, progress=False)
         assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_exported_datasets_recover_their_env_and_normalise_like_us(tmp_path):
+    """env_spec -> recover_environment() gives the task's env; ref min/max -> get_normalized_score
+    is (R - random) / (best in the data - random), as macaw-fast normalises; an ordinary Minari
+    dataset (no macaw_fast metadata) is imported with its env spec's env id and task."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("mujoco")
+    import minari
+
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    data = make_scripted_dataset(tmp_path / "vel", "cheetah_vel", episodes_per_task=2, episode_steps=50, seed=0,
+                                 task_indices=[2, 5])
+    root = tmp_path / "minari"
+    export_minari(data, "vel", root=root, progress=False)
+    ds = open_dataset(data)
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        m = minari.load_dataset(minari_dataset_id("vel", "5"))
+        env = m.recover_environment()
+        assert env.spec.id == "macaw_fast/CheetahVel-v0"
+        assert env.unwrapped.task == ds["5"].params
+        _, info = env.reset(seed=0)
+        assert info["task"] == ds["5"].params
+        md = m.storage.metadata
+        assert md["ref_max_score"] == max(ds["5"].episode_returns)
+        lo, hi = md["ref_min_score"], md["ref_max_score"]
+        assert lo < hi
+        r = 0.5 * (lo + hi)
+        assert float(minari.get_normalized_score(m, np.array([r]))[0]) == pytest.approx(0.5)
+    finally:
+        del os.environ["MINARI_DATASETS_PATH"]
+    # strip our metadata: the env spec alone tells the importer the env id and each task
+    (root / "vel" / "namespace_metadata.json").write_text(json.dumps({}))
+    for t in ("2", "5"):
+        d = root / "vel" / f"task-{t}-v0" / "data"
+        meta = json.loads((d / "metadata.json").read_text())
+        del meta["macaw_fast"]
+        (d / "metadata.json").write_text(json.dumps(meta))
+    back = import_minari("vel", tmp_path / "back", root=root, progress=False)
+    assert back.env_id == "macaw_fast/CheetahVel-v0"
+    assert {t: back[t].params for t in back.tasks} == {"2": ds["2"].params, "5": ds["5"].params}

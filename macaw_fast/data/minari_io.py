@@ -66,6 +66,24 @@ def minari_dataset_id(namespace: str, task_id: str) -> str:
     return f"{namespace}/task-{re.sub(r'[^-_0-9A-Za-z]', '_', task_id)}-v{_VERSION}"
 
 
+#: Random-policy episodes Minari runs per task for ``ref_min_score`` (its default is 100).
+REF_EPISODES = 20
+
+
+def _env_spec(env_id: str, params: dict, obs_dim: int, act_dim: int):
+    """A gymnasium EnvSpec that rebuilds the task's env (``recover_environment()``), or None when
+    ``env_id`` is not one of the MACAW families or the dims differ from the family's."""
+    from gymnasium.envs.registration import EnvSpec
+
+    from ..envs import FAMILIES      # interop: the spec names our env's entry point and its task
+
+    for fam in FAMILIES.values():
+        if fam.env_id == env_id and (fam.obs_dim, fam.act_dim) == (obs_dim, act_dim):
+            return EnvSpec(id=env_id, entry_point=fam.entry_point, max_episode_steps=fam.max_episode_steps,
+                           kwargs={"task": params})
+    return None
+
+
 def _episodes(td):
     lengths = td.episode_lengths
     if lengths is None:
@@ -170,8 +188,14 @@ def _export_into(ds, namespace: str, ids: list[str], action_bounds, progress: bo
                 "source": td.manifest.get("source")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # author/permalink/... not set
+            spec = _env_spec(ds.env_id, td.params, ds.obs_dim, ds.act_dim)
+            best = max(td.episode_returns) if spec is not None and td.episode_returns else None
+            # ref_max_score = the best trajectory return in the task's data and ref_min_score = a random
+            # policy's mean return (Minari runs it in the recovered env): the normalisation macaw-fast
+            # uses, so minari.get_normalized_score gives our normalised scores.
             mds = minari.create_dataset_from_buffers(
-                mid, buffers, observation_space=obs_space, action_space=act_space,
+                mid, buffers, env=spec, eval_env=spec, observation_space=obs_space, action_space=act_space,
+                ref_max_score=best, num_episodes_average_score=REF_EPISODES,
                 algorithm_name="macaw-fast export", description=f"task {tid} of {ds.env_id}, params {td.params}",
                 data_format="hdf5", jpeg_encoding=False)
         mds.storage.update_metadata({"macaw_fast": meta})
@@ -209,10 +233,17 @@ def import_minari(namespace: str, out, root=None, overwrite: bool = False, progr
             except Exception as ex:
                 raise FileNotFoundError(f"Minari dataset {e['dataset_id']!r} (task {e['id']}): cannot load ({ex})") from None
         metas = {t: m.storage.metadata.get("macaw_fast", {}) for t, m in loaded.items()}
+        for t, m in loaded.items():       # a dataset made by other tooling: its env spec names the task
+            spec = m.spec.env_spec
+            if not metas[t] and spec is not None:
+                metas[t] = {"env_id": spec.id, "params": dict((spec.kwargs or {}).get("task") or {})}
         first = next(iter(loaded.values()))
         obs_dim = int(np.prod(first.observation_space.shape))
         act_dim = int(np.prod(first.action_space.shape))
         gamma = float(info["gamma"]) if info else float(next(iter(metas.values())).get("gamma", 0.99))
+        env_ids = {m.get("env_id") for m in metas.values()}
+        if not info and len(env_ids) > 1:
+            raise ValueError(f"Minari namespace {namespace!r}: its datasets come from different envs {sorted(map(str, env_ids))}")
         env_id = info["env_id"] if info else (next(iter(metas.values())).get("env_id") or f"minari:{namespace}")
         task_ids = [e["id"] for e in entries]
         split = info["split"] if info else {"train": task_ids, "test": task_ids}
