@@ -305,3 +305,21 @@ def test_dry_run_prints_the_plan_and_writes_nothing(reference, tmp_path):
              for ln in p.stdout.splitlines()[2:] if ln.strip()}
     for k in ("collect", "subsample", "train 0", "train 1", "evaluate 0", "evaluate 1"):
         assert " done " in lines[k], lines[k]
+
+
+def test_bootstrap_intervals_are_reproducible():
+    """rliable's stratified bootstrap draws from numpy's global RNG (it ignores random_state):
+    interval_estimates must not depend on that state, and must leave it as it was."""
+    from macaw_fast.train.stats import interval_estimates
+
+    x = np.random.default_rng(3).normal(size=(3, 5))
+    np.random.seed(1)
+    a = interval_estimates(x, reps=300)
+    state = np.random.get_state()[1].copy()
+    np.random.seed(2)
+    np.random.random(17)
+    b = interval_estimates(x, reps=300)
+    assert a == b
+    np.random.seed(1)
+    interval_estimates(x, reps=300)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)

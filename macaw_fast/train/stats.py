@@ -46,10 +46,18 @@ def interval_estimates(scores: np.ndarray, reps: int | None = None, seed: int = 
     def agg(x):
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)   # arch's notice about its random_state argument
-        point, ci = rly.get_interval_estimates({"s": scores}, agg, reps=reps,
-                                               random_state=np.random.RandomState(seed))
+    # rliable's StratifiedBootstrap.update_indices draws from numpy's GLOBAL generator
+    # (np.random.choice) and ignores random_state, so seed the global generator around the call
+    # (and put it back): the CIs are then a pure function of the scores and ``seed``.
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # arch's notice about its random_state argument
+            point, ci = rly.get_interval_estimates({"s": scores}, agg, reps=reps,
+                                                   random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
     p, c = point["s"], ci["s"]
     return {"iqm": float(p[0]), "iqm_ci": [float(c[0, 0]), float(c[1, 0])],
             "mean": float(p[1]), "mean_ci": [float(c[0, 1]), float(c[1, 1])]}
