@@ -391,6 +391,11 @@ class Reproduction:
 
         evals = {s: _read_json(self.eval_path(s))["result"] for s in self.cfg.seeds}
         wall = _read_json(os.path.join(self.stage_dir, "wall_clock.json")) or {}
+        from .loop import read_jsonl
+
+        done = [r for r in read_jsonl(os.path.join(self.collect_dir, "log.jsonl")) if r.get("final")]
+        if done:      # the collection's own clock (it may have run outside this pipeline, or resumed)
+            wall["collect"] = max(wall.get("collect", 0.0), float(done[-1].get("wall_s", 0.0)))
         entry = family_entry(evals, self.cfg, command, wall)
         out = os.path.join(self.dir, "results")
         os.makedirs(out, exist_ok=True)
