@@ -27,10 +27,15 @@ def atomic_write_bytes(path: str, write: Callable) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         os.fchmod(fd, 0o644)             # an ordinary file, not mkstemp's private 0600
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is None:       # full disk, file-size limit: say which file was being written
+                raise OSError(e.errno, e.strerror or str(e), path) from None
+            raise
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -323,3 +323,22 @@ def test_bootstrap_intervals_are_reproducible():
     np.random.seed(1)
     interval_estimates(x, reps=300)
     np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_full_disk_is_a_one_line_error_and_damages_nothing(reference, tmp_path):
+    """Writes that fail part-way (RLIMIT_FSIZE: every file is capped at 64 KiB, as on a full disk)
+    stop the pipeline with one line naming the file; rerun with room, it ends as an uninterrupted run."""
+    import resource
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # write() then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    out = tmp_path / "full"
+    p = subprocess.run(_args(tmp_path, out), capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=cap)
+    assert p.returncode == 1, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("macaw-fast reproduce: error: ") and "Traceback" not in p.stderr
+    assert "File too large" in last and str(out) in last, last           # names the file being written
+    _run(tmp_path, out)
+    _same_results(out, reference["out"])

@@ -75,8 +75,14 @@ class DatasetError(ValueError):
 
 
 def _write_bytes(f, data) -> None:
-    """Write all of ``data`` to the binary file ``f`` (every store write goes through here)."""
-    f.write(data)
+    """Write all of ``data`` to the binary file ``f`` (every store write goes through here). A failed
+    write (full disk, file-size limit) raises OSError naming the file."""
+    try:
+        f.write(data)
+    except OSError as e:
+        if e.filename is None and getattr(f, "name", None):
+            raise OSError(e.errno, f"{e.strerror or e} (writing {f.name})", f.name) from None
+        raise
 
 
 def _atomic_write_json(path: str, obj: Any) -> None:
