@@ -10,10 +10,8 @@ void register_skinny(py::module_& m);
 void register_value_forward(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "macaw-fast compiled extension: the deterministic multi-threaded meta-batch sampler and the low-rank Adam step";
+    m.doc() = "macaw-fast compiled extension: the meta-batch sampler, the low-rank Adam step, theta generation, the skinny W products and the value forward";
     m.attr("__version__") = MACAW_FAST_VERSION;
-    m.def("num_threads_hint", []() { return 1; },
-          "Placeholder probe: returns 1 when the extension loads.");
     register_sampler(m);
     register_lowrank_adam(m);
     register_generate(m);

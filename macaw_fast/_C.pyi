@@ -8,9 +8,6 @@ import numpy.typing as npt
 __version__: str
 _asan: bool
 
-def num_threads_hint() -> int:
-    """Placeholder probe: returns 1 when the extension loads."""
-
 def sample_meta_batch(
     tasks: Sequence[Sequence[npt.NDArray[np.float32]]],
     task_ids: Sequence[int],

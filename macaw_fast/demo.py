@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     here), evaluate, plot, print a per-task summary."""
     import torch
 
-    from .train.cli import measure_step_time
+    from .train.runs import measure_step_time
     from .train.config import resolve_config
     from .train.loop import RunSetup, load_checkpoint, train
     from .train.plot import plot_runs

@@ -481,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.resume:
-            from .train.cli import resume_configs
+            from .train.runs import resume_settings
 
-            cfg, mc, tc = resume_configs(args)
+            cfg, mc, tc = resume_settings(args.resume, *overrides_from_args(args))
             data, out, presets = cfg["data"], args.resume, cfg.get("presets")
         else:
             if not args.data or not args.out:

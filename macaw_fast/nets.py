@@ -418,13 +418,6 @@ def _generate_extension():
     return _compiled("wlinear_generate")
 
 
-def accumulate_theta_leaf_grads(layers: Sequence[nn.Module], thetas: Sequence[Tensor | None]) -> None:
-    """`WLinear.accumulate_theta_leaf_grad` for every leaf made by `theta_leaves`."""
-    for layer, theta in zip(layers, thetas):
-        if theta is not None:
-            layer.accumulate_theta_leaf_grad(theta)
-
-
 def fused_theta_leaves(layers: Sequence[nn.Module], tasks: int | None = None,
                        backend: str | None = None) -> list[Tensor | None]:
     """For the fused meta-step: theta = W z + b of every WLinear layer made without a graph, as a

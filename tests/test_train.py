@@ -375,3 +375,23 @@ def test_bool_fields_have_no_flags_and_config_is_a_deprecated_preset_alias(datas
     assert cfg["train"]["progress"] is False and cfg["train"]["tensorboard"] is False
     assert cfg["presets"] == ["cheetah_dir"] and not (tmp_path / "r" / "tb").exists()
     assert "--config NAME is deprecated" in capsys.readouterr().err
+
+
+def test_resume_takes_the_settings_from_the_checkpoint_and_reports_edits(dataset, tmp_path, capsys):
+    import json
+
+    mc, tc = tiny(steps=6, latest_interval=2)
+    train(dataset, tmp_path / "full", mc, tc)
+    train(dataset, tmp_path / "part", mc, tc, stop_after=4)
+    cfg_path = tmp_path / "part" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["seed"] = 3                    # an edit that would change the run silently
+    cfg["train"]["batch_size"] = 8
+    cfg_path.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(tmp_path / "part")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "differs from the checkpoint" in err and "train.seed: 3 in config.json, 0 in the checkpoint" in err
+    assert "train.batch_size: 8 in config.json, 16 in the checkpoint" in err
+    _assert_same(_state(tmp_path / "part" / "checkpoints" / "latest.pt"), _state(tmp_path / "full" / "checkpoints" / "latest.pt"))

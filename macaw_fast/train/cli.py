@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import subprocess
 import sys
-import time
 
 from .._cli_types import flat_tasks, int_at_least, task_list
 from .config import add_config_arguments, list_presets, overrides_from_args, resolve_config
@@ -30,64 +27,13 @@ def _configs(args) -> tuple:
     return resolve_config(args.preset, mac, tr)
 
 
-def measure_step_time(data: str, mc, tc, threads: int, steps: int = 3) -> float:
-    """Seconds per meta-step of this run's configuration with ``threads`` torch threads (after one warm-up)."""
-    import torch
-
-    from .loop import RunSetup, _batches, make_learner
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        setup = RunSetup(data, mc, tc)
-        inner_s, outer_s = setup.samplers()
-        learner = make_learner(setup)
-        it = _batches(setup, inner_s, outer_s, 0)
-        times = []
-        for k in range(steps + 1):
-            inner, outer = next(it)
-            inner, outer = inner.to(learner.device, learner.dtype), outer.to(learner.device, learner.dtype)
-            t0 = time.perf_counter()
-            learner.meta_step(inner, outer)
-            if k:
-                times.append(time.perf_counter() - t0)
-        it.close()
-        return min(times)
-    finally:
-        torch.set_num_threads(old)
-
-
-def choose_seed_strategy(data: str, mc, tc, n_seeds: int, cores: int | None = None) -> dict:
-    """Measure, then pick 'parallel' (one process per seed, 1 thread each) or 'sequential' (in-process, all threads).
-
-    Sequential takes about n_seeds * t(all cores); parallel with P = min(cores, n_seeds) processes
-    takes about ceil(n_seeds / P) * t(1 thread) when the processes do not slow each other down.
-    """
-    cores = cores or os.cpu_count() or 1
-    t1 = measure_step_time(data, mc, tc, 1)
-    tn = measure_step_time(data, mc, tc, cores) if cores > 1 else t1
-    P = max(1, min(cores, n_seeds))
-    seq, par = n_seeds * tn, math.ceil(n_seeds / P) * t1
-    return {"strategy": "parallel" if P > 1 and par < seq else "sequential", "cores": cores,
-            "step_s_1_thread": t1, "step_s_all_threads": tn, "processes": P,
-            "estimated_s_per_step_all_seeds": {"sequential": seq, "parallel": par}}
-
-
 def resume_configs(args) -> tuple:
-    """(run config.json, MacawConfig, TrainConfig) of the run in ``args.resume``; only --steps and
-    run-time options (progress, threads, prefetch, tensorboard) may be overridden."""
-    cfg_path = os.path.join(args.resume, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{args.resume}: not a run directory (no config.json)")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    """(run description, MacawConfig, TrainConfig) to continue ``args.resume`` (see
+    :func:`macaw_fast.train.runs.resume_settings`: the checkpoint's settings are the truth)."""
+    from .runs import resume_settings
+
     mac, tr = overrides_from_args(args)
-    extra = {k: v for k, v in tr.items() if k not in ("steps", "progress", "tensorboard", "threads", "prefetch")}
-    if mac or extra:
-        raise ValueError(f"--resume continues a run with its own configuration; only --steps, --progress, "
-                         f"--threads, --prefetch and --tensorboard may be given (got {sorted(mac) + sorted(extra)})")
-    mc, tc = resolve_config([], cfg["macaw"], {**cfg["train"], **tr})
-    return cfg, mc, tc
+    return resume_settings(args.resume, mac, tr)
 
 
 def _under_torchrun() -> bool:
@@ -141,41 +87,9 @@ def _run_train(args) -> int:
 
 
 def _run_seeds(args, mc, tc) -> int:
-    from .loop import RunSetup, atomic_write_json, train
+    from .runs import run_seeds
 
-    RunSetup(args.data, mc, tc)  # validate before creating anything
-    out = os.path.abspath(args.out)
-    for s in args.seeds:
-        if os.path.exists(os.path.join(out, f"seed_{s}", "config.json")):
-            raise FileExistsError(f"{out}/seed_{s}: a run already exists here (resume it with --resume {out}/seed_{s})")
-    os.makedirs(out, exist_ok=True)
-    decision = choose_seed_strategy(args.data, mc, tc, len(args.seeds))
-    atomic_write_json(os.path.join(out, "seeds_strategy.json"), decision)
-    print(f"seeds {args.seeds}: {decision['strategy']} (1 thread {1000 * decision['step_s_1_thread']:.1f} ms/step, "
-          f"{decision['cores']} threads {1000 * decision['step_s_all_threads']:.1f} ms/step)", file=sys.stderr)
-    if decision["strategy"] == "sequential":
-        for s in args.seeds:
-            tc_s = type(tc).from_dict({**tc.to_dict(), "seed": s})
-            _print_eval(train(args.data, os.path.join(out, f"seed_{s}"), mc, tc_s, presets=args.preset), f"seed {s}: ")
-        return 0
-    cfg_file = os.path.join(out, "seeds_config.json")
-    atomic_write_json(cfg_file, {"macaw": mc.to_dict(), "train": {**tc.to_dict(), "threads": 1, "progress": False}})
-    procs: list = []
-    pending = list(args.seeds)
-    rc = 0
-    while pending or procs:
-        while pending and len(procs) < decision["processes"]:
-            s = pending.pop(0)
-            cmd = [sys.executable, "-m", "macaw_fast", "train", "--data", args.data, "--out",
-                   os.path.join(out, f"seed_{s}"), "--config-file", cfg_file, "--seed", str(s)]
-            procs.append((s, subprocess.Popen(cmd)))
-        time.sleep(0.5)
-        for s, p in list(procs):
-            if p.poll() is not None:
-                procs.remove((s, p))
-                print(f"seed {s}: finished with exit status {p.returncode}", file=sys.stderr)
-                rc = rc or p.returncode
-    return rc
+    return run_seeds(args.data, args.out, mc, tc, list(args.seeds), presets=args.preset, report=_print_eval)
 
 
 def _print_eval(res: dict, prefix: str = "") -> None:
@@ -189,37 +103,6 @@ def _print_eval(res: dict, prefix: str = "") -> None:
 # eval
 
 
-def load_any_checkpoint(path: str, data: str | None, fused: bool = False, with_step: bool = False):
-    """(learner, dataset path, family or None): a macaw-fast checkpoint or the paper's archive_*.pt.
-    With ``with_step`` also the checkpoint's step (None for a paper archive)."""
-    import torch
-
-    from ..macaw import MetaLearner
-    from .loop import CHECKPOINT_FORMAT, load_checkpoint
-
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoints", "latest.pt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
-        st = load_checkpoint(path)
-        learner = MetaLearner.from_state_dict(st["learner"], fused=fused)
-        out = learner, data or st["data"], st["family"]
-        return out + (int(st["step"]),) if with_step else out
-    if not data:
-        raise ValueError(f"{path}: a paper archive needs --data DATASET (its test tasks and n_train)")
-    from ..data.store import open_dataset
-    from ..paper import load_archive
-
-    ds = open_dataset(data)
-    out = load_archive(raw, len(ds.train_tasks), fused=fused), data, None
-    return out + (None,) if with_step else out
-
-
 def run_eval(args) -> int:
     """Entry point of `macaw-fast eval`."""
     import numpy as np
@@ -227,7 +110,9 @@ def run_eval(args) -> int:
     from ..data.store import open_dataset
     from .evaluate import Evaluator, family_of, online_finetune
 
-    learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.fused, with_step=True)
+    from .runs import load_any_checkpoint
+
+    learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.fused)
     ds = open_dataset(data)
     family = family_of(ds)
     if fam and fam != family:
@@ -272,7 +157,9 @@ def run_eval(args) -> int:
             print(f"online fine-tuning, task {t.id}: return {hist[0]:.1f} -> {hist[-1]:.1f} "
                   f"({len(hist)} iterations)")
     if args.video:
-        _videos(ev, learner, args)
+        from .runs import render_videos
+
+        render_videos(ev, learner, args.video_dir, args.seed)
     if args.json:
         from .._provenance import provenance
         from .loop import _jsonable, atomic_write_json
@@ -285,45 +172,6 @@ def run_eval(args) -> int:
         atomic_write_json(args.json, _jsonable(res))
     ev.close()
     return 0 if np.isfinite(res["mean_adapted"]) else 1
-
-
-def _videos(ev, learner, args) -> None:
-    """Render one adapted rollout per task to VIDEO_DIR/task_<id>.gif where a renderer is available."""
-    import numpy as np
-    import torch
-
-    from ..envs import make
-
-    out = args.video_dir
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        print("--video: needs the 'imageio' package (pip install imageio); skipped", file=sys.stderr)
-        return
-    adapted = learner.adapt(ev.adaptation_batch(0, 1, learner.dtype, learner.device))
-    os.makedirs(out, exist_ok=True)
-    for k, t in enumerate(ev.tasks):
-        try:
-            env = make(ev.family, t.task, render_mode="rgb_array", disable_env_checker=True)
-            o, _ = env.reset(seed=args.seed)
-            frames = [env.render()]
-        except Exception as e:  # noqa: BLE001 - no OpenGL context etc.
-            print(f"--video: no renderer available ({type(e).__name__}: {e}); skipped "
-                  "(try MUJOCO_GL=egl or MUJOCO_GL=osmesa)", file=sys.stderr)
-            return
-        one = [p[k:k + 1].detach() for p in adapted.policy]
-        for _ in range(200):
-            with torch.no_grad():
-                a = learner.act(torch.as_tensor(o, dtype=learner.dtype).view(1, 1, -1),
-                                type(adapted)(value=[], policy=one))[0, 0].numpy()
-            o, _, term, trunc, _ = env.step(np.clip(a, env.action_space.low, env.action_space.high))
-            frames.append(env.render())
-            if term or trunc:
-                break
-        path = os.path.join(out, f"task_{t.id}.gif")
-        imageio.mimsave(path, frames, duration=0.05)
-        env.close()
-        print(f"video: {path}")
 
 
 # ------------------------------------------------------------------------------------------------
