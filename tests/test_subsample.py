@@ -64,3 +64,24 @@ def test_cli_and_errors(ds_path, tmp_path, capsys):
         subsample_dataset(ds_path, ds_path, skip=2, overwrite=True, progress=False)
     with pytest.raises(ValueError, match="missing: no such dataset directory"):
         subsample_dataset(tmp_path / "missing", tmp_path / "z", progress=False)
+
+
+def test_staging_directories_of_killed_writers_are_removed(tmp_path):
+    """A subsample/import killed mid-write leaves `.OUT.<pid>.*.new`; the next write removes it
+    (only when its process is gone)."""
+    import os
+    import subprocess
+    import sys
+
+    from macaw_fast.data.store import staging_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".out.{dead}.abc123.new"
+    (stale / "ds").mkdir(parents=True)
+    (stale / "ds" / "half.npy").write_bytes(b"x" * 100)
+    live = tmp_path / f".out.{os.getppid()}.def456.new"      # a running process's: kept
+    live.mkdir()
+    new = staging_dir(tmp_path / "out")
+    assert not stale.exists() and live.exists() and os.path.isdir(new)
+    assert f".out.{os.getpid()}." in new

@@ -28,7 +28,8 @@ from typing import Iterator
 import numpy as np
 
 from .batch import FIELDS
-from .store import DatasetWriter, compute_derived, install_dir, open_dataset, staging_dir, write_task_arrays
+from .store import (DatasetWriter, compute_derived, install_dir, open_dataset, remove_stale_staging, staging_dir,
+                    write_task_arrays)
 
 _DERIVED = ("mc_return", "terminal_obs", "terminal_discount")
 _VERSION = 0
@@ -122,7 +123,9 @@ def export_minari(dataset, namespace: str, root=None, action_bounds: tuple[float
             raise FileExistsError(f"{ns_path}: Minari namespace {namespace!r} already exists (use overwrite)")
     # Written under a staging root beside the real one and moved into place only when complete, so
     # a failed or killed export leaves nothing half-written in the Minari root.
-    staging = tempfile.mkdtemp(prefix=".macaw-fast-export-", dir=os.path.dirname(os.path.abspath(real_root)))
+    parent = os.path.dirname(os.path.abspath(real_root))
+    remove_stale_staging(parent, "macaw-fast-export")          # left by killed exports
+    staging = tempfile.mkdtemp(prefix=f".macaw-fast-export.{os.getpid()}.", suffix=".new", dir=parent)
     try:
         with _minari_root(staging):
             _export_into(ds, namespace, ids, action_bounds, progress)

@@ -944,12 +944,40 @@ class DatasetWriter:
             pass
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str, base: str) -> list[str]:
+    """Delete the staging directories ``.<base>.<pid>.*.new`` in ``parent`` whose writing process is
+    gone (a killed import, subsample or export); returns their names. A live writer's is kept."""
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    pat = re.compile(r"^\." + re.escape(base) + r"\.(\d+)\..*\.new$")
+    for name in os.listdir(parent):
+        m = pat.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def staging_dir(path) -> str:
-    """A new empty directory beside ``path`` to build a dataset in before :func:`install_dir`."""
+    """A new empty directory beside ``path`` to build a dataset in before :func:`install_dir`.
+    Staging directories that killed writers left for the same ``path`` are removed first."""
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".new", dir=parent)
+    base = os.path.basename(path)
+    remove_stale_staging(parent, base)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.{os.getpid()}.", suffix=".new", dir=parent)
     os.chmod(tmp, 0o755)
     return tmp
 
