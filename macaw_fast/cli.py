@@ -38,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Optional packages and the extra that installs each (pyproject.toml).
+EXTRAS = {"gymnasium": "envs", "mujoco": "envs", "matplotlib": "log", "tensorboard": "log", "minari": "minari",
+          "h5py": "hdf5", "rliable": "results", "arch": "results", "triton": "triton"}
+
+
+def missing_package_message(e: ModuleNotFoundError) -> str:
+    """'this needs the <package> package: pip install 'macaw-fast[<extra>]'' for an optional package."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return str(e)
+    return f"this needs the optional package {top!r}, which is not installed: pip install 'macaw-fast[{extra}]'"
+
+
 def main(argv: list[str] | None = None) -> int:
     from ._malloc import tune_malloc
 
@@ -53,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:
+        print(f"macaw-fast {args.command}: error: {missing_package_message(e)}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError, ImportError) as e:
         print(f"macaw-fast {args.command}: error: {e}", file=sys.stderr)
         return 1

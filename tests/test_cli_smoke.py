@@ -126,3 +126,29 @@ def test_plot_names_tasks_as_people_do(tmp_path):
 
     assert task_label("cheetah_dir", {"direction": -1.0}) == "backward"
     assert task_label("ant_dir", {"goal": 2.2}) == "goal 2.20 rad"
+
+
+@pytest.mark.parametrize("blocked, argv, extra", [
+    ("matplotlib", ["plot", "RUN"], "log"),
+    ("gymnasium", ["collect", "--family", "cheetah_dir", "--out", "OUT", "--steps-per-task", "10"], "envs"),
+])
+def test_missing_optional_package_names_the_extra(dataset, tmp_path, blocked, argv, extra):
+    """A missing optional package is a one-line error saying which extra installs it."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    if blocked == "matplotlib":
+        cli("train", "--data", str(dataset), "--out", str(run), *TINY, "--steps", "2")
+    argv = [str(run) if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            f"    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] == {blocked!r}: raise ModuleNotFoundError(f'No module named {{name!r}}', name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from macaw_fast.cli import main\n"
+            f"sys.exit(main({argv!r}))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert f"pip install 'macaw-fast[{extra}]'" in p.stderr and blocked in p.stderr
+    assert "Traceback" not in p.stderr
