@@ -414,7 +414,7 @@ def test_walker_params_change_model_and_apply_set_const():
         assert not np.array_equal(tasks[0][name], tasks[1][name]), name  # tasks differ
     # Derived constants were recomputed: subtree mass, and what a fresh mj_setConst gives.
     np.testing.assert_allclose(env.model.body_subtreemass[0], tasks[0]["body_mass"].sum(), rtol=1e-12)
-    from macaw_fast.envs.walker import walker_model_path
+    from macaw_fast.envs.tasks import walker_model_path
 
     m2 = mujoco.MjModel.from_xml_path(walker_model_path())
     for name in T.WALKER_PARAM_BASES:

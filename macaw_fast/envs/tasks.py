@@ -95,11 +95,21 @@ def _finite_float(value: Any, what: str) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+#: gymnasium's original Walker2d model (feet friction 0.9 right / 1.9 left, as old gym's);
+#: Walker2d-v5's `walker2d_v5.xml` sets both feet to 1.9 and is NOT the paper's model.
+WALKER_XML = "walker2d.xml"
+
+
+def walker_model_path(xml_file: str = WALKER_XML) -> str:
+    """Return the full path of the Walker model XML (a bare name resolves to gymnasium's assets)."""
+    from gymnasium.envs.mujoco.mujoco_env import expand_model_path
+
+    return expand_model_path(xml_file)
+
+
 @lru_cache(maxsize=1)
 def _walker_base_params_cached() -> tuple[tuple[str, np.ndarray], ...]:
     import mujoco  # lazy: only Walker tasks need the model
-
-    from .walker import walker_model_path
 
     model = mujoco.MjModel.from_xml_path(walker_model_path())
     out = []

@@ -6,23 +6,15 @@ from typing import Any, Mapping
 
 import mujoco
 import numpy as np
-from gymnasium.envs.mujoco.mujoco_env import expand_model_path
 
 from . import tasks as _tasks
+from .tasks import WALKER_XML
 from .base import TaskMujocoEnv
 
 DEFAULT_CAMERA_CONFIG = {"trackbodyid": 2, "distance": 4.0, "lookat": np.array((0.0, 0.0, 1.15)), "elevation": -20.0}
 
-#: gymnasium's original Walker2d model (feet friction 0.9 right / 1.9 left, as old gym's);
-#: Walker2d-v5's `walker2d_v5.xml` sets both feet to 1.9 and is NOT the paper's model.
-WALKER_XML = "walker2d.xml"
 #: MACAW's Walker timestep (the XML says 0.002); with frame_skip 4, dt = 0.016.
 WALKER_TIMESTEP = 0.004
-
-
-def walker_model_path(xml_file: str = WALKER_XML) -> str:
-    """Return the full path of the Walker model XML (a bare name resolves to gymnasium's assets)."""
-    return expand_model_path(xml_file)
 
 
 class WalkerParamsEnv(TaskMujocoEnv):
