@@ -172,29 +172,18 @@ class _Envs:
         return np.stack([e.reset(seed=int(s))[0] for e, s in zip(self.envs, seeds)])
 
     def get_state(self) -> list[dict]:
-        """Each env's full integration state, RNG state and episode position (for checkpoints)."""
-        import mujoco
-
-        out = []
-        for e, n in zip(self.envs, self.ep_len):
-            spec = mujoco.mjtState.mjSTATE_INTEGRATION
-            st = np.empty(mujoco.mj_stateSize(e.model, spec), dtype=np.float64)
-            mujoco.mj_getState(e.model, e.data, st, spec)
-            out.append({"mj_state": st, "np_random": e.np_random.bit_generator.state, "ep_len": int(n)})
-        return out
+        """Each env's full state (``TaskMujocoEnv.get_full_state``) and episode position (for checkpoints)."""
+        return [{**e.get_full_state(), "ep_len": int(n)} for e, n in zip(self.envs, self.ep_len)]
 
     def set_state(self, states: list[dict]) -> None:
         """Restore :meth:`get_state` (each env must have been reset once)."""
-        import mujoco
-
         if len(states) != len(self.envs):
             raise ValueError(f"checkpoint holds {len(states)} env states, the run has {len(self.envs)} tasks")
         for i, (e, st) in enumerate(zip(self.envs, states)):
-            spec = mujoco.mjtState.mjSTATE_INTEGRATION
-            if st["mj_state"].shape != (mujoco.mj_stateSize(e.model, spec),):
-                raise ValueError(f"checkpoint env state {i}: size {st['mj_state'].shape} does not match the model")
-            mujoco.mj_setState(e.model, e.data, st["mj_state"], spec)
-            e.np_random.bit_generator.state = st["np_random"]
+            try:
+                e.set_full_state(st)
+            except ValueError as err:
+                raise ValueError(f"checkpoint env state {i}: {err}") from None
             self.ep_len[i] = st["ep_len"]
 
 

@@ -86,6 +86,25 @@ class TaskMujocoEnv(MujocoEnv, utils.EzPickle):
                 self.set_task(options["task"])
         return super().reset(seed=seed, options=options)
 
+    # -- full state (checkpoints) ------------------------------------------------------------------
+
+    def get_full_state(self) -> dict:
+        """Everything needed to continue this env bit-exactly: MuJoCo's full integration state
+        (``mj_getState``) and the state of the env's numpy generator (reset noise)."""
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        st = np.empty(mujoco.mj_stateSize(self.model, spec), dtype=np.float64)
+        mujoco.mj_getState(self.model, self.data, st, spec)
+        return {"mj_state": st, "np_random": self.np_random.bit_generator.state}
+
+    def set_full_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`get_full_state` (the env must have been reset once, so its generator exists)."""
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mj = np.asarray(state["mj_state"], dtype=np.float64)
+        if mj.shape != (mujoco.mj_stateSize(self.model, spec),):
+            raise ValueError(f"{type(self).__name__}: state size {mj.shape} does not match the model")
+        mujoco.mj_setState(self.model, self.data, mj, spec)
+        self.np_random.bit_generator.state = state["np_random"]
+
     # -- stepping ---------------------------------------------------------------------------------
 
     def _simulate(self, action: np.ndarray) -> np.ndarray:
