@@ -77,6 +77,13 @@ def _run_train(args) -> int:
     if not args.out:
         raise ValueError("--out RUN is required")
     mc, tc = _configs(args)
+    if args.overwrite:
+        from .loop import RunSetup
+        from .runs import clear_run
+
+        RunSetup(args.data, mc, tc)          # everything validated before anything is deleted
+        if clear_run(os.path.abspath(args.out)):
+            print(f"macaw-fast train: --overwrite: removed the run in {args.out}", file=sys.stderr)
     if args.seeds:
         if _under_torchrun():
             raise ValueError("--seeds cannot be combined with torchrun: launch one torchrun job per seed")
@@ -309,6 +316,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset directory (macaw-fast format)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from checkpoints/latest.pt (bit-exact)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out (only a run directory's own files) and start over")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="apply a preset (repeatable, in order); see --list-presets")
     p.add_argument("--config", action="append", dest="deprecated_config", default=[], help=argparse.SUPPRESS)

@@ -103,6 +103,40 @@ def run_seeds(data: str, out: str, mc, tc, seeds: list[int], presets: list[str] 
     return rc
 
 
+#: What a run directory holds (``train.loop``); ``clear_run`` removes only these.
+RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "tb", "curves.png")
+
+
+def clear_run(run: str) -> bool:
+    """Delete the run in ``run`` (for ``train --overwrite``); returns whether there was one.
+
+    Only a run directory's own entries are removed, and only when it holds nothing else: a
+    directory with other files is refused, so a mistyped ``--out`` cannot delete unrelated data.
+    """
+    import shutil
+
+    if not os.path.exists(run):
+        return False
+    if not os.path.isdir(run):
+        raise FileExistsError(f"--out {run}: exists and is not a directory")
+    entries = os.listdir(run)
+    others = [e for e in entries if e not in RUN_ENTRIES and not (e.startswith(".") and e.endswith(".tmp"))
+              and not e.startswith("seed_")]
+    if others:
+        raise FileExistsError(f"--out {run}: not a run directory (it holds {sorted(others)[:5]}); --overwrite "
+                              f"deletes only runs")
+    for e in entries:
+        p = os.path.join(run, e)
+        if e.startswith("seed_"):            # a directory of seeds (train --seeds)
+            clear_run(p)
+            os.rmdir(p)
+        elif os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+    return bool(entries)
+
+
 def resume_settings(run: str, macaw_over: dict, train_over: dict) -> tuple:
     """(run description, MacawConfig, TrainConfig) to continue the run in ``run``.
 
@@ -227,5 +261,5 @@ def render_videos(ev, learner, out: str, seed: int = 0) -> list[str]:
     return paths
 
 
-__all__ = ["measure_step_time", "choose_seed_strategy", "run_seeds", "resume_settings", "load_any_checkpoint",
+__all__ = ["measure_step_time", "choose_seed_strategy", "run_seeds", "resume_settings", "clear_run", "load_any_checkpoint",
            "render_videos", "RUNTIME_FIELDS"]
