@@ -395,3 +395,17 @@ def test_resume_takes_the_settings_from_the_checkpoint_and_reports_edits(dataset
     assert "differs from the checkpoint" in err and "train.seed: 3 in config.json, 0 in the checkpoint" in err
     assert "train.batch_size: 8 in config.json, 16 in the checkpoint" in err
     _assert_same(_state(tmp_path / "part" / "checkpoints" / "latest.pt"), _state(tmp_path / "full" / "checkpoints" / "latest.pt"))
+
+
+def test_checkpoint_missing_a_key_is_named(tmp_path):
+    from macaw_fast.checkpoint import CHECKPOINT_FORMAT, CheckpointError, state_digest
+
+    p = tmp_path / "ck.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "step": 3, "macaw": {}, "train": {}}, p)
+    with pytest.raises(CheckpointError, match=r"lacks the key\(s\) \['learner'\]"):
+        load_checkpoint(p)
+    st = {"format": CHECKPOINT_FORMAT, "version": 2, "step": 3, "macaw": {}, "train": {}}
+    st["sha256"] = state_digest(st)              # intact, but still incomplete
+    torch.save(st, p)
+    with pytest.raises(CheckpointError, match="learner"):
+        load_checkpoint(p)
