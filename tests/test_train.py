@@ -278,9 +278,9 @@ def test_eval_arguments_are_checked(dataset, tmp_path, capsys):
     mc, tc = tiny(steps=2)
     train(dataset, tmp_path / "run", mc, tc)
     ck = str(tmp_path / "run")
-    for argv, msg in ((["--tasks", "-1"], "argument --tasks: expected an integer >= 0, got -1"),
-                      (["--episodes", "0"], "argument --episodes: expected an integer >= 1, got 0"),
-                      (["--batches", "-2"], "argument --batches: expected an integer >= 1, got -2"),
+    for argv, msg in ((["--tasks", "-1"], "argument --tasks: task indices must be >= 0, got [-1]"),
+                      (["--episodes", "0"], "argument --rollouts/--eval-rollouts/--episodes: expected an integer >= 1, got 0"),
+                      (["--batches", "-2"], "argument --batches/--eval-batches: expected an integer >= 1, got -2"),
                       (["--random-episodes", "-1"], "argument --random-episodes: expected an integer >= 0")):
         with pytest.raises(SystemExit) as e:
             main(["eval", ck, *argv])

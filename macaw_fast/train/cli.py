@@ -332,9 +332,9 @@ def register(sub) -> None:
     e.add_argument("checkpoint", help="checkpoint file, run directory (uses its latest.pt), or a paper archive_*.pt")
     e.add_argument("--data", help="dataset (default: the one the run trained on; required for paper archives)")
     pos, nonneg = int_at_least(1), int_at_least(0)
-    e.add_argument("--rollouts", "--eval-rollouts", "--episodes", dest="episodes", type=pos, default=3,
+    e.add_argument("--rollouts", "--eval-rollouts", "--episodes", dest="episodes", type=pos, default=3, metavar="N",
                    help="mean-action rollouts per adaptation batch and task (default: 3)")
-    e.add_argument("--batches", "--eval-batches", dest="batches", type=pos, default=3,
+    e.add_argument("--batches", "--eval-batches", dest="batches", type=pos, default=3, metavar="N",
                    help="adaptation batches per task (default: 3)")
     e.add_argument("--batch-size", type=pos, default=256, help="rows per adaptation batch (default: 256)")
     e.add_argument("--tasks", type=task_list, nargs="+", metavar="INDICES",
