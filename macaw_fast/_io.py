@@ -61,3 +61,22 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     import torch
 
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+    """Save a matplotlib figure as PNG at ``path`` atomically (a unique temporary file, then a
+    rename; the temporary file is removed on error) and close it. Returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=d)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

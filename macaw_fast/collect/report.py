@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 __all__ = ["write_report"]
 
@@ -67,14 +65,6 @@ def write_report(log_path: str, out_path: str, task_ids: list[str], family: str,
         ax.set_ylabel("return of stored trajectory")
         ax.set_title("stored training trajectories")
     fig.tight_layout()
-    d = os.path.dirname(out_path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".png", dir=d)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out_path
+    from .._io import save_figure
+
+    return save_figure(fig, out_path, dpi=100)

@@ -70,10 +70,9 @@ def plot_returns(ds, summary: list[dict], path: str) -> None:
         ax.tick_params(labelsize=6)
     fig.suptitle(f"{os.path.basename(os.path.abspath(ds.path))} ({ds.env_id}): trajectory returns", fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from .._io import save_figure
+
+    save_figure(fig, path, dpi=100)
 
 
 def _params_label(params: dict) -> str:

@@ -101,9 +101,6 @@ def plot_runs(runs: list[str], out: str, per_task: bool = True) -> str:
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    from .._io import save_figure
+
+    return save_figure(fig, out, dpi=110)

@@ -221,12 +221,9 @@ def write_curves(run_dirs: list[str], family: str, path: str, labels: dict | Non
     a1.set_xlabel("meta-step")
     a1.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from .._io import save_figure
+
+    return save_figure(fig, path, dpi=100)
 
 
 __all__ = ["interval_estimates", "family_entry", "write_table", "write_curves", "curve_data", "REPS"]
