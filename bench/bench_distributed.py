@@ -6,7 +6,7 @@ Each configuration runs in fresh processes; the time of one step covers sampling
 the host-to-device copy (none on CPU), loss, backward, the all-reduce and Adam, measured on rank 0
 after ``--warmup`` steps, median of ``--steps``. Configurations:
 
-- ``1 proc x 1 thread`` / ``1 proc x 2 threads``: :func:`macaw_fast.distributed.distributed_meta_step`
+- ``1 proc x 1 thread`` / ``1 proc x 2 threads``: :func:`macaw_fast.train.distributed.distributed_meta_step`
   without a group (identical to ``MetaLearner.meta_step``);
 - ``2 ranks x 1 thread``: two gloo ranks on loopback, each with half the task batch.
 
@@ -50,7 +50,7 @@ def worker(tasks_per_step: int, steps: int, warmup: int, out: str) -> None:
 
     from macaw_fast import MetaLearner
     from macaw_fast.data.sampler import MetaBatchSampler
-    from macaw_fast.distributed import ShardedMetaBatchSampler, allreduce_grads, distributed_meta_step, init_distributed
+    from macaw_fast.train.distributed import ShardedMetaBatchSampler, allreduce_grads, distributed_meta_step, init_distributed
 
     rank, world = init_distributed(timeout_s=600)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))

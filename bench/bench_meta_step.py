@@ -43,9 +43,9 @@ def make_step(impl: str, T: int, dtype=torch.float32):
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    learner = MetaLearner(OBS, ACT, N_TRAIN, dtype=dtype, fused=(impl == "fused"))
-    if impl == "batched_autograd":     # the batched step as of session 2: autograd inner gradients, dense Adam
-        learner.manual_value_grads = learner.manual_policy_grads = learner.lowrank_adam = False
+    # batched_autograd: the batched step as of session 2 (autograd inner gradients, dense Adam): the torch backend
+    backend = {"fused": "fused", "batched_autograd": "torch"}.get(impl, "cpu")
+    learner = MetaLearner(OBS, ACT, N_TRAIN, dtype=dtype, backend=backend)
     inner = synthetic_batch(T, B, OBS, ACT, g, dtype)
     outer = synthetic_batch(T, B, OBS, ACT, g, dtype)
     if impl == "paper_loop":

@@ -286,7 +286,7 @@ def test_bench_op(benchmark, op, impl):
 
 def compile_table() -> list[str]:
     """Markdown rows: every kernel specialisation compiled for sm_80 and sm_90 (no GPU needed)."""
-    from macaw_fast.ops._aot import compile_spec, kernel_specs
+    from macaw_fast.backends.fused_ops._aot import compile_spec, kernel_specs
     rows = ["Ahead-of-time compile (triton.compile, GPUTarget('cuda', cc, 32)), paper config T=5 N=256 D=100:", "",
             "| kernel | dtype | constexprs | warps | shared bytes sm_80 | shared bytes sm_90 | compile s (sm_80 / sm_90) |",
             "|---|---|---|---|---|---|---|"]
@@ -308,7 +308,7 @@ def cuda_meta_step_report(Ts=(5, 35), B: int = 256, reps: int = 20, device: str 
     import statistics
 
     from macaw_fast import MacawConfig, MetaLearner
-    from macaw_fast.cuda_graph import GraphedMetaStep
+    from macaw_fast.train.cuda_graph import GraphedMetaStep
     from macaw_fast.data.synthetic import synthetic_batch
     from macaw_fast.reference import reference_backward
 

@@ -18,12 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import lowrank_adam
+from . import backends
 from .config import MacawConfig
 from .data.batch import Batch
-from .inner_grad import policy_inner_grads, value_inner_grads
-from .nets import (PolicyNet, WLinear, ValueNet, accumulate_fused_theta_grads, adapt_many,
-                   advantage_weights, can_adapt_many, fused_theta_leaves, gaussian_log_prob, theta_leaves)
+from .nets import PolicyNet, ValueNet
 
 
 #: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
@@ -50,6 +48,24 @@ def fused_available() -> bool:
 def _adam_impl(device: torch.device) -> dict:
     """The fastest Adam implementation for the device (same update rule; fused is ~4x on CPU)."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
+@dataclass
+class MetaGradient:
+    """A meta-gradient from `MetaLearner.meta_gradient`, not yet applied.
+
+    ``metrics``: `METRIC_NAMES` then the meta-loss, one tensor on the learner's device (nothing was
+    read back to the host). ``leaves``, ``pending``: the backend's generated-parameter leaves of
+    the step and what it still has to turn into parameter gradients (e.g. low-rank factors of
+    W's gradient); `MetaLearner.dense_gradients` forms every ``.grad``, `MetaLearner.apply_update`
+    applies it once.
+    """
+
+    metrics: Tensor
+    leaves: list
+    pending: object = None
+    dense: bool = False
+    applied: bool = False
 
 
 @dataclass
@@ -86,43 +102,35 @@ class MetaLearner:
         n_train_tasks: N_train; the outer losses are summed over the task batch and divided by it.
         config: hyper-parameters (defaults: the paper's).
         device, dtype: where the parameters live.
-        fused: run the step with the fused ops of `macaw_fast.ops` (same results).
-        ops_backend: with ``fused``, the ops backend: 'auto' (Triton on CUDA, or on CPU under
-            ``TRITON_INTERPRET=1``; the torch twins otherwise), 'triton' or 'torch'.
+        backend: how the step runs (`macaw_fast.backends`): 'auto' (fused on CUDA, cpu on the CPU
+            when the compiled extension is built, torch otherwise), 'torch', 'cpu', 'fused', or a
+            backend instance. Same meta-gradient whichever runs.
+        fused: ``True`` is the older spelling of ``backend='fused'``; ``False`` rules fused out of 'auto'.
+        ops_backend: with the fused backend, how its ops run: 'auto', 'triton' or 'torch'.
         chunk_size: tasks per backward pass in `meta_step` ('auto': see `AUTO_CHUNK_MAX`; an int:
             at most that many). Same meta-gradient whatever the value; smaller holds less memory.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, n_train_tasks: int, config: MacawConfig | None = None,
-                 *, device=None, dtype=torch.float32, fused: bool = False, ops_backend: str = "auto",
-                 chunk_size: int | str = "auto") -> None:
+                 *, device=None, dtype=torch.float32, backend="auto", fused: bool | None = None,
+                 ops_backend: str = "auto", chunk_size: int | str = "auto") -> None:
         self.config = config = config if config is not None else MacawConfig()
         config.validate()
         for name, v in (("obs_dim", obs_dim), ("act_dim", act_dim), ("n_train_tasks", n_train_tasks)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
         self.obs_dim, self.act_dim, self.n_train_tasks = obs_dim, act_dim, n_train_tasks
-        self.fused = fused
         #: Default tasks per backward pass of `meta_step` ('auto' or a positive int).
         self.chunk_size = chunk_size
-        #: Unfused `meta_step` on the CPU: Adam-update each WLinear weight straight from its
-        #: low-rank gradient factors (`macaw_fast.lowrank_adam`: one pass over W, no dense
-        #: gradient, so W's ``.grad`` stays None after the step). False: form W's dense gradient
-        #: and leave every update to ``optimizer.step()`` (same parameters to rounding).
-        self.lowrank_adam = True
-        #: Unfused steps: the value net's inner gradients as one autograd node with a hand-written
-        #: Hessian-vector product (`macaw_fast.inner_grad`) instead of a create_graph backward.
-        self.manual_value_grads = True
-        #: Likewise for the policy's inner gradients (trunk, tanh mean, advantage head, kappa).
-        self.manual_policy_grads = True
-        #: Unfused, on the CPU: each net's inner steps (`WLinear.adapt` of every layer) as one
-        #: autograd node with a hand-written backward (`macaw_fast.nets.adapt_many`).
-        self.manual_adapt = True
         self.resolve_chunk_size(1)      # validates chunk_size
         if ops_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
-        #: Backend name handed to every op when fused, else None (plain torch ops).
-        self.backend = ops_backend if fused else None
+        if fused is True:
+            backend = "fused"
+        elif fused is False and backend == "auto":
+            backend = "cpu" if backends.extension_built() else "torch"
+        #: The execution strategy (`macaw_fast.backends`).
+        self.backend = backends.resolve(backend, device, ops_backend)
         kw = {"device": device, "dtype": dtype}
         c = config
         self.vf = ValueNet(obs_dim, c.net_width, c.net_depth, c.wlinear, c.wlinear_dim, **kw)
@@ -137,6 +145,11 @@ class MetaLearner:
             {"params": list(self.policy.parameters()), "lr": c.outer_policy_lr, "name": "policy"},
             {"params": [self.vf_lrs, self.policy_lrs, self.adv_coef], "lr": c.lrlr, "name": "lrs"},
         ], **_adam_impl(self.vf_lrs.device))
+
+    @property
+    def fused(self) -> bool:
+        """Whether the step runs the fused ops (``backend.name == 'fused'``)."""
+        return self.backend.name == "fused"
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> list[Tensor]:
@@ -163,7 +176,11 @@ class MetaLearner:
         """softplus(kappa), the weight of the advantage-head loss in the inner policy loss."""
         return F.softplus(self.adv_coef)
 
-    # ------------------------------------------------------------------ the inner step
+    def _layers(self) -> list[nn.Module]:
+        """Every generated-parameter layer: the value net's, then the policy's (trunk, head)."""
+        return list(self.vf.layers) + self.policy.layers
+
+    # ------------------------------------------------------------------ input checks
     def _check(self, batch: Batch, name: str) -> None:
         if not isinstance(batch, Batch):
             raise TypeError(f"{name}: expected a macaw_fast.data.Batch, got {type(batch).__name__}")
@@ -175,166 +192,91 @@ class MetaLearner:
             raise ValueError(f"{name}: advantage weights need at least 2 rows per task (unbiased std), "
                              f"got batch size {batch.batch_size}")
 
-    def _adapt_value(self, inner: Batch, with_target: bool, thetas: Sequence[Tensor] | None = None):
-        """phi'_i for every task (and the target mix phi^tgt_i), as generated parameters.
+    def _check_pair(self, inner: Batch, outer: Batch) -> None:
+        self._check(inner, "inner")
+        self._check(outer, "outer")
+        if inner.num_tasks != outer.num_tasks:
+            raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
+                             f"outer has T={outer.num_tasks}")
 
-        ``thetas``: the value net's generated parameters to start from (default: generated here).
-        """
-        T = inner.num_tasks
-        if thetas is None:
-            thetas = self.vf.thetas(low_rank_grad=not self.fused)
-        if not self.fused and self.manual_value_grads:
-            # one autograd node whose backward is a hand-written Hessian-vector product
-            loss_in, grads = value_inner_grads(thetas, self.vf.layer_dims(), inner.obs, inner.mc_return)
-        else:
-            per_task = [th.expand(T, -1) for th in thetas]
-            v = self.vf.forward_thetas(per_task, inner.obs, self.backend)
-        if self.fused:       # one launch for the loss, one for its backward, one for the double backward
-            from .ops import value_mse
-            from .ops._common import cached_full
-            loss_in = value_mse(v, inner.mc_return, backend=self.backend)
-            grads = torch.autograd.grad(loss_in, per_task, cached_full((T,), 1.0, v.dtype, v.device),
-                                        create_graph=True)
-        elif not self.manual_value_grads:
-            loss_in = (v - inner.mc_return).pow(2).mean(-1)                       # (T,)
-            grads = torch.autograd.grad(loss_in.sum(), per_task, create_graph=True)
-        rates = self.value_rates()
+    # ------------------------------------------------------------------ MACAW, in the paper's order
+    # Every function below states one piece of docs/algorithm.md §4; `self.backend` runs it.
+
+    def _adapt_value(self, inner: Batch, thetas, with_target: bool):
+        """Inner value step (§4, eq. 1): phi'_i = phi - eta_V * grad L_V(phi, D_i^in) per task i, and
+        with ``with_target`` the target network's mix phi^tgt_i = a phi + (1 - a) phi'_i.
+        Returns (phi', phi^tgt or None, inner losses (T,))."""
+        b = self.backend
+        loss_in, grads = b.value_inner_grads(self.vf, thetas, inner.obs, inner.mc_return)
         alpha = self.config.target_vf_alpha if with_target else None
-        if self.fused and all(isinstance(m, WLinear) for m in self.vf.layers):
-            # every layer's inner step in three launches (ops.wlinear_adapt_many); rates stay one tensor
-            from .ops import wlinear_adapt_many
-            ls = self.vf.layers
-            out = wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
-                                     alpha, backend=self.backend)
-        elif self._adapt_many_ok(self.vf.layers, thetas):
-            new = adapt_many(self.vf.layers, thetas, grads, rates, alpha)     # one autograd node
-            out = list(zip(*new)) if with_target else new
-        else:
-            if self.fused:
-                rates = rates.unbind(0)          # one backward op (a stack) instead of a select per layer
-            out = [layer.adapt(th, g, rates[k], alpha, self.backend)
-                   for k, (layer, th, g) in enumerate(zip(self.vf.layers, thetas, grads))]
-        if with_target:
-            return [o[0] for o in out], [o[1] for o in out], loss_in
-        return out, None, loss_in
+        out = b.adapt(list(self.vf.layers), thetas, grads, self.value_rates(), alpha)
+        return (*out, loss_in) if with_target else (out, None, loss_in)
 
-    def _adapt_many_ok(self, layers, thetas) -> bool:
-        """Whether the inner steps run as one node (`nets.adapt_many`): unfused, `manual_adapt`, on
-        the CPU (the node reads the rates as numbers: a host sync on a GPU), W-gradient gatherers."""
-        return (not self.fused and self.manual_adapt and self.device.type == "cpu"
-                and can_adapt_many(layers, thetas))
+    def _adapt_policy(self, inner: Batch, thetas, adv: Tensor, weights: Tensor | None, n_layers: int):
+        """Inner policy step (§4, eq. 2): theta'_i = theta - eta_pi * grad L_pi^in(theta, D_i^in),
+        L_pi^in = advantage-weighted regression + softplus(kappa) * advantage-head regression.
+        Only the first ``n_layers`` layers are adapted (the outer loss uses the trunk only)."""
+        b = self.backend
+        head = self.head_weight() if self.policy.head is not None else None
+        loss_in, grads = b.policy_inner_grads(self.policy, thetas, inner, adv, weights, head, self.config, n_layers)
+        return b.adapt(self.policy.layers[:n_layers], thetas[:n_layers], grads, self.policy_rates()[:n_layers]), loss_in
 
-    def _advantages(self, value_thetas: Sequence[Tensor], batch: Batch, v_obs: Tensor | None = None) -> Tensor:
-        """A = mc_return + terminal_discount * V(terminal_obs) - V(obs), no gradient.
+    def _value_part(self, inner: Batch, outer: Batch, thetas, value_backward: bool = False) -> tuple:
+        """Inner value step, then the outer value loss (§4, eq. 3) against the bootstrapped target
+        R + gamma_term * V_phi^tgt(s_term) on the outer batch.
 
-        ``v_obs``: V(obs) when already computed (its values are used, not its graph).
+        Returns (phi', V_phi'(outer.obs) (T, B), inner losses (T,), outer losses (T,)); with
+        ``value_backward`` the backward of sum(outer losses) / N_train has run (so the value and
+        policy graphs, each about half the memory, are never held together) and the outer
+        losses come back detached.
         """
-        with torch.no_grad():
-            th = [t.detach() for t in value_thetas]
-            if self.fused:   # mc_return + discount * V(terminal_obs) - V(obs) in one launch
-                from .ops import bootstrap_advantage
-                if v_obs is None:
-                    both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
-                    v = self.vf.forward_thetas(th, both, self.backend)
-                    B = batch.batch_size
-                    v_next, v_obs = v[:, :B], v[:, B:]
-                else:
-                    v_next = self.vf.forward_thetas(th, batch.terminal_obs, self.backend)
-                return bootstrap_advantage(batch.mc_return, batch.terminal_discount, v_next, v_obs.detach(),
-                                           backend=self.backend)
-            if v_obs is not None:
-                return batch.mc_return + batch.terminal_discount * self.vf.forward_thetas(
-                    th, batch.terminal_obs, self.backend) - v_obs.detach()
-            both = torch.cat([batch.terminal_obs, batch.obs], dim=1)
-            v = self.vf.forward_thetas(th, both, self.backend)
-            B = batch.batch_size
-            return batch.mc_return + batch.terminal_discount * v[:, :B] - v[:, B:]
+        b = self.backend
+        v_new, v_tgt, lv_in = self._adapt_value(inner, thetas, with_target=True)
+        v_out = b.value(self.vf, v_new, outer.obs)
+        v_next = b.value_nograd(self.vf, v_tgt, outer.terminal_obs)
+        lv_out = b.value_outer_loss(v_out, outer, v_next)
+        if value_backward:
+            b.backward_value_part(lv_out, self.n_train_tasks)
+            lv_out = lv_out.detach()
+        return v_new, v_out, lv_in, lv_out
 
-    def _advantages_pair(self, value_thetas: Sequence[Tensor], inner: Batch, outer: Batch,
-                         v_out: Tensor) -> tuple[Tensor, Tensor]:
-        """`_advantages` of the inner and the outer batch (with V(outer.obs) = ``v_out`` given) from
-        ONE forward pass of the adapted value function over inner.terminal_obs, inner.obs and
-        outer.terminal_obs (fewer, larger GEMMs than three passes)."""
-        with torch.no_grad():
-            B = inner.batch_size
-            x = torch.cat([inner.terminal_obs, inner.obs, outer.terminal_obs], dim=1)
-            v = self.vf.forward_thetas([t.detach() for t in value_thetas], x, self.backend)
-            adv_in = inner.mc_return + inner.terminal_discount * v[:, :B] - v[:, B:2 * B]
-            adv_out = outer.mc_return + outer.terminal_discount * v[:, 2 * B:] - v_out.detach()
-        return adv_in, adv_out
+    def _policy_part(self, inner: Batch, outer: Batch, thetas, v_new, v_out: Tensor) -> tuple:
+        """Advantages from the adapted value function (constants), the inner policy step, and the
+        outer AWR loss (§4, eq. 4) -mean_b w_b log pi_theta'(a_b | s_b) on the outer batch.
 
-    def _policy_inner_loss(self, thetas: Sequence[Tensor], batch: Batch, adv: Tensor, weights: Tensor):
-        c = self.config
-        n_trunk = self.policy.num_trunk_layers
-        if self.fused:       # the trunk's pre-activations: ops.awr_loss applies the mean's tanh
-            from .nets import mlp_forward
-            mu, hidden = mlp_forward(thetas[:n_trunk], self.policy.trunk.dims, batch.obs, return_hidden=True,
-                                     backend=self.backend)
-        else:
-            mu, hidden = self.policy.mean(thetas[:n_trunk], batch.obs, return_hidden=True, backend=self.backend)
-        if self.fused:
-            from .ops import awr_loss
-            head = self.policy.head is not None
-            pred = self.policy.advantage(thetas[n_trunk:], hidden, batch.action, self.backend) if head else None
-            return awr_loss(mu, batch.action, adv, sigma=c.action_sigma, temp=c.adaptation_temp,
-                            max_weight=c.exp_advantage_clip, pred=pred,
-                            head_weight=self.head_weight() if head else None, tanh=True, backend=self.backend)
-        logp = gaussian_log_prob(batch.action, mu, c.action_sigma)
-        loss = (-weights * logp).mean(-1)
-        if self.policy.head is not None:
-            pred = self.policy.advantage(thetas[n_trunk:], hidden, batch.action)
-            loss = loss + self.head_weight() * (pred - adv).pow(2).mean(-1)
-        return loss
-
-    def _adapt_policy(self, inner: Batch, adv: Tensor, weights: Tensor, layers: int | None = None,
-                      thetas: Sequence[Tensor] | None = None):
-        """theta'_i for every task; ``layers`` limits the result to the first few layers.
-
-        ``thetas``: the policy's generated parameters to start from (default: generated here).
+        Returns (inner losses (T,), outer losses (T,), outer advantages (T, B), outer weights (T, B)).
         """
-        T = inner.num_tasks
-        if thetas is None:
-            thetas = [layer.theta(not self.fused) if isinstance(layer, WLinear) else layer.theta()
-                      for layer in self.policy.layers]
-        n = len(thetas) if layers is None else layers
-        if not self.fused and self.manual_policy_grads:
-            c = self.config
-            head = self.policy.head
-            loss_in, grads = policy_inner_grads(
-                thetas, self.policy.trunk.layer_dims(), head.layer_dims() if head is not None else (),
-                inner.obs, inner.action, adv, weights, c.action_sigma,
-                self.head_weight() if head is not None else None, n)
-        else:
-            per_task = [th.expand(T, -1) for th in thetas]
-            loss_in = self._policy_inner_loss(per_task, inner, adv, weights)
-        if self.fused:       # a cached seed instead of sum + ones_like
-            from .ops._common import cached_full
-            grads = torch.autograd.grad(loss_in, per_task[:n], cached_full((T,), 1.0, loss_in.dtype, loss_in.device),
-                                        create_graph=True)
-        elif not self.manual_policy_grads:
-            grads = torch.autograd.grad(loss_in.sum(), per_task[:n], create_graph=True)
-        rates = self.policy_rates()
-        layers_ = self.policy.layers
-        if self.fused and all(isinstance(m, WLinear) for m in layers_[:n]):
-            # the first n layers' inner steps in three launches (ops.wlinear_adapt_many)
-            from .ops import wlinear_adapt_many
-            ls = layers_[:n]
-            return wlinear_adapt_many([m.weight for m in ls], [m.bias for m in ls], [m.z for m in ls], grads, rates,
-                                      None, backend=self.backend), loss_in
-        if self._adapt_many_ok(layers_[:n], thetas[:n]):
-            return adapt_many(layers_[:n], thetas[:n], grads, rates[:n]), loss_in      # one autograd node
-        if self.fused:
-            rates = rates.unbind(0)
-        return [layers_[k].adapt(thetas[k], grads[k], rates[k], None, self.backend) for k in range(n)], loss_in
+        b, c = self.backend, self.config
+        adv_in, adv_out = b.advantages_pair(self.vf, v_new, inner, outer, v_out)
+        w_in, w_out = b.advantage_weights(adv_in, c), b.advantage_weights(adv_out, c)
+        p_new, lp_in = self._adapt_policy(inner, thetas, adv_in, w_in, self.policy.num_trunk_layers)
+        lp_out, w_out = b.policy_outer_loss(self.policy, p_new, outer, adv_out, w_out, c)
+        return lp_in, lp_out, adv_out, w_out
 
+    def _meta_loss_parts(self, inner: Batch, outer: Batch, thetas: tuple, value_backward: bool = False):
+        """The meta-objective (§4, eq. 5): (sum_i L_V^out_i + sum_i L_pi^out_i) / N_train, and the
+        detached per-task pieces of the metrics (inner/outer value and policy losses, outer
+        advantages and weights). ``thetas``: (value thetas, policy thetas) to start from."""
+        v_new, v_out, lv_in, lv_out = self._value_part(inner, outer, thetas[0], value_backward)
+        lp_in, lp_out, adv_out, w_out = self._policy_part(inner, outer, thetas[1], v_new, v_out)
+        loss = self.backend.meta_objective(lv_out, lp_out, self.n_train_tasks)
+        return loss, tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
+
+    def _metric_values(self, parts: Sequence[tuple], losses: Sequence[Tensor]) -> Tensor:
+        """`METRIC_NAMES` then the sum of ``losses`` as one tensor, over every task of every chunk."""
+        with torch.no_grad():
+            joined = tuple(p[0] if len(p) == 1 else torch.cat(p) for p in zip(*parts))
+            return self.backend.metrics(joined, (self.vf_lrs, self.policy_lrs, self.adv_coef), list(losses))
+
+    # ------------------------------------------------------------------ adaptation (test time)
     def adapt(self, batch: Batch) -> Adapted:
         """Adapt value function then policy to each task's batch (one step each, docs/algorithm.md §6)."""
         self._check(batch, "batch")
-        c = self.config
-        value, _, _ = self._adapt_value(batch, with_target=False)
-        adv = self._advantages(value, batch)
-        w = advantage_weights(adv, c.adaptation_temp, c.exp_advantage_clip)
-        policy, _ = self._adapt_policy(batch, adv, w)
+        b, c = self.backend, self.config
+        value, _, _ = self._adapt_value(batch, b.thetas(self.vf.layers), with_target=False)
+        adv = b.advantages(self.vf, value, batch)
+        p_thetas = b.thetas(self.policy.layers)
+        policy, _ = self._adapt_policy(batch, p_thetas, adv, b.advantage_weights(adv, c), len(p_thetas))
         return Adapted(value=value, policy=policy)
 
     def act(self, obs: Tensor, adapted: Adapted | None = None, tasks=None) -> Tensor:
@@ -350,129 +292,21 @@ class MetaLearner:
                              f"(pick them with tasks=[...])")
         n = self.policy.num_trunk_layers
         thetas = adapted.policy[:n] if adapted is not None else self.policy.trunk.thetas()
-        return self.policy.mean(thetas, obs, backend=self.backend)
+        return self.backend.policy_mean(self.policy, thetas, obs)
 
     # ------------------------------------------------------------------ the meta-step
     def meta_loss(self, inner: Batch, outer: Batch) -> tuple[Tensor, dict]:
         """The meta-objective (sum over the task batch of outer losses) / N_train, and metrics.
 
-        inner, outer: per-task batches (T, B, ...) of the same T tasks, in the same order.
+        inner, outer: per-task batches (T, B, ...) of the same T tasks, in the same order. Call
+        ``backward()`` on the loss for the meta-gradient (`meta_gradient` is the chunked,
+        faster way to the same numbers).
         """
         self._check_pair(inner, outer)
-        loss, parts = self._meta_loss_parts(inner, outer)
-        metrics = dict(zip(METRIC_NAMES, self._metric_values([parts]).tolist()))
+        b = self.backend
+        loss, parts = self._meta_loss_parts(inner, outer, (b.thetas(self.vf.layers), b.thetas(self.policy.layers)))
+        metrics = dict(zip(METRIC_NAMES, self._metric_values([parts], [loss.detach()]).tolist()))
         return loss, metrics
-
-    def _check_pair(self, inner: Batch, outer: Batch) -> None:
-        self._check(inner, "inner")
-        self._check(outer, "outer")
-        if inner.num_tasks != outer.num_tasks:
-            raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
-                             f"outer has T={outer.num_tasks}")
-
-    def _meta_loss_parts(self, inner: Batch, outer: Batch, thetas: tuple | None = None,
-                         value_backward: bool = False) -> tuple[Tensor, tuple]:
-        """`meta_loss` without input checks or metrics: (loss, per-task pieces of the metrics).
-
-        ``thetas``: (value thetas, policy thetas) to start from (default: generated here).
-        ``value_backward``: run the value part's backward as soon as it is built, so that the value
-        and policy graphs (each about half the memory) are never held together; the returned
-        loss has the same value but its graph is the policy part's only (call backward on it).
-        The pieces, all detached, are the inner and outer value and policy losses (T,) and the
-        outer advantages and weights (T, B); `_metric_values` turns a list of them into metrics.
-        """
-        v_th, p_th = thetas if thetas is not None else (None, None)
-        v_new, v_out, lv_in, lv_out = self._value_part(inner, outer, v_th, value_backward)
-        lp_in, lp_out, adv_out, w_out = self._policy_part(inner, outer, p_th, v_new, v_out)
-        if self.fused:
-            from .ops import meta_objective
-            loss = meta_objective(lv_out, lp_out, self.n_train_tasks, backend=self.backend)
-        else:
-            loss = (lv_out.sum() + lp_out.sum()) / self.n_train_tasks
-        parts = tuple(t.detach() for t in (lv_in, lv_out, lp_in, lp_out, adv_out, w_out))
-        return loss, parts
-
-    def _value_part(self, inner: Batch, outer: Batch, v_th, value_backward: bool = False) -> tuple:
-        """Value function: inner step, target mix, bootstrapped outer regression (docs/algorithm.md §4).
-
-        Returns (adapted value thetas, V_phi'(outer.obs) (T, B), inner losses (T,), outer losses (T,));
-        with ``value_backward`` the backward of sum(outer losses) / N_train has run (see
-        `_meta_loss_parts`) and the outer losses come back detached.
-        """
-        v_new, v_tgt, lv_in = self._adapt_value(inner, with_target=True, thetas=v_th)
-        v_out = self.vf.forward_thetas(v_new, outer.obs, self.backend)
-        if self.fused:       # the bootstrapped target is formed inside ops.value_mse
-            from .ops import value_mse
-            from .ops._common import cached_full
-            with torch.no_grad():
-                v_next = self.vf.forward_thetas([t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
-            lv_out = value_mse(v_out, outer.mc_return, outer.terminal_discount, v_next, backend=self.backend)
-        else:
-            with torch.no_grad():
-                target = outer.mc_return + outer.terminal_discount * self.vf.forward_thetas(
-                    [t.detach() for t in v_tgt], outer.terminal_obs, self.backend)
-            lv_out = (v_out - target).pow(2).mean(-1)
-        if value_backward:
-            if self.fused:   # d(meta-loss)/d(lv_out) = 1 / N_train: a cached seed, no launches
-                lv_out.backward(cached_full(lv_out.shape, 1.0, lv_out.dtype, lv_out.device, self.n_train_tasks))
-            else:
-                (lv_out.sum() / self.n_train_tasks).backward()
-            lv_out = lv_out.detach()
-        return v_new, v_out, lv_in, lv_out
-
-    def _policy_part(self, inner: Batch, outer: Batch, p_th, v_new: Sequence[Tensor], v_out: Tensor) -> tuple:
-        """Policy: advantages from the adapted value function (no gradient into it), inner step,
-        weighted outer loss (docs/algorithm.md §4). ``v_new``, ``v_out``: from `_value_part` (used as constants).
-
-        Returns (inner losses (T,), outer losses (T,), outer advantages (T, B), outer weights (T, B)).
-        """
-        c = self.config
-        if self.fused:
-            adv_in, adv_out = self._advantages(v_new, inner), self._advantages(v_new, outer, v_obs=v_out)
-        else:
-            adv_in, adv_out = self._advantages_pair(v_new, inner, outer, v_out)
-        if self.fused:       # awr_loss forms the weights itself (w_out comes back from it below)
-            w_in = w_out = None
-        else:
-            w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
-            w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
-        n_trunk = self.policy.num_trunk_layers
-        p_new, lp_in = self._adapt_policy(inner, adv_in, w_in, layers=n_trunk, thetas=p_th)
-        if self.fused:       # the trunk's pre-activations: ops.awr_loss applies the mean's tanh
-            from .nets import mlp_forward
-            from .ops import awr_loss
-            mu_out = mlp_forward(p_new, self.policy.trunk.dims, outer.obs, backend=self.backend)
-            lp_out, w_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
-                                     max_weight=c.exp_advantage_clip, return_weights=True, tanh=True,
-                                     backend=self.backend)
-        else:
-            mu_out = self.policy.mean(p_new, outer.obs, backend=self.backend)
-            lp_out = (-w_out * gaussian_log_prob(outer.action, mu_out, c.action_sigma)).mean(-1)
-        return lp_in, lp_out, adv_out, w_out
-
-    def _metric_values(self, parts: Sequence[tuple], extra: Sequence[Tensor] = (),
-                       losses: Sequence[Tensor] | None = None) -> Tensor:
-        """The metrics (`METRIC_NAMES` order, then ``extra``, then the sum of ``losses`` if given)
-        as one tensor, from the per-task pieces of one or more task chunks: every metric is over
-        all tasks of all chunks. Fused: one `ops.step_metrics` launch (the losses summed in it)."""
-        with torch.no_grad():
-            lv_in, lv_out, lp_in, lp_out, adv_out, w_out = (
-                p[0] if len(p) == 1 else torch.cat(p) for p in zip(*parts))
-            if self.fused:
-                from .ops import step_metrics
-                out = step_metrics(lv_in, lv_out, lp_in, lp_out, adv_out, w_out, self.vf_lrs, self.policy_lrs,
-                                   self.adv_coef, losses, backend=self.backend)
-                if extra:
-                    n = len(METRIC_NAMES)
-                    out = torch.cat([out[:n], torch.stack(list(extra)), out[n:]])
-                return out
-            if losses is not None:
-                extra = [*extra, torch.stack(list(losses)).sum()]
-            return torch.stack([
-                lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
-                adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
-                self.value_rates().mean(), self.policy_rates().mean(), self.head_weight(), *extra,
-            ])
 
     def resolve_chunk_size(self, num_tasks: int, chunk_size: int | str | None = None) -> int:
         """Tasks per backward pass that `meta_step` uses for a task batch of ``num_tasks``.
@@ -489,61 +323,72 @@ class MetaLearner:
             raise ValueError(f"chunk_size: expected 'auto' or a positive integer, got {cs!r}")
         return min(cs, num_tasks)
 
-    def meta_step(self, inner: Batch, outer: Batch, chunk_size: int | str | None = None) -> dict:
-        """Zero grads, meta-loss, backward, one Adam step of all three groups. Returns metrics.
+    def _value_chunk_size(self, T: int, cs: int, chunk_size) -> int:
+        """Tasks per value-part pass of `meta_gradient` (the backend's choice; the policy's chunk size
+        or, for the cpu backend with the 'auto' chunk size, two policy chunks)."""
+        auto = (self.chunk_size if chunk_size is None else chunk_size) == "auto"
+        return self.backend.value_chunk_size(T, cs, auto)
+
+    def meta_gradient(self, inner: Batch, outer: Batch, chunk_size: int | str | None = None, *,
+                      check_inputs: bool = True) -> MetaGradient:
+        """Zero the gradients and compute the meta-gradient of `meta_loss`, without updating.
 
         The backward runs per chunk of at most ``chunk_size`` tasks (see `resolve_chunk_size`;
-        default: this learner's `chunk_size`; with 'auto', unfused, the value part's pass covers
-        two policy chunks, see `_value_chunk_size`). The meta-loss is a sum over tasks, so the
-        gradients accumulate to the same meta-gradient while only one chunk's graph is held
-        at a time; each W's gradient is still formed by one GEMM from all chunks' low-rank
-        factors (generated parameters are made once, as leaves shared by the chunks; fused, each
-        WLinear layer's leaf gradient becomes W, b and z's by one `ops.wlinear_theta_backward`).
-        The metrics are over all tasks, as `meta_loss`'s.
+        default: this learner's `chunk_size`). The meta-loss is a sum over tasks, so the chunks'
+        gradients add up to the same meta-gradient while only one chunk's graph is held at a time;
+        the generated parameters are made once per step, as leaves shared by the chunks, and their
+        gradient becomes z, W and b's at the end (`backends.TorchBackend.finish_gradients`). No
+        value is read back to the host (``check_inputs=False`` also skips the batches' checks, whose
+        finiteness test reads one flag back: for callers that checked them, e.g. the CUDA graph).
+        Apply it with `apply_update`; `meta_step` does both.
         """
-        self._check_pair(inner, outer)
+        if check_inputs:
+            self._check_pair(inner, outer)
         T = inner.num_tasks
         cs = self.resolve_chunk_size(T, chunk_size)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.fused:   # leaves without the low-rank W-gradient gatherer: one fused op per layer
-            rows = T if cs == T else None       # one chunk: per-task (T, P) leaves, no expand sums
-            n_vf = len(self.vf.layers)       # both nets' thetas in one ops.wlinear_generate launch
-            leaves = fused_theta_leaves(list(self.vf.layers) + self.policy.layers, rows, self.backend)
-            thetas = (leaves[:n_vf], leaves[n_vf:])
-        else:
-            leaves = theta_leaves(list(self.vf.layers) + self.policy.layers)     # one pass over every W
-            n_vf = len(self.vf.layers)
-            thetas = (leaves[:n_vf], leaves[n_vf:])
         vcs = self._value_chunk_size(T, cs, chunk_size)
+        b, layers = self.backend, self._layers()
+        self.optimizer.zero_grad(set_to_none=True)
+        leaves = b.step_leaves(layers, T, one_chunk=cs == T)
+        n_vf = len(self.vf.layers)
         if vcs == cs:
-            losses, parts = self._chunks_joint(inner, outer, thetas, cs)
+            losses, parts = self._chunks_joint(inner, outer, (leaves[:n_vf], leaves[n_vf:]), cs)
         else:
-            losses, parts = self._chunks_nested(inner, outer, thetas, vcs, cs)
-        if self.fused:       # both nets' layers in one ops.wlinear_theta_backward_many launch
-            accumulate_fused_theta_grads(list(self.vf.layers) + self.policy.layers, thetas[0] + thetas[1],
-                                         self.backend)
-        if self.fused:       # the chunks' losses are summed inside the metrics launch
-            values = self._metric_values(parts, losses=losses).tolist()
-        else:
-            values = self._metric_values(parts, [torch.stack(losses).sum()]).tolist()
-        value = values[-1]
-        if not math.isfinite(value):
-            raise FloatingPointError(f"meta-loss is not finite ({value}); parameters left unchanged")
-        if not self.fused:   # after the finiteness check: the low-rank path updates W right away
-            self._apply_theta_leaf_grads(thetas)
-        self.optimizer.step()
-        metrics = dict(zip(METRIC_NAMES, values))
-        metrics["loss/meta"] = value
-        return metrics
+            losses, parts = self._chunks_nested(inner, outer, (leaves[:n_vf], leaves[n_vf:]), vcs, cs)
+        pending = b.finish_gradients(layers, leaves)
+        return MetaGradient(self._metric_values(parts, losses), leaves, pending)
 
-    def _value_chunk_size(self, T: int, cs: int, chunk_size) -> int:
-        """Tasks per value-part pass of `meta_step`: with the 'auto' chunk size the unfused step runs
-        the value part for up to two policy chunks at once (its graph is the smaller one; measured
-        at T=35: one value pass instead of two saves its W products and overhead, and the peak
-        stays below the per-task loop's); otherwise the policy's chunk size."""
-        if self.fused or (self.chunk_size if chunk_size is None else chunk_size) != "auto":
-            return cs
-        return min(T, 2 * cs)
+    def dense_gradients(self, grad: MetaGradient) -> None:
+        """Form every parameter's ``.grad`` from a `meta_gradient` (a backend may keep part of it
+        factored until `apply_update`); for drivers that reduce gradients across processes."""
+        if not grad.dense:
+            self.backend.dense_gradients(self._layers(), grad.leaves, grad.pending)
+            grad.dense = True
+
+    def apply_update(self, grad: MetaGradient) -> None:
+        """One Adam step of all three parameter groups from a `meta_gradient`."""
+        if grad.applied:
+            raise RuntimeError("apply_update: this meta-gradient was already applied")
+        grad.applied = True
+        if grad.dense:
+            self.optimizer.step()
+        else:
+            self.backend.apply_update(self.optimizer, self._layers(), grad.leaves, grad.pending)
+
+    def meta_step(self, inner: Batch, outer: Batch, chunk_size: int | str | None = None) -> dict:
+        """`meta_gradient`, a check that the meta-loss is finite, `apply_update`. Returns the metrics
+        (`METRIC_NAMES` and 'loss/meta', over all tasks, as `meta_loss`'s).
+
+        Raises FloatingPointError, parameters unchanged, when the meta-loss is not finite.
+        """
+        grad = self.meta_gradient(inner, outer, chunk_size)
+        values = grad.metrics.tolist()
+        if not math.isfinite(values[-1]):
+            raise FloatingPointError(f"meta-loss is not finite ({values[-1]}); parameters left unchanged")
+        self.apply_update(grad)
+        metrics = dict(zip(METRIC_NAMES, values))
+        metrics["loss/meta"] = values[-1]
+        return metrics
 
     @staticmethod
     def _slice(inner: Batch, outer: Batch, start: int, stop: int) -> tuple[Batch, Batch]:
@@ -551,33 +396,30 @@ class MetaLearner:
             return inner, outer
         return tuple(Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
 
-    @staticmethod
-    def _chunk_thetas(net, ths) -> list:
-        """A chunk's starting thetas: the shared leaves; plain (non-WLinear) layers regenerate theta."""
-        return [layer.theta() if th is None else th for layer, th in zip(net.layers, ths)]
-
-    def _chunks_joint(self, inner: Batch, outer: Batch, thetas: tuple, cs: int) -> tuple[list, list]:
-        """`meta_step`'s backward in chunks of ``cs`` tasks, value and policy part per chunk."""
+    def _chunks_joint(self, inner: Batch, outer: Batch, leaves: tuple, cs: int) -> tuple[list, list]:
+        """`meta_gradient`'s backward in chunks of ``cs`` tasks, value and policy part per chunk."""
+        b = self.backend
         losses, parts = [], []
         for start in range(0, inner.num_tasks, cs):
             inner_c, outer_c = self._slice(inner, outer, start, min(start + cs, inner.num_tasks))
-            chunk_thetas = tuple(self._chunk_thetas(net, ths) for net, ths in zip((self.vf, self.policy), thetas))
-            loss, part = self._meta_loss_parts(inner_c, outer_c, chunk_thetas, value_backward=True)
+            thetas = (b.chunk_thetas(self.vf.layers, leaves[0]), b.chunk_thetas(self.policy.layers, leaves[1]))
+            loss, part = self._meta_loss_parts(inner_c, outer_c, thetas, value_backward=True)
             loss.backward()
             losses.append(loss.detach())
             parts.append(part)
         return losses, parts
 
-    def _chunks_nested(self, inner: Batch, outer: Batch, thetas: tuple, vcs: int, cs: int) -> tuple[list, list]:
-        """`meta_step`'s backward with the value part in chunks of ``vcs`` tasks and the policy part
-        in chunks of ``cs`` inside each (unfused). Same meta-gradient: the policy uses the adapted
-        value function's outputs as constants, so they can come from a larger pass."""
+    def _chunks_nested(self, inner: Batch, outer: Batch, leaves: tuple, vcs: int, cs: int) -> tuple[list, list]:
+        """`meta_gradient`'s backward with the value part in chunks of ``vcs`` tasks and the policy
+        part in chunks of ``cs`` inside each. Same meta-gradient: the policy uses the adapted value
+        function's outputs as constants, so they can come from a larger pass."""
+        b = self.backend
         T, n = inner.num_tasks, self.n_train_tasks
         losses, parts = [], []
         for vstart in range(0, T, vcs):
             vstop = min(vstart + vcs, T)
             inner_v, outer_v = self._slice(inner, outer, vstart, vstop)
-            v_new, v_out, lv_in, lv_out = self._value_part(inner_v, outer_v, self._chunk_thetas(self.vf, thetas[0]),
+            v_new, v_out, lv_in, lv_out = self._value_part(inner_v, outer_v, b.chunk_thetas(self.vf.layers, leaves[0]),
                                                            value_backward=True)
             v_new, v_out = [t.detach() for t in v_new], v_out.detach()
             losses.append(lv_out.sum() / n)
@@ -587,7 +429,7 @@ class MetaLearner:
                 rows = slice(start - vstart, stop - vstart)
                 inner_c, outer_c = self._slice(inner, outer, start, stop)
                 lp_in, lp_out, adv_out, w_out = self._policy_part(
-                    inner_c, outer_c, self._chunk_thetas(self.policy, thetas[1]), [t[rows] for t in v_new],
+                    inner_c, outer_c, b.chunk_thetas(self.policy.layers, leaves[1]), [t[rows] for t in v_new],
                     v_out[rows])
                 loss = lp_out.sum() / n
                 loss.backward()
@@ -595,19 +437,6 @@ class MetaLearner:
                 pieces.append(tuple(t.detach() for t in (lp_in, lp_out, adv_out, w_out)))
             parts.append((lv_in.detach(), lv_out) + tuple(torch.cat(p) for p in zip(*pieces)))
         return losses, parts
-
-    def _apply_theta_leaf_grads(self, thetas: tuple) -> None:
-        """Turn the theta leaves' gradients into z, W and b's: with `lowrank_adam`, W is updated
-        here from its low-rank factors (`macaw_fast.lowrank_adam`; W's ``.grad`` stays None);
-        otherwise W's dense gradient is formed and left to ``optimizer.step()``."""
-        pairs = [(layer, th) for net, ths in zip((self.vf, self.policy), thetas)
-                 for layer, th in zip(net.layers, ths) if th is not None]
-        layers = [layer for layer, _ in pairs]
-        if self.lowrank_adam and lowrank_adam.applicable(self.optimizer, [layer.weight for layer in layers]):
-            lowrank_adam.lowrank_adam_step(self.optimizer, layers, [layer.theta_leaf_factors(th) for layer, th in pairs])
-        else:
-            for layer, th in pairs:
-                layer.accumulate_theta_leaf_grad(th)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -646,8 +475,8 @@ class MetaLearner:
         self.optimizer.load_state_dict(state["optimizer"])
 
     @classmethod
-    def from_checkpoint(cls, path, *, device=None, fused: bool = False, ops_backend: str = "auto",
-                        chunk_size: int | str = "auto") -> "MetaLearner":
+    def from_checkpoint(cls, path, *, device=None, backend="auto", fused: bool | None = None,
+                        ops_backend: str = "auto", chunk_size: int | str = "auto") -> "MetaLearner":
         """A learner from a ``macaw-fast train`` checkpoint file or run directory (its
         ``checkpoints/latest.pt``), verified against its SHA-256. For the paper's ``archive_*.pt``
         use :func:`macaw_fast.paper.load_archive`."""
@@ -657,16 +486,17 @@ class MetaLearner:
         if os.path.isdir(path):
             path = os.path.join(path, "checkpoints", "latest.pt")
         st = load_checkpoint(path, map_location="cpu")
-        return cls.from_state_dict(st["learner"], device=device, fused=fused, ops_backend=ops_backend,
-                                   chunk_size=chunk_size)
+        return cls.from_state_dict(st["learner"], device=device, backend=backend, fused=fused,
+                                   ops_backend=ops_backend, chunk_size=chunk_size)
 
     @classmethod
-    def from_state_dict(cls, state: dict, *, device=None, fused: bool = False, ops_backend: str = "auto",
-                        chunk_size: int | str = "auto") -> "MetaLearner":
+    def from_state_dict(cls, state: dict, *, device=None, backend="auto", fused: bool | None = None,
+                        ops_backend: str = "auto", chunk_size: int | str = "auto") -> "MetaLearner":
         """Build a learner from a `state_dict` (dims, config and dtype taken from it)."""
         dims = state["dims"]
         learner = cls(dims["obs_dim"], dims["act_dim"], dims["n_train_tasks"],
                       MacawConfig.from_dict(state["config"]), device=device,
-                      dtype=state["vf_lrs"].dtype, fused=fused, ops_backend=ops_backend, chunk_size=chunk_size)
+                      dtype=state["vf_lrs"].dtype, backend=backend, fused=fused, ops_backend=ops_backend,
+                      chunk_size=chunk_size)
         learner.load_state_dict(state)
         return learner

@@ -84,7 +84,7 @@ def _scalars(archive: dict, key: str, n: int) -> Tensor:
 
 def load_archive(path_or_dict: str | os.PathLike | dict, n_train_tasks: int, *,
                  config: MacawConfig | None = None, load_optimizer: bool = True,
-                 device=None, fused: bool = False) -> MetaLearner:
+                 device=None, backend="auto", fused: bool | None = None) -> MetaLearner:
     """Build a `MetaLearner` from the paper's ``archive_*.pt`` (a path or the loaded dict).
 
     Network sizes (obs/act dims, width, depth, D, head width) and the dtype come from the tensors;
@@ -133,7 +133,8 @@ def load_archive(path_or_dict: str | os.PathLike | dict, n_train_tasks: int, *,
     cfg = MacawConfig(**{**(config or MacawConfig()).to_dict(), "net_width": width, "net_depth": n_v - 1,
                          "wlinear_dim": D, "head_width": head_width, "advantage_head": has_head,
                          "wlinear": True})
-    learner = MetaLearner(obs_dim, act_dim, n_train_tasks, cfg, device=device, dtype=dtype, fused=fused)
+    learner = MetaLearner(obs_dim, act_dim, n_train_tasks, cfg, device=device, dtype=dtype, backend=backend,
+                          fused=fused)
 
     def assign(ours: list, theirs: list, where: str):
         for k, (layer, src) in enumerate(zip(ours, theirs)):
@@ -223,7 +224,8 @@ def export_archive(learner: MetaLearner, grads: bool = False) -> dict[str, Any]:
                 raise ValueError(
                     f"export_archive(grads=True): {name}.weight has no .grad while its z/bias have one; "
                     "meta_step's low-rank Adam updates W without forming its gradient. Set "
-                    "learner.lowrank_adam = False before meta_step, or use meta_loss(...)[0].backward()")
+                    "the learner's backend to macaw_fast.backends.cpu.CpuBackend(lowrank_adam=False) before "
+                    "meta_step, or use meta_loss(...)[0].backward()")
     vf = {}
     for i, layer in enumerate(learner.vf.layers):
         vf.update(_layer_entries(f"seq.fc_{i}", *(_value_of(getattr(layer, n), grads) for n in ("z", "weight", "bias"))))

@@ -24,13 +24,17 @@ def random_batch(T: int, B: int, obs_dim: int, act_dim: int, *, seed: int, dtype
 
 
 def make_learner(obs_dim=7, act_dim=3, n_train=9, *, seed=0, dtype=torch.float64, fused=False,
-                 ops_backend="auto", device="cpu", **cfg) -> MetaLearner:
-    """A learner with parameters drawn on the CPU from ``seed`` (the same on every device), moved to ``device``."""
+                 ops_backend="auto", device="cpu", backend=None, **cfg) -> MetaLearner:
+    """A learner with parameters drawn on the CPU from ``seed`` (the same on every device), moved to
+    ``device``. ``backend``: a backend word or instance (default: 'fused' with ``fused``, else 'cpu')."""
+    if backend is None:
+        backend = "fused" if fused else "cpu"
     torch.manual_seed(seed)
-    learner = MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype, fused=fused,
+    learner = MetaLearner(obs_dim, act_dim, n_train, MacawConfig(**cfg), dtype=dtype, backend=backend,
                           ops_backend=ops_backend)
     if torch.device(device).type != "cpu":
-        learner = MetaLearner.from_state_dict(learner.state_dict(), device=device, fused=fused, ops_backend=ops_backend)
+        learner = MetaLearner.from_state_dict(learner.state_dict(), device=device, backend=backend,
+                                              ops_backend=ops_backend)
     return learner
 
 

@@ -15,23 +15,35 @@ import torch
 from macaw_fast import MacawConfig, MetaLearner
 from macaw_fast.data.synthetic import synthetic_batch
 
-def test_graph_body_equals_meta_loss_on_cpu():
-    """The sync-free loss the graph captures is `MetaLearner.meta_loss` exactly (runs without a GPU)."""
-    from macaw_fast.cuda_graph import _meta_loss_tensors
+def test_graph_body_is_the_eager_step_without_host_reads(monkeypatch):
+    """What the graph captures (`GraphedMetaStep._body`: `meta_gradient` then `apply_update`) is the
+    eager `meta_step` exactly, and `meta_gradient` of the fused backend reads nothing back to the
+    host (every Tensor-to-Python conversion is forbidden while it runs). Runs without a GPU."""
     from macaw_fast.macaw import METRIC_NAMES
-    torch.manual_seed(0)
-    learner = MetaLearner(20, 6, 35, MacawConfig(net_width=8, wlinear_dim=4, head_width=4),
-                          dtype=torch.float64, fused=True, ops_backend="torch")
+
+    def make():
+        torch.manual_seed(0)
+        return MetaLearner(20, 6, 35, MacawConfig(net_width=8, wlinear_dim=4, head_width=4),
+                           dtype=torch.float64, backend="fused", ops_backend="torch")
+
     g = torch.Generator().manual_seed(1)
     inner, outer = synthetic_batch(3, 16, 20, 6, g).to(torch.float64), synthetic_batch(3, 16, 20, 6, g).to(torch.float64)
-    loss_a, metrics = learner.meta_loss(inner, outer)
-    grads_a = torch.autograd.grad(loss_a, learner.parameters())
-    loss_b, values = _meta_loss_tensors(learner, inner, outer)
-    grads_b = torch.autograd.grad(loss_b, learner.parameters())
-    assert loss_b.item() == loss_a.item() == values[-1].item()
-    assert values[:-1].tolist() == [metrics[k] for k in METRIC_NAMES]
-    for a, b in zip(grads_a, grads_b):
+    eager, body = make(), make()
+    metrics = eager.meta_step(inner, outer)
+
+    def forbidden(*args, **kw):
+        raise AssertionError("a host read inside meta_gradient")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+            m.setattr(torch.Tensor, name, forbidden)
+        grad = body.meta_gradient(inner, outer, check_inputs=False)
+    body.apply_update(grad)
+    assert grad.metrics.tolist() == [metrics[k] for k in METRIC_NAMES] + [metrics["loss/meta"]]
+    for a, b in zip(eager.parameters(), body.parameters()):
         assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="already applied"):
+        body.apply_update(grad)
 
 
 def _learner(dtype):
@@ -51,7 +63,7 @@ def _batches(K, T, B, dtype):
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_graphed_steps_match_eager_fused_steps(dtype, rtol):
     pytest.importorskip("triton")
-    from macaw_fast.cuda_graph import GraphedMetaStep
+    from macaw_fast.train.cuda_graph import GraphedMetaStep
     K, T, B = 3, 5, 64
     data = _batches(K, T, B, dtype)
     eager, graphed = _learner(dtype), _learner(dtype)
@@ -75,7 +87,7 @@ def test_graphed_steps_match_eager_fused_steps(dtype, rtol):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_rejects_wrong_shapes_and_unfused_learner():
     pytest.importorskip("triton")
-    from macaw_fast.cuda_graph import GraphedMetaStep
+    from macaw_fast.train.cuda_graph import GraphedMetaStep
     with pytest.raises(RuntimeError, match="fused=True"):
         GraphedMetaStep(MetaLearner(20, 6, 35, MacawConfig(net_width=8, wlinear_dim=4, head_width=4),
                                     device="cuda"), 2, 8)

@@ -1,4 +1,4 @@
-"""Data-parallel meta-training (macaw_fast.distributed): sharding, exactness against one process,
+"""Data-parallel meta-training (macaw_fast.train.distributed): sharding, exactness against one process,
 fail-fast on a dead or hung rank, checkpoints that move between 1-process and 2-rank runs.
 
 Multi-process tests launch real ranks as subprocesses with torchrun's environment variables
@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from macaw_fast import MacawConfig, MetaLearner
+from macaw_fast.backends.cpu import CpuBackend
 from macaw_fast.data.batch import FIELDS
 from macaw_fast.data.sampler import MetaBatchSampler, choose_tasks
-from macaw_fast.distributed import ShardedMetaBatchSampler, shard_slots, shard_tasks
+from macaw_fast.train.distributed import ShardedMetaBatchSampler, shard_slots, shard_tasks
 
 HERE = os.path.abspath(__file__)
 OBS, ACT, N_TASKS, PER_STEP, B = 7, 3, 6, 5, 16
@@ -148,11 +149,17 @@ def test_union_of_shards_is_the_single_process_batch(inner_mode, world):
 
 
 def test_single_process_step_without_group_equals_meta_step():
-    from macaw_fast.distributed import distributed_meta_step
-
     s = MetaBatchSampler(synthetic_tasks(), B, seed=5)
-    a, b = new_learner(), new_learner()
-    a.lowrank_adam = False   # bit for bit needs the same Adam kernel (test_lowrank_adam.py covers the other)
+    for dense in (False, True):
+        a, b = new_learner(), new_learner()
+        if dense:   # dense W gradients and torch's Adam; default: the low-rank one-pass Adam
+            a.backend, b.backend = CpuBackend(lowrank_adam=False), CpuBackend(lowrank_adam=False)
+        _same_steps(s, a, b)
+
+
+def _same_steps(s, a, b):
+    from macaw_fast.train.distributed import distributed_meta_step
+
     for step in range(2):
         inner, outer = s.sample(step, choose_tasks(range(N_TASKS), PER_STEP, 5, step))
         inner, outer = inner.to(dtype=torch.float64), outer.to(dtype=torch.float64)
@@ -168,15 +175,19 @@ def test_single_process_step_without_group_equals_meta_step():
 # exactness across processes
 
 
-def worker_exact(out: str, K: int) -> None:
-    """One rank: K distributed float64 meta-steps on the synthetic tasks; saves grads of step 0 and params."""
-    from macaw_fast.distributed import distributed_meta_step, init_distributed
+def worker_exact(out: str, K: int, mode: str = "dense") -> None:
+    """One rank: K distributed float64 meta-steps on the synthetic tasks; saves grads of step 0 and params.
+    ``mode``: 'dense' (W's gradients formed and summed) or 'lowrank' (the cpu backend's default:
+    W's gradient factors gathered, the one-pass low-rank Adam on every rank)."""
+    from macaw_fast.train.distributed import distributed_meta_step, init_distributed
 
     rank, world = init_distributed(timeout_s=60)
     torch.set_num_threads(1)
     s = MetaBatchSampler(synthetic_tasks(), B, seed=5)
     sh = ShardedMetaBatchSampler(s, s, range(N_TASKS), PER_STEP, rank, world)
     learner = new_learner()
+    if mode == "dense":
+        learner.backend = CpuBackend(lowrank_adam=False)
     grads0, metrics, local = None, [], []
     for step in range(K):
         _, mine, inner, outer = sh.sample(step)
@@ -184,16 +195,17 @@ def worker_exact(out: str, K: int) -> None:
         m = distributed_meta_step(learner, inner.to(dtype=torch.float64), outer.to(dtype=torch.float64))
         metrics.append(m)
         if step == 0:
-            grads0 = [p.grad.clone() for p in learner.parameters()]
+            grads0 = [p.grad.clone() if p.grad is not None else None for p in learner.parameters()]
     torch.save({"grads0": grads0, "params": [p.detach().clone() for p in learner.parameters()],
                 "optimizer": learner.optimizer.state_dict(), "metrics": metrics, "local_tasks": local},
                os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process_float64(tmp_path):
+@pytest.mark.parametrize("mode", ["dense", "lowrank"])
+def test_two_ranks_equal_one_process_float64(tmp_path, mode):
     K = 3
-    res = finish(launch([HERE, "exact", str(tmp_path), str(K)]))
+    res = finish(launch([HERE, "exact", str(tmp_path), str(K), mode]))
     for r, (rc, err) in enumerate(res):
         assert rc == 0, f"rank {r}: {err}"
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
@@ -202,14 +214,18 @@ def test_two_ranks_equal_one_process_float64(tmp_path):
     # The single-process run on the same tasks and batches.
     s = MetaBatchSampler(synthetic_tasks(), B, seed=5)
     ref = new_learner()
-    ref.lowrank_adam = False   # keeps W's dense .grad, compared below
+    ref.backend = CpuBackend(lowrank_adam=False)   # keeps W's dense .grad, compared below
     ref_metrics = []
+    wl = {i for i, p in enumerate(ref.parameters()) if any(p is m.weight for m in ref._layers())}
     for step in range(K):
         inner, outer = s.sample(step, choose_tasks(range(N_TASKS), PER_STEP, 5, step))
         ref_metrics.append(ref.meta_step(inner.to(dtype=torch.float64), outer.to(dtype=torch.float64)))
         if step == 0:
             ref_grads0 = [p.grad.clone() for p in ref.parameters()]
     for i, (g, want) in enumerate(zip(r0["grads0"], ref_grads0)):
+        if mode == "lowrank" and i in wl:
+            assert g is None, i           # W updated from its gathered factors: checked through the parameters
+            continue
         assert rel(g, want) <= 1e-10, f"meta-gradient {i}: {rel(g, want):.2e}"
     for i, (p, want) in enumerate(zip(r0["params"], ref.parameters())):
         assert rel(p, want.detach()) <= 1e-10, f"parameter {i} after {K} steps: {rel(p, want.detach()):.2e}"
@@ -244,7 +260,7 @@ TINY = ["--preset", "cheetah_vel", "--net-width", "16", "--wlinear-dim", "8", "-
 
 
 def _dist_cmd(*args: str) -> list[str]:
-    return ["-m", "macaw_fast.distributed", *args]
+    return ["-m", "macaw_fast", "train", *args]      # under torchrun's environment: data-parallel
 
 
 @pytest.mark.slow
@@ -333,16 +349,19 @@ def test_checkpoints_move_between_one_process_and_two_ranks(dataset, tmp_path):
 @pytest.mark.slow
 def test_existing_run_is_refused_on_every_rank(dataset, tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "latest.pt").write_bytes(b"not touched")
     res = finish(launch(_dist_cmd("--data", dataset, "--out", str(run), "--steps", "2", "--timeout", "20", *TINY)))
-    for rc, err in res:
-        assert rc == 1 and "a run already exists here" in err, err
+    (rc0, err0), (rc1, err1) = res
+    assert rc0 == 1 and "a run already exists here" in err0, err0       # rank 0 checks the run directory
+    assert rc1 == 1 and "another rank failed during setup" in err1, err1
     assert (run / "config.json").read_text() == "{}"
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == b"not touched"
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "exact":
-        worker_exact(sys.argv[2], int(sys.argv[3]))
+        worker_exact(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         raise SystemExit(f"unknown worker mode {sys.argv[1]!r}")

@@ -69,7 +69,7 @@ def test_fp32_steps_fused_vs_unfused():
 @pytest.mark.parametrize("chunk_size", [3, 2])
 def test_meta_step_fused_vs_unfused_float64(ops_backend, chunk_size):
     """One float64 meta_step, fused vs unfused, in one chunk and in two: the metrics (the fused
-    step's come from `ops.step_metrics`, the chunks' losses summed in it) and the updated
+    step's come from `fused_ops.step_metrics`, the chunks' losses summed in it) and the updated
     parameters agree to rounding."""
     if ops_backend == "triton" and not (interpreter_requested() and triton_importable()):
         pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported) and triton")

@@ -1,5 +1,5 @@
 """theta = W z + b of every WLinear layer in one compiled pass (`macaw_fast._C.wlinear_generate`,
-used by `macaw_fast.nets.theta_leaves`) against torch.addmv; run under ASan by .ci/asan.sh."""
+used by the cpu backend's `step_leaves`) against torch.addmv; run under ASan by .ci/asan.sh."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from macaw_fast.nets import WLinear, generate_thetas, theta_leaves
+from macaw_fast.backends.cpu import CpuBackend
+from macaw_fast.backends.lowrank import generate_thetas
+from macaw_fast.nets import WLinear
 
 C = pytest.importorskip("macaw_fast._C")
 
@@ -43,9 +45,10 @@ def test_matches_addmv_for_any_thread_count(dtype, threads):
 
 def test_theta_leaves_use_it_and_equal_theta():
     layers = _layers(torch.float64, seed=1)
-    leaves = theta_leaves(layers)
+    backend = CpuBackend()
+    leaves = backend.step_leaves(layers, 3, one_chunk=True)
     for m, leaf in zip(layers, leaves):
-        assert leaf.requires_grad and leaf.is_leaf and leaf._macaw_w_grad is not None
+        assert leaf.requires_grad and leaf.is_leaf and backend._gatherers.get(leaf) is not None
         assert torch.allclose(leaf.detach(), m.theta().detach(), rtol=1e-13, atol=1e-13)
     # a layer that is not contiguous (or on another dtype) falls back to addmv for all of them
     odd = _layers(torch.float64, seed=2)

@@ -1,4 +1,4 @@
-"""`macaw_fast.inner_grad.value_inner_grads` against autograd (create_graph) in float64: the inner
+"""`macaw_fast.backends.inner_grad.value_inner_grads` against autograd (create_graph) in float64: the inner
 losses and gradients, and its hand-written Hessian-vector product, with every cotangent pattern."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from macaw_fast.inner_grad import policy_inner_grads, value_inner_grads
+from macaw_fast.backends import TorchBackend
+from macaw_fast.backends.inner_grad import policy_inner_grads, value_inner_grads
 from macaw_fast.nets import mlp_forward
 
 from helpers import random_batch, rel_err
@@ -95,11 +96,11 @@ def _policy_problem(head: bool, T: int, B: int, seed: int, width=6, depth=2, act
 def test_policy_inner_grads_match_autograd(head, T, B, depth, all_layers):
     learner, batch, adv, weights, thetas, kappa = _policy_problem(head, T, B, seed=T + 10 * B + depth,
                                                                   depth=depth)
-    learner.head_weight = lambda: kappa           # the autograd path reads kappa through this
     n_trunk = learner.policy.num_trunk_layers
     n = len(thetas) if all_layers else n_trunk
     per_task = [th.expand(T, -1) for th in thetas]
-    loss_a = learner._policy_inner_loss(per_task, batch, adv, weights)
+    loss_a = TorchBackend().policy_inner_loss(learner.policy, per_task, batch, adv, weights,
+                                              kappa if head else None, learner.config)
     grads_a = torch.autograd.grad(loss_a.sum(), per_task[:n], create_graph=True)
     hd = learner.policy.head.layer_dims() if head else ()
     loss_m, grads_m = policy_inner_grads(thetas, learner.policy.trunk.layer_dims(), hd, batch.obs, batch.action,

@@ -1,4 +1,4 @@
-"""The low-rank Adam step (macaw_fast.lowrank_adam, csrc/lowrank_adam.cpp) against torch.optim.Adam
+"""The low-rank Adam step (macaw_fast.backends.lowrank_adam, csrc/lowrank_adam.cpp) against torch.optim.Adam
 given the dense gradient A^T B: weights, moments, step counts, z's and b's gradients; determinism
 across thread counts; when it declines; its errors; and the meta-step with it on vs off."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from macaw_fast import lowrank_adam
+from macaw_fast.backends import lowrank_adam
+from macaw_fast.backends.cpu import CpuBackend
 from macaw_fast.nets import WLinear
 
 from helpers import make_learner, random_batch, rel_err
@@ -155,10 +156,10 @@ def test_meta_step_low_rank_equals_dense_and_hands_over(chunk):
     kw = dict(n_train=7, net_width=10, net_depth=2, wlinear_dim=6, head_width=4)
     batches = [(random_batch(T, B, obs, act, seed=2 * k), random_batch(T, B, obs, act, seed=2 * k + 1))
                for k in range(3)]
-    dense, low, mixed = (make_learner(obs, act, **kw) for _ in range(3))
-    dense.lowrank_adam = False
+    dense = make_learner(obs, act, **kw, backend=CpuBackend(lowrank_adam=False))
+    low, mixed = (make_learner(obs, act, **kw, backend=CpuBackend()) for _ in range(2))
     for k, (inner, outer) in enumerate(batches):
-        mixed.lowrank_adam = k != 1                  # low-rank, dense, low-rank
+        mixed.backend = CpuBackend(lowrank_adam=k != 1)      # low-rank, dense, low-rank
         metrics = [learner.meta_step(inner, outer, chunk_size=chunk) for learner in (dense, low, mixed)]
         assert metrics[1] == pytest.approx(metrics[0], rel=1e-12)
     for learner in (low, mixed):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from macaw_fast import MetaLearner
+from macaw_fast.backends.cpu import CpuBackend
 from macaw_fast.nets import WLinear
 from macaw_fast.reference import reference_backward, reference_meta_loss
 
@@ -29,11 +30,11 @@ CASES = [
 
 @pytest.mark.parametrize("T,obs,act,width,depth,D,hw,B", CASES)
 @pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("fused", [False, True], ids=["batched", "fused-torch"])
-def test_meta_gradient_matches_reference(T, obs, act, width, depth, D, hw, B, wlinear, head, fused):
+@pytest.mark.parametrize("backend", ["torch", "cpu", "fused"], ids=["torch", "cpu", "fused-torch"])
+def test_meta_gradient_matches_reference(T, obs, act, width, depth, D, hw, B, wlinear, head, backend):
     learner = make_learner(obs, act, n_train=T + 4, seed=T + width, net_width=width, net_depth=depth,
                            wlinear_dim=D, head_width=hw, wlinear=wlinear, advantage_head=head,
-                           fused=fused, ops_backend="torch")
+                           backend=backend, ops_backend="torch")
     inner = random_batch(T, B, obs, act, seed=1)
     outer = random_batch(T, B, obs, act, seed=2)
 
@@ -140,24 +141,26 @@ def test_adapt_matches_per_task_sgd():
                                       (3, [(40, 30), (30, 40), (40, 1)], 9),    # P >= 1024: compiled products
                                       (9, [(40, 30), (30, 40), (40, 1)], 9)])   # ... with task-vector tiles
 def test_adapt_many_matches_per_layer_adapt(T, dims, D, alpha):
-    """nets.adapt_many (one node, hand-written backward) against WLinear.adapt layer by layer: outputs,
-    target mixes, and the gradients of z, b, G, the rates and W (its gathered factors), with random
-    cotangents, one layer's output unused (a None cotangent) and G entering the loss twice."""
-    from macaw_fast.nets import adapt_many, can_adapt_many
+    """backends.lowrank.adapt_many (one node, hand-written backward) against the cpu backend's adapt
+    layer by layer: outputs, target mixes, and the gradients of z, b, G, the rates and W (its gathered
+    factors), with random cotangents, one layer's output unused (a None cotangent) and G entering
+    the loss twice."""
+    from macaw_fast.backends import lowrank
 
     torch.manual_seed(T + len(dims))
     layers = [WLinear(i, o, D, dtype=torch.float64) for i, o in dims]
     rates = (torch.rand(len(dims), 3, dtype=torch.float64) + 0.1).requires_grad_(True)
 
     def run(many):
-        thetas = [m.theta(low_rank_grad=True) for m in layers]
+        accs = [lowrank.WGradGatherer() for _ in layers]
+        thetas = [lowrank.generate(m, acc) for m, acc in zip(layers, accs)]
         gs = [torch.randn(T, m.num_generated, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
               .requires_grad_(True) for k, m in enumerate(layers)]
         if many:
-            assert can_adapt_many(layers, thetas)
-            out = adapt_many(layers, thetas, gs, rates, alpha)
+            out = lowrank.adapt_many(layers, thetas, accs, gs, rates, alpha)
         else:
-            per = [m.adapt(th, g, rates[k], alpha) for k, (m, th, g) in enumerate(zip(layers, thetas, gs))]
+            per = [lowrank.adapt(m, th, acc, g, rates[k], alpha)
+                   for k, (m, th, acc, g) in enumerate(zip(layers, thetas, accs, gs))]
             out = ([p[0] for p in per], [p[1] for p in per]) if alpha is not None else per
         new, tgt = out if alpha is not None else (out, None)
         cot = [torch.randn(th.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(50 + k))
@@ -180,7 +183,6 @@ def test_adapt_many_matches_per_layer_adapt(T, dims, D, alpha):
     assert len(tgt_a) == (len(dims) if alpha is not None else 0)
     for a, b in zip(res_a, res_b):
         assert rel_err(a, b) <= 1e-13
-    assert not can_adapt_many(layers, [m.theta() for m in layers])     # no W-gradient gatherer
 
 
 def test_init_statistics():
@@ -231,22 +233,21 @@ def _reference_step(obs, act, kw, inner, outer):
 
 
 @pytest.mark.parametrize("wlinear,head", [(True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("fused,lowrank", [(False, False), (False, True), (True, False)],
-                         ids=["batched", "batched-lowrank-adam", "fused-torch"])
-def test_chunked_meta_step_matches_unchunked_and_reference(wlinear, head, fused, lowrank):
+@pytest.mark.parametrize("backend,lowrank", [("torch", False), ("cpu", False), ("cpu", True), ("fused", False)],
+                         ids=["torch", "cpu", "cpu-lowrank-adam", "fused-torch"])
+def test_chunked_meta_step_matches_unchunked_and_reference(wlinear, head, backend, lowrank):
     """meta_step's backward per chunk of tasks: same meta-gradient, parameters and metrics.
 
     With the low-rank Adam (the default), WLinear weights never get a dense ``.grad``: their
     meta-gradient is checked through the parameters after Adam, every other tensor's directly."""
     T, B, obs, act = 5, 9, 6, 2
     kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
-              advantage_head=head, fused=fused, ops_backend="torch")
+              advantage_head=head, ops_backend="torch")
     inner, outer = random_batch(T, B, obs, act, seed=5), random_batch(T, B, obs, act, seed=6)
     ref, reference, metrics_ref = _reference_step(obs, act, kw, inner, outer)
 
     for chunk in (T, 1, 2, 3, "auto"):
-        learner = make_learner(obs, act, **kw)
-        learner.lowrank_adam = lowrank
+        learner = make_learner(obs, act, **kw, backend=CpuBackend(lowrank_adam=lowrank) if backend == "cpu" else backend)
         metrics = learner.meta_step(inner, outer, chunk_size=chunk)
         assert learner.resolve_chunk_size(T, chunk) == (T if chunk == "auto" else chunk)
         wlinear_weights = {id(layer.weight) for net in (learner.vf, learner.policy) for layer in net.layers
@@ -279,8 +280,7 @@ def test_nested_chunks_value_part_spans_two_policy_chunks(monkeypatch, wlinear, 
               advantage_head=head)
     inner, outer = random_batch(T, B, obs, act, seed=15), random_batch(T, B, obs, act, seed=16)
     ref, reference, metrics_ref = _reference_step(obs, act, kw, inner, outer)
-    learner = make_learner(obs, act, **kw)
-    learner.lowrank_adam = lowrank
+    learner = make_learner(obs, act, **kw, backend=CpuBackend(lowrank_adam=lowrank))
     assert learner.resolve_chunk_size(T) == 2 and learner._value_chunk_size(T, 2, None) == 4
     calls = []
     value_part = learner._value_part
@@ -310,8 +310,7 @@ def test_chunked_meta_step_uneven_chunks_and_default():
     loss, _ = ref.meta_loss(inner, outer)
     loss.backward()
     whole = grads_of(ref)
-    learner = make_learner(obs, act, **kw)
-    learner.lowrank_adam = False     # keep W's dense .grad to compare
+    learner = make_learner(obs, act, **kw, backend=CpuBackend(lowrank_adam=False))   # keeps W's dense .grad
     learner.chunk_size = 3
     assert learner.resolve_chunk_size(T) == 3
     metrics = learner.meta_step(inner, outer)

@@ -1,11 +1,11 @@
-"""ops.bootstrap_advantage (A = ret + disc * V(next) - V) and ops.meta_objective vs float64 torch."""
+"""fused_ops.bootstrap_advantage (A = ret + disc * V(next) - V) and ops.meta_objective vs float64 torch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import macaw_fast.ops as ops
+import macaw_fast.backends.fused_ops as ops
 
 F64 = torch.float64
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from macaw_fast import ops
+from macaw_fast.backends import fused_ops
 from macaw_fast.ops._common import interpreter_requested, triton_importable
 
 from helpers import rel_err
@@ -159,7 +160,7 @@ def _cases():
                               ("v",), small))
     for T in (1, 5, 35):
         cases.append(Case(f"meta_objective[T{T}]", lambda g, T=T: {"a": _r(g, T), "b": _r(g, T)},
-                          lambda x, be: ops.meta_objective(x["a"], x["b"], 7, backend=be), ("a", "b")))
+                          lambda x, be: fused_ops.meta_objective(x["a"], x["b"], 7, backend=be), ("a", "b")))
     return cases
 
 
@@ -266,8 +267,8 @@ def test_graph_free_ops(dtype):
     tol = TOL[dtype]
     ref_layers, dev_layers = _theta_layers(F64, "cpu"), _theta_layers(dtype, DEVICE)
     cols = lambda layers, i: [lay[i] for lay in layers]  # noqa: E731
-    want = ops.wlinear_generate(cols(ref_layers, 0), cols(ref_layers, 1), cols(ref_layers, 2), backend="torch")
-    got = ops.wlinear_generate(cols(dev_layers, 0), cols(dev_layers, 1), cols(dev_layers, 2), backend="triton")
+    want = fused_ops.wlinear_generate(cols(ref_layers, 0), cols(ref_layers, 1), cols(ref_layers, 2), backend="torch")
+    got = fused_ops.wlinear_generate(cols(dev_layers, 0), cols(dev_layers, 1), cols(dev_layers, 2), backend="triton")
     for a, b in zip(got, want):
         assert rel_err(a.double().cpu(), b) <= tol
     for layers, be in ((ref_layers, "torch"), (dev_layers, "triton")):
@@ -275,24 +276,24 @@ def test_graph_free_ops(dtype):
             for t in (W, b, z):
                 t.requires_grad_(True)
                 t.grad = None
-        ops.wlinear_theta_backward_many(cols(layers, 0), cols(layers, 1), cols(layers, 2),
+        fused_ops.wlinear_theta_backward_many(cols(layers, 0), cols(layers, 1), cols(layers, 2),
                                         [layers[0][3], None, layers[2][3][0]], backend=be)
         W, b, z, dth = layers[1]
-        ops.wlinear_theta_backward(W, b, z, dth, backend=be)
-        ops.wlinear_theta_backward(W, b, z, dth[1], backend=be)          # accumulates into .grad
+        fused_ops.wlinear_theta_backward(W, b, z, dth, backend=be)
+        fused_ops.wlinear_theta_backward(W, b, z, dth[1], backend=be)          # accumulates into .grad
     for lr, ld in zip(ref_layers, dev_layers):
         for tr, td in zip(lr[:3], ld[:3]):
             assert rel_err(td.grad.double().cpu(), tr.grad) <= tol
     g = torch.Generator().manual_seed(5)
     four = [_r(g, 3, 37) for _ in range(4)]
     four[1] = four[1].abs()
-    adv = ops.bootstrap_advantage(*[t.to(DEVICE, dtype) for t in four], backend="triton")
+    adv = fused_ops.bootstrap_advantage(*[t.to(DEVICE, dtype) for t in four], backend="triton")
     assert rel_err(adv.double().cpu(), four[0] + four[1] * four[2] - four[3]) <= tol
     margs = [_r(g, 3), _r(g, 3), _r(g, 3), _r(g, 3), _r(g, 3, 37), _r(g, 3, 37).exp(), _r(g, 4, 3), _r(g, 6, 3),
              _r(g), [_r(g), _r(g)]]
     to_dev = lambda a: [x.to(DEVICE, dtype) for x in a] if isinstance(a, list) else a.to(DEVICE, dtype)  # noqa: E731
-    want = ops.step_metrics(*margs, backend="torch")
-    got = ops.step_metrics(*[to_dev(a) for a in margs], backend="triton")
+    want = fused_ops.step_metrics(*margs, backend="torch")
+    got = fused_ops.step_metrics(*[to_dev(a) for a in margs], backend="triton")
     assert rel_err(got.double().cpu(), want) <= tol
     ts = [_r(g, 3, 5).to(DEVICE, dtype) for _ in range(9)]
     assert ops.all_finite(ts, backend="triton") is True

@@ -1,11 +1,11 @@
-"""ops.wlinear_generate: theta = W z + b of many layers in one launch vs float64 addmv."""
+"""fused_ops.wlinear_generate: theta = W z + b of many layers in one launch vs float64 addmv."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import macaw_fast.ops as ops
+import macaw_fast.backends.fused_ops as ops
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""ops.step_metrics: the meta-step's metrics in one launch vs the float64 torch composition."""
+"""fused_ops.step_metrics: the meta-step's metrics in one launch vs the float64 torch composition."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import macaw_fast.ops as ops
+import macaw_fast.backends.fused_ops as ops
 
 F64 = torch.float64
 

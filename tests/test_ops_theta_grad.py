@@ -1,11 +1,11 @@
-"""ops.wlinear_theta_backward: gradients of theta = W z + b added to W, b, z's .grad in place."""
+"""fused_ops.wlinear_theta_backward: gradients of theta = W z + b added to W, b, z's .grad in place."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import macaw_fast.ops as ops
+import macaw_fast.backends.fused_ops as ops
 
 F64 = torch.float64
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from macaw_fast.backends.cpu import CpuBackend
 from macaw_fast.paper import ArchiveError, export_archive, load_archive
 
 from helpers import make_learner, param_names, random_batch
@@ -137,14 +138,14 @@ def test_export_grads():
 
 def test_export_grads_after_low_rank_meta_step_refuses_missing_weight_grads():
     """meta_step's low-rank Adam leaves W's .grad None: exporting gradients then must not write
-    zeros for W silently; with learner.lowrank_adam = False the dense gradients are there."""
+    zeros for W silently; with CpuBackend(lowrank_adam=False) the dense gradients are there."""
     batches = random_batch(2, 8, 5, 2, seed=1), random_batch(2, 8, 5, 2, seed=2)
     learner = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=4, head_width=3)
     learner.meta_step(*batches)
-    with pytest.raises(ValueError, match=r"vf.layers.0.weight has no .grad.*lowrank_adam = False"):
+    with pytest.raises(ValueError, match=r"vf.layers.0.weight has no .grad.*lowrank_adam=False"):
         export_archive(learner, grads=True)
-    dense = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=4, head_width=3)
-    dense.lowrank_adam = False
+    dense = make_learner(5, 2, n_train=4, net_width=6, net_depth=2, wlinear_dim=4, head_width=3,
+                         backend=CpuBackend(lowrank_adam=False))
     dense.meta_step(*batches)
     g = export_archive(dense, grads=True)
     assert torch.equal(g["vf"]["seq.fc_0.fc.weight"], dense.vf.layers[0].weight.grad)

@@ -1,5 +1,5 @@
 """The compiled skinny products with a WLinear W (`macaw_fast._C.wlinear_left` / `wlinear_right`,
-used through `macaw_fast.nets.w_left` / `w_right` by the adapt node) against float64 torch; run
+used through `macaw_fast.backends.lowrank.w_left` / `w_right` by the adapt node) against float64 torch; run
 under ASan by .ci/asan.sh."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from macaw_fast import nets
+from macaw_fast.backends import lowrank
 
 C = pytest.importorskip("macaw_fast._C")
 
@@ -67,27 +67,27 @@ def test_right_matches_torch_for_any_thread_count(dtype, T, P, D, add):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_nets_helpers_use_the_kernels_and_fall_back(dtype, monkeypatch):
+def test_lowrank_helpers_use_the_kernels_and_fall_back(dtype, monkeypatch):
     g = torch.Generator().manual_seed(3)
     W = torch.randn(2100, 100, generator=g, dtype=dtype)
     x, z = torch.randn(5, 2100, generator=g, dtype=dtype), torch.randn(5, 100, generator=g, dtype=dtype)
     add = torch.randn(5, 2100, generator=g, dtype=dtype)
     calls = []
-    left, right = nets._skinny_extension()
-    monkeypatch.setattr(nets, "_skinny_extension",
+    left, right = lowrank._skinny_extension()
+    monkeypatch.setattr(lowrank, "_skinny_extension",
                         lambda: (lambda *a: calls.append("l") or left(*a), lambda *a: calls.append("r") or right(*a)))
-    assert _rel(nets.w_left(x, W), x.double() @ W.double()) <= _tol(dtype)
-    assert _rel(nets.w_right(z, W), z.double() @ W.double().t()) <= _tol(dtype)
-    assert _rel(nets.w_right(z, W, add), add.double() + z.double() @ W.double().t()) <= _tol(dtype)
+    assert _rel(lowrank.w_left(x, W), x.double() @ W.double()) <= _tol(dtype)
+    assert _rel(lowrank.w_right(z, W), z.double() @ W.double().t()) <= _tol(dtype)
+    assert _rel(lowrank.w_right(z, W, add), add.double() + z.double() @ W.double().t()) <= _tol(dtype)
     assert calls == ["l", "r", "r"]
     # a W too short, a non-contiguous operand, one task: torch's product, same values
     short_w = W[:1000].contiguous()
     for xx, WW in ((x[:, :1000].contiguous(), short_w), (x.t().contiguous().t(), W), (x[:1], W)):
-        assert _rel(nets.w_left(xx, WW), xx.double() @ WW.double()) <= _tol(dtype)
+        assert _rel(lowrank.w_left(xx, WW), xx.double() @ WW.double()) <= _tol(dtype)
     other = torch.float32 if dtype == torch.float64 else torch.float64
-    assert not nets._skinny_ok(x.to(other), W)                       # mixed dtypes are not sent
+    assert not lowrank._skinny_ok(x.to(other), W)                       # mixed dtypes are not sent
     with pytest.raises(RuntimeError, match="dtype"):                  # torch's own error, as without us
-        nets.w_right(z, W, add.to(other))
+        lowrank.w_right(z, W, add.to(other))
     assert calls == ["l", "r", "r"]
 
 

@@ -17,14 +17,14 @@ import pytest
 
 pytest.importorskip("triton")
 
-from macaw_fast.ops._aot import compile_spec, kernel_specs  # noqa: E402
+from macaw_fast.backends.fused_ops._aot import compile_spec, kernel_specs  # noqa: E402
 
 SPECS = kernel_specs()
 CAPABILITIES = (80, 90)
 
 _CHILD = """
 import json, sys
-from macaw_fast.ops._aot import compile_spec, kernel_specs
+from macaw_fast.backends.fused_ops._aot import compile_spec, kernel_specs
 out = {{i: [compile_spec(s, c) for c in {caps}] for i, s in enumerate(kernel_specs()) if i % {n} == {k}}}
 sys.stdout.write("\\n" + json.dumps(out, default=str))
 """

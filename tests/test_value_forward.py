@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from macaw_fast import nets
+from macaw_fast.backends import lowrank
+from macaw_fast.backends.cpu import CpuBackend
 
 C = pytest.importorskip("macaw_fast._C")
 
@@ -51,19 +53,18 @@ def test_matches_torch_for_any_thread_count(dtype, T, B, dims):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_forward_thetas_uses_the_kernel_outside_grad_mode(dtype, monkeypatch):
+def test_cpu_backend_value_nograd_uses_the_kernel(dtype, monkeypatch):
     dims = [20, 100, 100, 100, 1]
     vf = nets.ValueNet(20, 100, 3, dtype=dtype)
     assert list(vf.dims) == dims
     x, thetas = _make(3, 40, dims, dtype, seed=5)
     calls = []
-    real = nets._compiled("value_forward")
-    monkeypatch.setattr(nets, "_compiled", lambda name: (lambda *a: calls.append(1) or real(*a))
+    real = lowrank._compiled("value_forward")
+    monkeypatch.setattr(lowrank, "_compiled", lambda name: (lambda *a: calls.append(1) or real(*a))
                         if name == "value_forward" else None)
-    with torch.no_grad():
-        fast = vf.forward_thetas(thetas, x)
+    fast = CpuBackend().value_nograd(vf, thetas, x)
     assert calls == [1]
-    slow = vf.forward_thetas(thetas, x)                           # grad mode: torch's layers
+    slow = vf.forward_thetas(thetas, x)                           # the network itself: torch's layers
     assert calls == [1]
     ref = _reference(x, thetas, dims)
     for out in (fast, slow):
@@ -74,7 +75,7 @@ def test_forward_thetas_uses_the_kernel_outside_grad_mode(dtype, monkeypatch):
 def test_cases_it_does_not_take():
     dims = [20, 100, 100, 100, 1]
     x, thetas = _make(2, 8, dims, torch.float32)
-    assert nets.value_forward(thetas, dims, x) is not None
+    assert lowrank.value_forward(thetas, dims, x) is not None
     shared = [t[0] for t in thetas]                               # one theta for all tasks
     narrow_dims = [20, 8, 1]
     narrow_x, narrow = _make(2, 8, narrow_dims, torch.float32)
@@ -84,7 +85,7 @@ def test_cases_it_does_not_take():
                  (thetas, dims, x.transpose(0, 1).contiguous().transpose(0, 1)),
                  ([t.double() for t in thetas], dims, x),         # mixed dtypes
                  ([t.half() for t in thetas], dims, x.half())):
-        assert nets.value_forward(*args) is None
+        assert lowrank.value_forward(*args) is None
 
 
 def test_nan_propagates():

@@ -11,16 +11,12 @@ vector-Jacobian product of that differentiable torch backward.
   `wlinear_adapt_many`: the same for a net's layers at once (three launches per six layers).
 * `batched_linear`, `concat_relu_linear`: one linear layer per task from generated parameters,
   with fused ReLUs.
-* `wlinear_generate`: theta = W z + b of up to ten layers in one launch (no graph).
-* `wlinear_theta_backward`: the gradients of theta = W z + b added to W, b and z's ``.grad``
-  in place (first order, no graph; the fused meta-step's parameter-generation backward);
-  `wlinear_theta_backward_many`: the same for up to ten layers in one launch.
 * `awr_loss`: the advantage-weighted Gaussian log-likelihood loss per task (plus the head term).
 * `value_mse`: the per-task value regression loss with its bootstrapped target (any order).
-* `bootstrap_advantage`: advantages ret + disc * V(next) - V in one launch (no graph).
-* `meta_objective`: (sum of outer value losses + sum of outer policy losses) / N_train.
-* `step_metrics`: the meta-step's scalar metrics in one launch (no autograd).
 * `all_finite`: whether several tensors hold only finite values (one launch per eight tensors).
+
+The fused meta-step's own micro-ops (objective, metrics, bootstrap advantage, parameter
+generation and its backward) live with that strategy, in `macaw_fast.backends.fused_ops`.
 
 Dispatch (every op takes ``backend='auto' | 'triton' | 'torch'``): CUDA tensors run the Triton
 kernels; CPU tensors run them in Triton's interpreter when ``TRITON_INTERPRET=1`` is set
@@ -33,20 +29,14 @@ from __future__ import annotations
 
 import torch
 
-from .advantage import bootstrap_advantage
 from .awr_loss import awr_loss
 from .batched_linear import batched_linear, concat_relu_linear
 from .finite import all_finite
-from .generate import wlinear_generate
-from .metrics import step_metrics
-from .objective import meta_objective
-from .theta_grad import wlinear_theta_backward, wlinear_theta_backward_many
 from .value_mse import value_mse
 from .wlinear_adapt import wlinear_adapt, wlinear_adapt_many
 
-__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "bootstrap_advantage", "concat_relu_linear",
-           "meta_objective", "step_metrics", "value_mse", "wlinear_adapt", "wlinear_generate", "wlinear_theta_backward",
-           "wlinear_theta_backward_many"]
+__all__ = ["all_finite", "available", "awr_loss", "batched_linear", "concat_relu_linear", "value_mse",
+           "wlinear_adapt", "wlinear_adapt_many"]
 
 
 def _probe(device: torch.device, backend: str) -> None:
@@ -62,10 +52,6 @@ def _probe(device: torch.device, backend: str) -> None:
     checks.append((awr_loss, (r(2, 5, 2), r(2, 5, 2), r(2, 5)), {"pred": r(2, 5), "head_weight": 0.1}))
     checks.append((awr_loss, (r(2, 5, 2), r(2, 5, 2), r(2, 5)), {"tanh": True}))
     checks.append((value_mse, (r(2, 5), r(2, 5), r(2, 5).abs(), r(2, 5)), {}))
-    checks.append((bootstrap_advantage, (r(2, 5), r(2, 5), r(2, 5), r(2, 5)), {}))
-    checks.append((meta_objective, (r(3), r(3), 7), {}))
-    checks.append((step_metrics, (r(2), r(2), r(2), r(2), r(2, 5), r(2, 5).exp(), r(4, 3), r(6, 3), r(())), {}))
-    checks.append((wlinear_generate, ([W, r(4, 3)], [b, r(4)], [z, r(3)]), {}))
     checks.append((wlinear_adapt_many, ([W, r(4, 3)], [b, r(4)], [z, r(3)], [G, r(2, 4)], r(2, 3).abs(), 0.9), {}))
 
     def flat(x):

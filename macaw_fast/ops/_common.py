@@ -39,8 +39,8 @@ def triton_importable() -> bool:
     return True
 
 
-def load_kernels(module: str):
-    """Import ``macaw_fast.ops.<module>`` (kernels decorated with ``triton.jit``) on first use.
+def load_kernels(module: str, package: str = "macaw_fast.ops"):
+    """Import ``<package>.<module>`` (kernels decorated with ``triton.jit``) on first use.
 
     Raises RuntimeError with a clear message when Triton is missing or when the kernels were
     compiled for a different mode (interpreter vs GPU) than the one asked for now.
@@ -48,7 +48,7 @@ def load_kernels(module: str):
     if not triton_importable():
         raise RuntimeError("macaw_fast.ops: backend 'triton' needs the triton package "
                            "(pip install 'macaw-fast[triton]'); use backend='torch' instead")
-    mod = importlib.import_module(f"macaw_fast.ops.{module}")
+    mod = importlib.import_module(f"{package}.{module}")
     return mod
 
 

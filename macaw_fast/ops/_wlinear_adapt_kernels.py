@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._group import group_kernel
+
 
 @triton.jit
 def _adapt_reduce_body(pid_k, pid_d, g_ptr, w_ptr, part_ptr, T, P, D, P_CHUNK,
@@ -385,328 +387,104 @@ def adapt_bwd_expand_kernel(a_ptr, at_ptr, g_ptr, w_ptr, v_ptr, coef_ptr, gw_ptr
 MAX_GROUP_LAYERS = 6
 
 
-@triton.jit
-def adapt_reduce_group_kernel(g0_ptr, w0_ptr, part0_ptr, P0, P_CHUNK0, stride_gt0, stride_gp0, stride_wp0,
-                              stride_wd0, NPART0, g1_ptr, w1_ptr, part1_ptr, P1, P_CHUNK1, stride_gt1,
-                              stride_gp1, stride_wp1, stride_wd1, NPART1, g2_ptr, w2_ptr, part2_ptr, P2,
-                              P_CHUNK2, stride_gt2, stride_gp2, stride_wp2, stride_wd2, NPART2, g3_ptr, w3_ptr,
-                              part3_ptr, P3, P_CHUNK3, stride_gt3, stride_gp3, stride_wp3, stride_wd3, NPART3,
-                              g4_ptr, w4_ptr, part4_ptr, P4, P_CHUNK4, stride_gt4, stride_gp4, stride_wp4,
-                              stride_wd4, NPART4, g5_ptr, w5_ptr, part5_ptr, P5, P_CHUNK5, stride_gt5,
-                              stride_gp5, stride_wp5, stride_wd5, NPART5, T, D, NL: tl.constexpr,
-                              BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    """`adapt_reduce_kernel` for up to 6 layers in one launch. Grid: (max NPART_l, cdiv(D, BLOCK_D), NL).
+adapt_reduce_group_kernel = group_kernel(
+    globals(), 'adapt_reduce_group_kernel', _adapt_reduce_body, 6,
+    sections=[
+        ['g{l}_ptr', 'w{l}_ptr', 'part{l}_ptr', 'P{l}', 'P_CHUNK{l}', 'stride_gt{l}', 'stride_gp{l}',
+         'stride_wp{l}', 'stride_wd{l}', 'NPART{l}'],
+    ],
+    shared=['T', 'D'], constexprs=['BLOCK_T', 'BLOCK_P', 'BLOCK_D'], pids=['pid_k', 'pid_d'],
+    call='pid_k, pid_d, g{l}_ptr, w{l}_ptr, part{l}_ptr, T, P{l}, D, P_CHUNK{l}, stride_gt{l}, '
+         'stride_gp{l}, stride_wp{l}, stride_wd{l}, BLOCK_T, BLOCK_P, BLOCK_D',
+    guard='pid_k < NPART{l}',
+    doc="""`adapt_reduce_kernel` for up to 6 layers in one launch. Grid: (max NPART_l, cdiv(D, BLOCK_D), NL).
 
     Slot l's arguments are `adapt_reduce_kernel`'s per-layer ones with suffix l (NPART<l>: its row chunks);
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_reduce_kernel`.
-    """
-    pid_k = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    layer = tl.program_id(2)
-    if layer == 0:
-        if pid_k < NPART0:
-            _adapt_reduce_body(pid_k, pid_d, g0_ptr, w0_ptr, part0_ptr, T, P0, D, P_CHUNK0, stride_gt0,
-                               stride_gp0, stride_wp0, stride_wd0, BLOCK_T, BLOCK_P, BLOCK_D)
-    if NL > 1:
-        if layer == 1:
-            if pid_k < NPART1:
-                _adapt_reduce_body(pid_k, pid_d, g1_ptr, w1_ptr, part1_ptr, T, P1, D, P_CHUNK1, stride_gt1,
-                                   stride_gp1, stride_wp1, stride_wd1, BLOCK_T, BLOCK_P, BLOCK_D)
-    if NL > 2:
-        if layer == 2:
-            if pid_k < NPART2:
-                _adapt_reduce_body(pid_k, pid_d, g2_ptr, w2_ptr, part2_ptr, T, P2, D, P_CHUNK2, stride_gt2,
-                                   stride_gp2, stride_wp2, stride_wd2, BLOCK_T, BLOCK_P, BLOCK_D)
-    if NL > 3:
-        if layer == 3:
-            if pid_k < NPART3:
-                _adapt_reduce_body(pid_k, pid_d, g3_ptr, w3_ptr, part3_ptr, T, P3, D, P_CHUNK3, stride_gt3,
-                                   stride_gp3, stride_wp3, stride_wd3, BLOCK_T, BLOCK_P, BLOCK_D)
-    if NL > 4:
-        if layer == 4:
-            if pid_k < NPART4:
-                _adapt_reduce_body(pid_k, pid_d, g4_ptr, w4_ptr, part4_ptr, T, P4, D, P_CHUNK4, stride_gt4,
-                                   stride_gp4, stride_wp4, stride_wd4, BLOCK_T, BLOCK_P, BLOCK_D)
-    if NL > 5:
-        if layer == 5:
-            if pid_k < NPART5:
-                _adapt_reduce_body(pid_k, pid_d, g5_ptr, w5_ptr, part5_ptr, T, P5, D, P_CHUNK5, stride_gt5,
-                                   stride_gp5, stride_wp5, stride_wd5, BLOCK_T, BLOCK_P, BLOCK_D)
+    """)
 
 
-@triton.jit
-def adapt_mix_group_kernel(part0_ptr, z0_ptr, rates0_ptr, zc0_ptr, coef0_ptr, u0_ptr, NPART0, part1_ptr, z1_ptr,
-                           rates1_ptr, zc1_ptr, coef1_ptr, u1_ptr, NPART1, part2_ptr, z2_ptr, rates2_ptr,
-                           zc2_ptr, coef2_ptr, u2_ptr, NPART2, part3_ptr, z3_ptr, rates3_ptr, zc3_ptr,
-                           coef3_ptr, u3_ptr, NPART3, part4_ptr, z4_ptr, rates4_ptr, zc4_ptr, coef4_ptr, u4_ptr,
-                           NPART4, part5_ptr, z5_ptr, rates5_ptr, zc5_ptr, coef5_ptr, u5_ptr, NPART5, alpha_ptr,
-                           T, D, NL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                           WITH_TARGET: tl.constexpr):
-    """`adapt_mix_kernel` for up to 6 layers in one launch. Grid: (NL,).
+adapt_mix_group_kernel = group_kernel(
+    globals(), 'adapt_mix_group_kernel', _adapt_mix_body, 6,
+    sections=[['part{l}_ptr', 'z{l}_ptr', 'rates{l}_ptr', 'zc{l}_ptr', 'coef{l}_ptr', 'u{l}_ptr', 'NPART{l}']],
+    shared=['alpha_ptr', 'T', 'D'], constexprs=['BLOCK_T', 'BLOCK_D', 'WITH_TARGET'], pids=[],
+    call='part{l}_ptr, z{l}_ptr, rates{l}_ptr, alpha_ptr, zc{l}_ptr, coef{l}_ptr, u{l}_ptr, T, D, '
+         'NPART{l}, BLOCK_T, BLOCK_D, WITH_TARGET',
+    doc="""`adapt_mix_kernel` for up to 6 layers in one launch. Grid: (NL,).
 
     Slot l's arguments are `adapt_mix_kernel`'s per-layer ones with suffix l;
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_mix_kernel`.
-    """
-    layer = tl.program_id(0)
-    if layer == 0:
-        _adapt_mix_body(part0_ptr, z0_ptr, rates0_ptr, alpha_ptr, zc0_ptr, coef0_ptr, u0_ptr, T, D, NPART0,
-                        BLOCK_T, BLOCK_D, WITH_TARGET)
-    if NL > 1:
-        if layer == 1:
-            _adapt_mix_body(part1_ptr, z1_ptr, rates1_ptr, alpha_ptr, zc1_ptr, coef1_ptr, u1_ptr, T, D, NPART1,
-                            BLOCK_T, BLOCK_D, WITH_TARGET)
-    if NL > 2:
-        if layer == 2:
-            _adapt_mix_body(part2_ptr, z2_ptr, rates2_ptr, alpha_ptr, zc2_ptr, coef2_ptr, u2_ptr, T, D, NPART2,
-                            BLOCK_T, BLOCK_D, WITH_TARGET)
-    if NL > 3:
-        if layer == 3:
-            _adapt_mix_body(part3_ptr, z3_ptr, rates3_ptr, alpha_ptr, zc3_ptr, coef3_ptr, u3_ptr, T, D, NPART3,
-                            BLOCK_T, BLOCK_D, WITH_TARGET)
-    if NL > 4:
-        if layer == 4:
-            _adapt_mix_body(part4_ptr, z4_ptr, rates4_ptr, alpha_ptr, zc4_ptr, coef4_ptr, u4_ptr, T, D, NPART4,
-                            BLOCK_T, BLOCK_D, WITH_TARGET)
-    if NL > 5:
-        if layer == 5:
-            _adapt_mix_body(part5_ptr, z5_ptr, rates5_ptr, alpha_ptr, zc5_ptr, coef5_ptr, u5_ptr, T, D, NPART5,
-                            BLOCK_T, BLOCK_D, WITH_TARGET)
+    """)
 
 
-@triton.jit
-def adapt_expand_group_kernel(zc0_ptr, coef0_ptr, w0_ptr, b0_ptr, g0_ptr, out0_ptr, tgt0_ptr, P0, stride_wp0,
-                              stride_wd0, stride_gt0, stride_gp0, zc1_ptr, coef1_ptr, w1_ptr, b1_ptr, g1_ptr,
-                              out1_ptr, tgt1_ptr, P1, stride_wp1, stride_wd1, stride_gt1, stride_gp1, zc2_ptr,
-                              coef2_ptr, w2_ptr, b2_ptr, g2_ptr, out2_ptr, tgt2_ptr, P2, stride_wp2, stride_wd2,
-                              stride_gt2, stride_gp2, zc3_ptr, coef3_ptr, w3_ptr, b3_ptr, g3_ptr, out3_ptr,
-                              tgt3_ptr, P3, stride_wp3, stride_wd3, stride_gt3, stride_gp3, zc4_ptr, coef4_ptr,
-                              w4_ptr, b4_ptr, g4_ptr, out4_ptr, tgt4_ptr, P4, stride_wp4, stride_wd4,
-                              stride_gt4, stride_gp4, zc5_ptr, coef5_ptr, w5_ptr, b5_ptr, g5_ptr, out5_ptr,
-                              tgt5_ptr, P5, stride_wp5, stride_wd5, stride_gt5, stride_gp5, T, R, D,
-                              NL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                              BLOCK_D: tl.constexpr):
-    """`adapt_expand_kernel` for up to 6 layers in one launch. Grid: (max cdiv(P_l, BLOCK_P), NL).
+adapt_expand_group_kernel = group_kernel(
+    globals(), 'adapt_expand_group_kernel', _adapt_expand_body, 6,
+    sections=[
+        ['zc{l}_ptr', 'coef{l}_ptr', 'w{l}_ptr', 'b{l}_ptr', 'g{l}_ptr', 'out{l}_ptr', 'tgt{l}_ptr', 'P{l}',
+         'stride_wp{l}', 'stride_wd{l}', 'stride_gt{l}', 'stride_gp{l}'],
+    ],
+    shared=['T', 'R', 'D'], constexprs=['BLOCK_R', 'BLOCK_P', 'BLOCK_D'], pids=['pid'],
+    call='pid, zc{l}_ptr, coef{l}_ptr, w{l}_ptr, b{l}_ptr, g{l}_ptr, out{l}_ptr, tgt{l}_ptr, T, R, '
+         'P{l}, D, stride_wp{l}, stride_wd{l}, stride_gt{l}, stride_gp{l}, BLOCK_R, BLOCK_P, BLOCK_D',
+    guard='pid * BLOCK_P < P{l}',
+    doc="""`adapt_expand_kernel` for up to 6 layers in one launch. Grid: (max cdiv(P_l, BLOCK_P), NL).
 
     Slot l's arguments are `adapt_expand_kernel`'s per-layer ones with suffix l;
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_expand_kernel`.
-    """
-    pid = tl.program_id(0)
-    layer = tl.program_id(1)
-    if layer == 0:
-        if pid * BLOCK_P < P0:
-            _adapt_expand_body(pid, zc0_ptr, coef0_ptr, w0_ptr, b0_ptr, g0_ptr, out0_ptr, tgt0_ptr, T, R, P0, D,
-                               stride_wp0, stride_wd0, stride_gt0, stride_gp0, BLOCK_R, BLOCK_P, BLOCK_D)
-    if NL > 1:
-        if layer == 1:
-            if pid * BLOCK_P < P1:
-                _adapt_expand_body(pid, zc1_ptr, coef1_ptr, w1_ptr, b1_ptr, g1_ptr, out1_ptr, tgt1_ptr, T, R,
-                                   P1, D, stride_wp1, stride_wd1, stride_gt1, stride_gp1, BLOCK_R, BLOCK_P,
-                                   BLOCK_D)
-    if NL > 2:
-        if layer == 2:
-            if pid * BLOCK_P < P2:
-                _adapt_expand_body(pid, zc2_ptr, coef2_ptr, w2_ptr, b2_ptr, g2_ptr, out2_ptr, tgt2_ptr, T, R,
-                                   P2, D, stride_wp2, stride_wd2, stride_gt2, stride_gp2, BLOCK_R, BLOCK_P,
-                                   BLOCK_D)
-    if NL > 3:
-        if layer == 3:
-            if pid * BLOCK_P < P3:
-                _adapt_expand_body(pid, zc3_ptr, coef3_ptr, w3_ptr, b3_ptr, g3_ptr, out3_ptr, tgt3_ptr, T, R,
-                                   P3, D, stride_wp3, stride_wd3, stride_gt3, stride_gp3, BLOCK_R, BLOCK_P,
-                                   BLOCK_D)
-    if NL > 4:
-        if layer == 4:
-            if pid * BLOCK_P < P4:
-                _adapt_expand_body(pid, zc4_ptr, coef4_ptr, w4_ptr, b4_ptr, g4_ptr, out4_ptr, tgt4_ptr, T, R,
-                                   P4, D, stride_wp4, stride_wd4, stride_gt4, stride_gp4, BLOCK_R, BLOCK_P,
-                                   BLOCK_D)
-    if NL > 5:
-        if layer == 5:
-            if pid * BLOCK_P < P5:
-                _adapt_expand_body(pid, zc5_ptr, coef5_ptr, w5_ptr, b5_ptr, g5_ptr, out5_ptr, tgt5_ptr, T, R,
-                                   P5, D, stride_wp5, stride_wd5, stride_gt5, stride_gp5, BLOCK_R, BLOCK_P,
-                                   BLOCK_D)
+    """)
 
 
-@triton.jit
-def adapt_bwd_reduce_group_kernel(a0_ptr, at0_ptr, g0_ptr, w0_ptr, part0_ptr, spart0_ptr, P0, P_CHUNK0,
-                                  stride_at_0, stride_ap0, stride_tt0, stride_tp0, stride_gt0, stride_gp0,
-                                  stride_wp0, stride_wd0, NPART0, a1_ptr, at1_ptr, g1_ptr, w1_ptr, part1_ptr,
-                                  spart1_ptr, P1, P_CHUNK1, stride_at_1, stride_ap1, stride_tt1, stride_tp1,
-                                  stride_gt1, stride_gp1, stride_wp1, stride_wd1, NPART1, a2_ptr, at2_ptr,
-                                  g2_ptr, w2_ptr, part2_ptr, spart2_ptr, P2, P_CHUNK2, stride_at_2, stride_ap2,
-                                  stride_tt2, stride_tp2, stride_gt2, stride_gp2, stride_wp2, stride_wd2,
-                                  NPART2, a3_ptr, at3_ptr, g3_ptr, w3_ptr, part3_ptr, spart3_ptr, P3, P_CHUNK3,
-                                  stride_at_3, stride_ap3, stride_tt3, stride_tp3, stride_gt3, stride_gp3,
-                                  stride_wp3, stride_wd3, NPART3, a4_ptr, at4_ptr, g4_ptr, w4_ptr, part4_ptr,
-                                  spart4_ptr, P4, P_CHUNK4, stride_at_4, stride_ap4, stride_tt4, stride_tp4,
-                                  stride_gt4, stride_gp4, stride_wp4, stride_wd4, NPART4, a5_ptr, at5_ptr,
-                                  g5_ptr, w5_ptr, part5_ptr, spart5_ptr, P5, P_CHUNK5, stride_at_5, stride_ap5,
-                                  stride_tt5, stride_tp5, stride_gt5, stride_gp5, stride_wp5, stride_wd5,
-                                  NPART5, T, R, D, NL: tl.constexpr, BLOCK_R: tl.constexpr,
-                                  BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    """`adapt_bwd_reduce_kernel` for up to 6 layers in one launch. Grid: (max NPART_l, cdiv(D, BLOCK_D), NL).
+adapt_bwd_reduce_group_kernel = group_kernel(
+    globals(), 'adapt_bwd_reduce_group_kernel', _adapt_bwd_reduce_body, 6,
+    sections=[
+        ['a{l}_ptr', 'at{l}_ptr', 'g{l}_ptr', 'w{l}_ptr', 'part{l}_ptr', 'spart{l}_ptr', 'P{l}', 'P_CHUNK{l}',
+         'stride_at_{l}', 'stride_ap{l}', 'stride_tt{l}', 'stride_tp{l}', 'stride_gt{l}', 'stride_gp{l}',
+         'stride_wp{l}', 'stride_wd{l}', 'NPART{l}'],
+    ],
+    shared=['T', 'R', 'D'], constexprs=['BLOCK_R', 'BLOCK_P', 'BLOCK_D'], pids=['pid_k', 'pid_d'],
+    call='pid_k, pid_d, a{l}_ptr, at{l}_ptr, g{l}_ptr, w{l}_ptr, part{l}_ptr, spart{l}_ptr, T, R, '
+         'P{l}, D, P_CHUNK{l}, stride_at_{l}, stride_ap{l}, stride_tt{l}, stride_tp{l}, stride_gt{l}, '
+         'stride_gp{l}, stride_wp{l}, stride_wd{l}, BLOCK_R, BLOCK_P, BLOCK_D',
+    guard='pid_k < NPART{l}',
+    doc="""`adapt_bwd_reduce_kernel` for up to 6 layers in one launch. Grid: (max NPART_l, cdiv(D, BLOCK_D), NL).
 
     Slot l's arguments are `adapt_bwd_reduce_kernel`'s per-layer ones with suffix l (NPART<l>: its row chunks);
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_bwd_reduce_kernel`.
-    """
-    pid_k = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    layer = tl.program_id(2)
-    if layer == 0:
-        if pid_k < NPART0:
-            _adapt_bwd_reduce_body(pid_k, pid_d, a0_ptr, at0_ptr, g0_ptr, w0_ptr, part0_ptr, spart0_ptr, T, R,
-                                   P0, D, P_CHUNK0, stride_at_0, stride_ap0, stride_tt0, stride_tp0, stride_gt0,
-                                   stride_gp0, stride_wp0, stride_wd0, BLOCK_R, BLOCK_P, BLOCK_D)
-    if NL > 1:
-        if layer == 1:
-            if pid_k < NPART1:
-                _adapt_bwd_reduce_body(pid_k, pid_d, a1_ptr, at1_ptr, g1_ptr, w1_ptr, part1_ptr, spart1_ptr, T,
-                                       R, P1, D, P_CHUNK1, stride_at_1, stride_ap1, stride_tt1, stride_tp1,
-                                       stride_gt1, stride_gp1, stride_wp1, stride_wd1, BLOCK_R, BLOCK_P,
-                                       BLOCK_D)
-    if NL > 2:
-        if layer == 2:
-            if pid_k < NPART2:
-                _adapt_bwd_reduce_body(pid_k, pid_d, a2_ptr, at2_ptr, g2_ptr, w2_ptr, part2_ptr, spart2_ptr, T,
-                                       R, P2, D, P_CHUNK2, stride_at_2, stride_ap2, stride_tt2, stride_tp2,
-                                       stride_gt2, stride_gp2, stride_wp2, stride_wd2, BLOCK_R, BLOCK_P,
-                                       BLOCK_D)
-    if NL > 3:
-        if layer == 3:
-            if pid_k < NPART3:
-                _adapt_bwd_reduce_body(pid_k, pid_d, a3_ptr, at3_ptr, g3_ptr, w3_ptr, part3_ptr, spart3_ptr, T,
-                                       R, P3, D, P_CHUNK3, stride_at_3, stride_ap3, stride_tt3, stride_tp3,
-                                       stride_gt3, stride_gp3, stride_wp3, stride_wd3, BLOCK_R, BLOCK_P,
-                                       BLOCK_D)
-    if NL > 4:
-        if layer == 4:
-            if pid_k < NPART4:
-                _adapt_bwd_reduce_body(pid_k, pid_d, a4_ptr, at4_ptr, g4_ptr, w4_ptr, part4_ptr, spart4_ptr, T,
-                                       R, P4, D, P_CHUNK4, stride_at_4, stride_ap4, stride_tt4, stride_tp4,
-                                       stride_gt4, stride_gp4, stride_wp4, stride_wd4, BLOCK_R, BLOCK_P,
-                                       BLOCK_D)
-    if NL > 5:
-        if layer == 5:
-            if pid_k < NPART5:
-                _adapt_bwd_reduce_body(pid_k, pid_d, a5_ptr, at5_ptr, g5_ptr, w5_ptr, part5_ptr, spart5_ptr, T,
-                                       R, P5, D, P_CHUNK5, stride_at_5, stride_ap5, stride_tt5, stride_tp5,
-                                       stride_gt5, stride_gp5, stride_wp5, stride_wd5, BLOCK_R, BLOCK_P,
-                                       BLOCK_D)
+    """)
 
 
-@triton.jit
-def adapt_bwd_mix_group_kernel(part0_ptr, spart0_ptr, z0_ptr, rates0_ptr, u0_ptr, gu0_ptr, v0_ptr, coef0_ptr,
-                               gz0_ptr, grates0_ptr, NPART0, part1_ptr, spart1_ptr, z1_ptr, rates1_ptr, u1_ptr,
-                               gu1_ptr, v1_ptr, coef1_ptr, gz1_ptr, grates1_ptr, NPART1, part2_ptr, spart2_ptr,
-                               z2_ptr, rates2_ptr, u2_ptr, gu2_ptr, v2_ptr, coef2_ptr, gz2_ptr, grates2_ptr,
-                               NPART2, part3_ptr, spart3_ptr, z3_ptr, rates3_ptr, u3_ptr, gu3_ptr, v3_ptr,
-                               coef3_ptr, gz3_ptr, grates3_ptr, NPART3, part4_ptr, spart4_ptr, z4_ptr,
-                               rates4_ptr, u4_ptr, gu4_ptr, v4_ptr, coef4_ptr, gz4_ptr, grates4_ptr, NPART4,
-                               part5_ptr, spart5_ptr, z5_ptr, rates5_ptr, u5_ptr, gu5_ptr, v5_ptr, coef5_ptr,
-                               gz5_ptr, grates5_ptr, NPART5, alpha_ptr, T, D, NL: tl.constexpr,
-                               BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, WITH_TARGET: tl.constexpr,
-                               HAS_GU: tl.constexpr):
-    """`adapt_bwd_mix_kernel` for up to 6 layers in one launch. Grid: (NL,).
+adapt_bwd_mix_group_kernel = group_kernel(
+    globals(), 'adapt_bwd_mix_group_kernel', _adapt_bwd_mix_body, 6,
+    sections=[
+        ['part{l}_ptr', 'spart{l}_ptr', 'z{l}_ptr', 'rates{l}_ptr', 'u{l}_ptr', 'gu{l}_ptr', 'v{l}_ptr',
+         'coef{l}_ptr', 'gz{l}_ptr', 'grates{l}_ptr', 'NPART{l}'],
+    ],
+    shared=['alpha_ptr', 'T', 'D'], constexprs=['BLOCK_T', 'BLOCK_D', 'WITH_TARGET', 'HAS_GU'], pids=[],
+    call='part{l}_ptr, spart{l}_ptr, z{l}_ptr, rates{l}_ptr, alpha_ptr, u{l}_ptr, gu{l}_ptr, v{l}_ptr,'
+         ' coef{l}_ptr, gz{l}_ptr, grates{l}_ptr, T, D, NPART{l}, BLOCK_T, BLOCK_D, WITH_TARGET, '
+         'HAS_GU',
+    doc="""`adapt_bwd_mix_kernel` for up to 6 layers in one launch. Grid: (NL,).
 
     Slot l's arguments are `adapt_bwd_mix_kernel`'s per-layer ones with suffix l;
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_bwd_mix_kernel`.
-    """
-    layer = tl.program_id(0)
-    if layer == 0:
-        _adapt_bwd_mix_body(part0_ptr, spart0_ptr, z0_ptr, rates0_ptr, alpha_ptr, u0_ptr, gu0_ptr, v0_ptr,
-                            coef0_ptr, gz0_ptr, grates0_ptr, T, D, NPART0, BLOCK_T, BLOCK_D, WITH_TARGET,
-                            HAS_GU)
-    if NL > 1:
-        if layer == 1:
-            _adapt_bwd_mix_body(part1_ptr, spart1_ptr, z1_ptr, rates1_ptr, alpha_ptr, u1_ptr, gu1_ptr, v1_ptr,
-                                coef1_ptr, gz1_ptr, grates1_ptr, T, D, NPART1, BLOCK_T, BLOCK_D, WITH_TARGET,
-                                HAS_GU)
-    if NL > 2:
-        if layer == 2:
-            _adapt_bwd_mix_body(part2_ptr, spart2_ptr, z2_ptr, rates2_ptr, alpha_ptr, u2_ptr, gu2_ptr, v2_ptr,
-                                coef2_ptr, gz2_ptr, grates2_ptr, T, D, NPART2, BLOCK_T, BLOCK_D, WITH_TARGET,
-                                HAS_GU)
-    if NL > 3:
-        if layer == 3:
-            _adapt_bwd_mix_body(part3_ptr, spart3_ptr, z3_ptr, rates3_ptr, alpha_ptr, u3_ptr, gu3_ptr, v3_ptr,
-                                coef3_ptr, gz3_ptr, grates3_ptr, T, D, NPART3, BLOCK_T, BLOCK_D, WITH_TARGET,
-                                HAS_GU)
-    if NL > 4:
-        if layer == 4:
-            _adapt_bwd_mix_body(part4_ptr, spart4_ptr, z4_ptr, rates4_ptr, alpha_ptr, u4_ptr, gu4_ptr, v4_ptr,
-                                coef4_ptr, gz4_ptr, grates4_ptr, T, D, NPART4, BLOCK_T, BLOCK_D, WITH_TARGET,
-                                HAS_GU)
-    if NL > 5:
-        if layer == 5:
-            _adapt_bwd_mix_body(part5_ptr, spart5_ptr, z5_ptr, rates5_ptr, alpha_ptr, u5_ptr, gu5_ptr, v5_ptr,
-                                coef5_ptr, gz5_ptr, grates5_ptr, T, D, NPART5, BLOCK_T, BLOCK_D, WITH_TARGET,
-                                HAS_GU)
+    """)
 
 
-@triton.jit
-def adapt_bwd_expand_group_kernel(a0_ptr, at0_ptr, g0_ptr, w0_ptr, v0_ptr, coef0_ptr, gw0_ptr, gg0_ptr, gb0_ptr,
-                                  P0, stride_at_0, stride_ap0, stride_tt0, stride_tp0, stride_gt0, stride_gp0,
-                                  stride_wp0, stride_wd0, a1_ptr, at1_ptr, g1_ptr, w1_ptr, v1_ptr, coef1_ptr,
-                                  gw1_ptr, gg1_ptr, gb1_ptr, P1, stride_at_1, stride_ap1, stride_tt1,
-                                  stride_tp1, stride_gt1, stride_gp1, stride_wp1, stride_wd1, a2_ptr, at2_ptr,
-                                  g2_ptr, w2_ptr, v2_ptr, coef2_ptr, gw2_ptr, gg2_ptr, gb2_ptr, P2, stride_at_2,
-                                  stride_ap2, stride_tt2, stride_tp2, stride_gt2, stride_gp2, stride_wp2,
-                                  stride_wd2, a3_ptr, at3_ptr, g3_ptr, w3_ptr, v3_ptr, coef3_ptr, gw3_ptr,
-                                  gg3_ptr, gb3_ptr, P3, stride_at_3, stride_ap3, stride_tt3, stride_tp3,
-                                  stride_gt3, stride_gp3, stride_wp3, stride_wd3, a4_ptr, at4_ptr, g4_ptr,
-                                  w4_ptr, v4_ptr, coef4_ptr, gw4_ptr, gg4_ptr, gb4_ptr, P4, stride_at_4,
-                                  stride_ap4, stride_tt4, stride_tp4, stride_gt4, stride_gp4, stride_wp4,
-                                  stride_wd4, a5_ptr, at5_ptr, g5_ptr, w5_ptr, v5_ptr, coef5_ptr, gw5_ptr,
-                                  gg5_ptr, gb5_ptr, P5, stride_at_5, stride_ap5, stride_tt5, stride_tp5,
-                                  stride_gt5, stride_gp5, stride_wp5, stride_wd5, T, R, D, NL: tl.constexpr,
-                                  BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-                                  BLOCK_D: tl.constexpr, WITH_TARGET: tl.constexpr):
-    """`adapt_bwd_expand_kernel` for up to 6 layers in one launch. Grid: (max cdiv(P_l, BLOCK_P), NL).
+adapt_bwd_expand_group_kernel = group_kernel(
+    globals(), 'adapt_bwd_expand_group_kernel', _adapt_bwd_expand_body, 6,
+    sections=[
+        ['a{l}_ptr', 'at{l}_ptr', 'g{l}_ptr', 'w{l}_ptr', 'v{l}_ptr', 'coef{l}_ptr', 'gw{l}_ptr', 'gg{l}_ptr',
+         'gb{l}_ptr', 'P{l}', 'stride_at_{l}', 'stride_ap{l}', 'stride_tt{l}', 'stride_tp{l}', 'stride_gt{l}',
+         'stride_gp{l}', 'stride_wp{l}', 'stride_wd{l}'],
+    ],
+    shared=['T', 'R', 'D'], constexprs=['BLOCK_M', 'BLOCK_T', 'BLOCK_P', 'BLOCK_D', 'WITH_TARGET'], pids=['pid'],
+    call='pid, a{l}_ptr, at{l}_ptr, g{l}_ptr, w{l}_ptr, v{l}_ptr, coef{l}_ptr, gw{l}_ptr, gg{l}_ptr, '
+         'gb{l}_ptr, T, R, P{l}, D, stride_at_{l}, stride_ap{l}, stride_tt{l}, stride_tp{l}, '
+         'stride_gt{l}, stride_gp{l}, stride_wp{l}, stride_wd{l}, BLOCK_M, BLOCK_T, BLOCK_P, BLOCK_D, '
+         'WITH_TARGET',
+    guard='pid * BLOCK_P < P{l}',
+    doc="""`adapt_bwd_expand_kernel` for up to 6 layers in one launch. Grid: (max cdiv(P_l, BLOCK_P), NL).
 
     Slot l's arguments are `adapt_bwd_expand_kernel`'s per-layer ones with suffix l;
     slots >= NL are not read. The shared arguments and constexprs are as in `adapt_bwd_expand_kernel`.
-    """
-    pid = tl.program_id(0)
-    layer = tl.program_id(1)
-    if layer == 0:
-        if pid * BLOCK_P < P0:
-            _adapt_bwd_expand_body(pid, a0_ptr, at0_ptr, g0_ptr, w0_ptr, v0_ptr, coef0_ptr, gw0_ptr, gg0_ptr,
-                                   gb0_ptr, T, R, P0, D, stride_at_0, stride_ap0, stride_tt0, stride_tp0,
-                                   stride_gt0, stride_gp0, stride_wp0, stride_wd0, BLOCK_M, BLOCK_T, BLOCK_P,
-                                   BLOCK_D, WITH_TARGET)
-    if NL > 1:
-        if layer == 1:
-            if pid * BLOCK_P < P1:
-                _adapt_bwd_expand_body(pid, a1_ptr, at1_ptr, g1_ptr, w1_ptr, v1_ptr, coef1_ptr, gw1_ptr,
-                                       gg1_ptr, gb1_ptr, T, R, P1, D, stride_at_1, stride_ap1, stride_tt1,
-                                       stride_tp1, stride_gt1, stride_gp1, stride_wp1, stride_wd1, BLOCK_M,
-                                       BLOCK_T, BLOCK_P, BLOCK_D, WITH_TARGET)
-    if NL > 2:
-        if layer == 2:
-            if pid * BLOCK_P < P2:
-                _adapt_bwd_expand_body(pid, a2_ptr, at2_ptr, g2_ptr, w2_ptr, v2_ptr, coef2_ptr, gw2_ptr,
-                                       gg2_ptr, gb2_ptr, T, R, P2, D, stride_at_2, stride_ap2, stride_tt2,
-                                       stride_tp2, stride_gt2, stride_gp2, stride_wp2, stride_wd2, BLOCK_M,
-                                       BLOCK_T, BLOCK_P, BLOCK_D, WITH_TARGET)
-    if NL > 3:
-        if layer == 3:
-            if pid * BLOCK_P < P3:
-                _adapt_bwd_expand_body(pid, a3_ptr, at3_ptr, g3_ptr, w3_ptr, v3_ptr, coef3_ptr, gw3_ptr,
-                                       gg3_ptr, gb3_ptr, T, R, P3, D, stride_at_3, stride_ap3, stride_tt3,
-                                       stride_tp3, stride_gt3, stride_gp3, stride_wp3, stride_wd3, BLOCK_M,
-                                       BLOCK_T, BLOCK_P, BLOCK_D, WITH_TARGET)
-    if NL > 4:
-        if layer == 4:
-            if pid * BLOCK_P < P4:
-                _adapt_bwd_expand_body(pid, a4_ptr, at4_ptr, g4_ptr, w4_ptr, v4_ptr, coef4_ptr, gw4_ptr,
-                                       gg4_ptr, gb4_ptr, T, R, P4, D, stride_at_4, stride_ap4, stride_tt4,
-                                       stride_tp4, stride_gt4, stride_gp4, stride_wp4, stride_wd4, BLOCK_M,
-                                       BLOCK_T, BLOCK_P, BLOCK_D, WITH_TARGET)
-    if NL > 5:
-        if layer == 5:
-            if pid * BLOCK_P < P5:
-                _adapt_bwd_expand_body(pid, a5_ptr, at5_ptr, g5_ptr, w5_ptr, v5_ptr, coef5_ptr, gw5_ptr,
-                                       gg5_ptr, gb5_ptr, T, R, P5, D, stride_at_5, stride_ap5, stride_tt5,
-                                       stride_tp5, stride_gt5, stride_gp5, stride_wp5, stride_wd5, BLOCK_M,
-                                       BLOCK_T, BLOCK_P, BLOCK_D, WITH_TARGET)
+    """)

@@ -346,6 +346,16 @@ def awr_loss(mu: Tensor, action: Tensor, adv: Tensor, *, sigma: float = 0.2, tem
              return_weights: bool = False, tanh: bool = False, backend: str = "auto"):
     """Per-task advantage-weighted Gaussian log-likelihood loss of MACAW's policy.
 
+    For task t with rows n = 1..N, means m (``mu``, or tanh(mu) with ``tanh``), actions a and
+    advantages A:
+
+        w_n    = exp(min((A_n - mean(A)) / (std(A) * temp), log(max_weight)))     (std unbiased)
+        loss_t = mean_n [ -w_n * log N(a_n; m_n, sigma^2 I) ]
+                 (+ head_weight * mean_n (pred_n - A_n)^2 with ``pred`` and ``head_weight``),
+
+    log N(a; m, sigma^2 I) = -|a - m|^2 / (2 sigma^2) - A_dim (log sigma + log(2 pi) / 2) summed over
+    the A_dim action dimensions. The weights are constants (no gradient through A there).
+
     Args:
         mu: (T, N, A) float32/float64 policy means (any strides).
         action: (T, N, A) dataset actions, same dtype/device.

@@ -312,6 +312,17 @@ def wlinear_adapt(W: Tensor, b: Tensor, z: Tensor, G: Tensor, rates: Tensor, alp
                   *, backend: str = "auto"):
     """Adapted generated parameters of one weight-transform layer for T tasks (docs/algorithm.md §5).
 
+    The layer's parameters (z, W, b) generate theta = W z + b. One SGD step of task t on them, with
+    inner-loss gradient G[t] = dL_t/dtheta (so dL_t/dW = G[t] z^T, dL_t/db = G[t], dL_t/dz = W^T G[t]),
+    gives z'_t = z - eta_z W^T G[t] and the adapted generated parameters
+
+        theta'_t = (W - eta_W G[t] z^T) z'_t + (b - eta_b G[t]) = W z'_t + b - (eta_W z.z'_t + eta_b) G[t],
+
+    computed without any per-task copy of W. With ``alpha`` also the target mix of the parameters
+    before (phi = (z, W, b)) and after (phi'_t) the step, alpha*phi + (1-alpha)*phi'_t, as generated
+    parameters: theta^tgt_t = W z^tgt_t + b - (1-alpha)(eta_W z.z^tgt_t + eta_b) G[t] with
+    z^tgt_t = alpha z + (1-alpha) z'_t. No reduction: one row per task.
+
     Args:
         W: (P, D) float32/float64, the layer's weight (any strides).
         b: (P,) same dtype/device, the layer's bias.

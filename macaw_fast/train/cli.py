@@ -8,6 +8,7 @@ import os
 import sys
 
 from .._cli_types import flat_tasks, int_at_least, task_list
+from ..backends import BACKEND_NAMES
 from .config import add_config_arguments, list_presets, overrides_from_args, resolve_config
 
 
@@ -44,9 +45,12 @@ def run_train(args) -> int:
     """Entry point of `macaw-fast train` (data-parallel when launched by torchrun with >1 rank)."""
     if not _under_torchrun():
         return _run_train(args)
-    from ..distributed import leave_group
+    from .distributed import DistributedError, leave_group, rank_and_world
     try:
         rc = _run_train(args)
+    except DistributedError as e:   # a peer died or hung: one line, then leave the group
+        print(f"macaw-fast train (rank {rank_and_world()[0]}): error: {e}", file=sys.stderr)
+        return leave_group(1)
     except BaseException:
         leave_group(1)          # destroy the group before the error propagates and the process exits
         raise
@@ -58,10 +62,7 @@ def _run_train(args) -> int:
         print("macaw-fast train: --config NAME is deprecated (it looked like --config-file); use --preset NAME",
               file=sys.stderr)
         args.preset = list(args.preset) + list(args.deprecated_config)
-    if _under_torchrun():
-        from ..distributed import train_distributed as train
-    else:
-        from .loop import train
+    from .loop import train
 
     if args.list_presets:
         for name, desc in list_presets().items():
@@ -69,7 +70,7 @@ def _run_train(args) -> int:
         return 0
     if args.resume:
         cfg, mc, tc = resume_configs(args)
-        res = train(cfg["data"], args.resume, mc, tc, presets=cfg.get("presets"), resume=True)
+        res = train(cfg["data"], args.resume, mc, tc, presets=cfg.get("presets"), resume=True, timeout_s=args.timeout)
         _print_eval(res)
         return 0
     if not args.data:
@@ -88,7 +89,7 @@ def _run_train(args) -> int:
         if _under_torchrun():
             raise ValueError("--seeds cannot be combined with torchrun: launch one torchrun job per seed")
         return _run_seeds(args, mc, tc)
-    res = train(args.data, args.out, mc, tc, presets=args.preset)
+    res = train(args.data, args.out, mc, tc, presets=args.preset, timeout_s=args.timeout)
     _print_eval(res)
     return 0
 
@@ -119,7 +120,7 @@ def run_eval(args) -> int:
 
     from .runs import load_any_checkpoint
 
-    learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.fused)
+    learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.backend)
     ds = open_dataset(data)
     family = family_of(ds)
     if fam and fam != family:
@@ -318,6 +319,9 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from checkpoints/latest.pt (bit-exact)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run already in --out (only a run directory's own files) and start over")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="under torchrun: seconds a rank waits for its peers in any collective before failing; "
+                        "must exceed rank 0's evaluation time (default: 300)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="apply a preset (repeatable, in order); see --list-presets")
     p.add_argument("--config", action="append", dest="deprecated_config", default=[], help=argparse.SUPPRESS)
@@ -342,7 +346,9 @@ def register(sub) -> None:
     e.add_argument("--random-episodes", type=nonneg, default=3,
                    help="random-policy episodes per task for the normalised score; 0 = no normalised score (default: 3)")
     e.add_argument("--seed", type=nonneg, default=0, help="seed of the evaluation draws (default: 0)")
-    e.add_argument("--fused", action="store_true", help="use the fused ops")
+    e.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
+                   help="how adaptation runs, same results (docs/algorithm.md §4): %(choices)s (default: auto)")
+    e.add_argument("--fused", dest="backend", action="store_const", const="fused", help="same as --backend fused")
     e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (docs/algorithm.md §6)")
     e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")

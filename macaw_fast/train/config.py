@@ -68,9 +68,12 @@ class TrainConfig:
     """Overwrite checkpoints/latest.pt every this many meta-steps."""
     numbered_interval: int = 10_000
     """Keep a numbered checkpoint every this many meta-steps (0 = never)."""
+    backend: str = "auto"
+    """How the meta-step runs (same results; docs/algorithm.md §4): 'auto' (fused on CUDA, cpu on the
+    CPU), 'torch' (plain autograd), 'cpu' (hand-written gradients and compiled kernels) or 'fused'
+    (the Triton ops; on the CPU their torch twins, slower than cpu: RESULTS.md)."""
     fused: bool = False
-    """Use the fused ops for the meta-step (same results). On a GPU they run as Triton kernels; on
-    the CPU as their torch twins, which are currently slower than the default step (RESULTS.md)."""
+    """The older spelling of --backend fused (true overrides --backend)."""
     device: str = "auto"
     """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)."""
     dtype: str = "float32"
@@ -102,6 +105,10 @@ class TrainConfig:
             raise ValueError(f"train.inner_mode: expected 'contiguous' or 'uniform', got {self.inner_mode!r}")
         if self.inner_data not in INNER_DATA:
             raise ValueError(f"train.inner_data: expected one of {INNER_DATA}, got {self.inner_data!r}")
+        from ..backends import BACKEND_NAMES
+
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"train.backend: expected one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"train.dtype: expected 'float32' or 'float64', got {self.dtype!r}")
         for name in ("train_tasks", "test_tasks"):

@@ -168,7 +168,8 @@ def make_learner(setup: RunSetup):
     tc = setup.tc
     torch.manual_seed(tc.seed)
     return MetaLearner(setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids), setup.mc,
-                       device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype), fused=tc.fused)
+                       device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype),
+                       backend="fused" if tc.fused else tc.backend)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,15 +285,9 @@ def _eval_record(step: int, res: dict, prefix: str = "") -> dict:
     return {"kind": prefix + "eval", "step": step, **{k: res[k] for k in keys if k in res}}
 
 
-def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: list[str] | None = None,
-          resume: bool = False, stop_after: int | None = None) -> dict:
-    """Meta-train on ``data`` into run directory ``out`` (or continue it with ``resume``).
-
-    Everything is validated before anything is written; an existing run is never overwritten
-    (FileExistsError: use ``resume``). ``stop_after``: return after this many meta-steps of this
-    call (tests). Returns the last evaluation record (or {}).
-    """
-    out = os.path.abspath(out)
+def _start_state(out: str, resume: bool) -> tuple[dict | None, list[str]]:
+    """The checkpoint a run starts from (None: a fresh run) and notes on what was done to find it.
+    Refuses to start over an existing run, or to resume where there is nothing."""
     cfg_path = os.path.join(out, "config.json")
     ckpt_dir = os.path.join(out, "checkpoints")
     latest = os.path.join(ckpt_dir, "latest.pt")
@@ -312,48 +307,95 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
     for d in (out, ckpt_dir):
         for name in remove_stale_temporaries(d):
             notes.append(f"removed {os.path.join(d, name)} (left by an interrupted write)")
+    return state, notes
+
+
+def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: list[str] | None = None,
+          resume: bool = False, stop_after: int | None = None, timeout_s: float | None = None) -> dict:
+    """Meta-train on ``data`` into run directory ``out`` (or continue it with ``resume``).
+
+    Everything is validated before anything is written; an existing run is never overwritten
+    (FileExistsError: use ``resume``). ``stop_after``: return after this many meta-steps of this
+    call (tests). Returns the last evaluation record (or {}).
+
+    Launched by torchrun with several ranks, every rank runs this function: each meta-step is
+    split over the ranks (`macaw_fast.train.distributed.distributed_meta_step`, the same
+    meta-gradient), and only rank 0 reads and writes the run directory, evaluates and logs; a run
+    resumes with any number of ranks. ``timeout_s``: how long a rank waits for its peers in any
+    collective (default `macaw_fast.train.distributed.DEFAULT_TIMEOUT_S`).
+    """
+    from . import distributed as dp
+
+    rank, world = dp.init_distributed(dp.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    main = rank == 0
+    out = os.path.abspath(out)
+    cfg_path = os.path.join(out, "config.json")
+    ckpt_dir = os.path.join(out, "checkpoints")
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    state, notes, err = None, [], None
+    try:
+        if main:
+            state, notes = _start_state(out, resume)
+        setup = RunSetup(data, mc, tc)
+        inner_sampler, outer_sampler = setup.samplers()
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, OSError) as e:
+        err = e
+    dp.all_ok(err is None, "setup", err)         # every rank stops if any rank failed
     for n in notes:
         print(f"macaw-fast train: {n}", file=sys.stderr)
-    setup = RunSetup(data, mc, tc)
-    inner_sampler, outer_sampler = setup.samplers()
-    evaluator = setup.evaluator() if tc.eval_interval else None
-    train_evaluator = setup.evaluator(train_tasks=True) if tc.eval_interval and tc.eval_train_tasks else None
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    elif world > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dp.local_world_size(world)))
     learner = make_learner(setup)
+    if world > 1:       # every rank starts from rank 0's state (and RNG state)
+        state = dp.broadcast_from_main(state if state is not None or not main else
+                                       {"learner": learner.state_dict(), "step": 0, "rng": _rng_state(),
+                                        "fresh": True})
     start = 0
     if state is not None:
         learner.load_state_dict(state["learner"])
         start = int(state["step"])
         _set_rng_state(state["rng"])
-        _truncate_log(os.path.join(out, "metrics.jsonl"), start)
+        if state.get("fresh"):
+            state = None
+    evaluator = train_evaluator = log = bar = None
+    if main:
+        if state is not None:
+            _truncate_log(os.path.join(out, "metrics.jsonl"), start)
+        else:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            if os.path.exists(os.path.join(out, "metrics.jsonl")):
+                _truncate_log(os.path.join(out, "metrics.jsonl"), 0)
+            from .._provenance import provenance
+
+            atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
+                                         "family": setup.family, "train_ids": setup.train_ids,
+                                         "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict(),
+                                         "provenance": provenance(),
+                                         **({"distributed": {"world_size": world}} if world > 1 else {})})
+            save_checkpoint(latest, learner, 0, setup)
+        evaluator = setup.evaluator() if tc.eval_interval else None
+        train_evaluator = setup.evaluator(train_tasks=True) if tc.eval_interval and tc.eval_train_tasks else None
+        log = _Logger(out, tc.tensorboard, {"data": setup.data, "presets": presets or [], "macaw": mc.to_dict(),
+                                             "train": tc.to_dict()})
+        if tc.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.steps, initial=start, desc=os.path.basename(out), unit="step", dynamic_ncols=True,
+                       file=sys.stderr, mininterval=1.0)
+    if world > 1:
+        it = _sharded_batches(setup, inner_sampler, outer_sampler, start, rank, world)
     else:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        if os.path.exists(os.path.join(out, "metrics.jsonl")):
-            _truncate_log(os.path.join(out, "metrics.jsonl"), 0)
-        from .._provenance import provenance
-
-        atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
-                                     "family": setup.family, "train_ids": setup.train_ids,
-                                     "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict(),
-                                     "provenance": provenance()})
-        save_checkpoint(latest, learner, 0, setup)
-    log = _Logger(out, tc.tensorboard, {"data": setup.data, "presets": presets or [], "macaw": mc.to_dict(),
-                                         "train": tc.to_dict()})
-    bar = None
-    if tc.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=tc.steps, initial=start, desc=os.path.basename(out), unit="step", dynamic_ncols=True,
-                   file=sys.stderr, mininterval=1.0)
-    it = _batches(setup, inner_sampler, outer_sampler, start, with_ids=True)
+        it = _batches(setup, inner_sampler, outer_sampler, start, with_ids=True)
     error_extra: dict = {}
     last_eval: dict = {}
     t_last, s_last = time.perf_counter(), start
     dtype, device = learner.dtype, learner.device
+    step = start
     try:
         for step in range(start, tc.steps + 1):
-            if step != start or state is None and step == 0:
+            if main and (step != start or state is None and step == 0):
                 if step != 0 and (step % tc.latest_interval == 0 or step == tc.steps):
                     save_checkpoint(latest, learner, step, setup)
                 if tc.numbered_interval and step % tc.numbered_interval == 0 and step != 0:
@@ -371,12 +413,20 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
             if step == tc.steps or (stop_after is not None and step - start >= stop_after):
                 break
             inner, outer, ids = next(it)
-            inner, outer = inner.to(device=device, dtype=dtype), outer.to(device=device, dtype=dtype)
+            if inner is not None:
+                inner, outer = inner.to(device=device, dtype=dtype), outer.to(device=device, dtype=dtype)
+            logging = step % tc.log_interval == 0
             try:
-                metrics = learner.meta_step(inner, outer)
+                if world > 1:
+                    metrics = dp.distributed_meta_step(learner, inner, outer, max_metrics=logging)
+                else:
+                    metrics = learner.meta_step(inner, outer)
             except (FloatingPointError, ValueError) as e:
                 if isinstance(e, ValueError) and "NaN or inf" not in str(e):
                     raise
+                if world > 1:      # each rank holds only its share of the batch: no per-row diagnosis
+                    raise FloatingPointError(f"step {step}: {e}. Stopped; the last good checkpoint is "
+                                             f"{latest}") from None
                 where = diagnose_nonfinite(setup, learner, inner, outer, step, ids, (inner_sampler, outer_sampler))
                 error_extra = where
                 raise FloatingPointError(f"step {step}: {e}; {_describe(where)}. Stopped; the last good checkpoint "
@@ -387,24 +437,28 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
                 raise FloatingPointError(f"step {step}: parameter(s) {', '.join(bad[:6])}"
                                          f"{' ...' if len(bad) > 6 else ''} became NaN/inf after the meta-step. "
                                          f"Stopped; the last good checkpoint is {latest} (not overwritten)")
-            if step % tc.log_interval == 0:
+            if main and logging:
                 now = time.perf_counter()
                 rate = (step - s_last) / (now - t_last) if step > s_last else None
                 t_last, s_last = now, step
-                log.write({"kind": "train", "step": step, "steps_per_s": rate, **metrics})
+                log.write({"kind": "train", "step": step, "steps_per_s": rate,
+                           **({"world_size": world} if world > 1 else {}), **metrics})
             if bar is not None:
                 bar.update(1)
     except FloatingPointError as e:
-        log.write({"kind": "error", "step": step, "error": str(e), **error_extra})
+        if main:
+            log.write({"kind": "error", "step": step, "error": str(e), **error_extra})
         print(f"macaw-fast train: {e}", file=sys.stderr)
         raise
     finally:
         if bar is not None:
             bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         it.close()
-        if evaluator is not None:
-            evaluator.close()
+        for ev in (evaluator, train_evaluator):
+            if ev is not None:
+                ev.close()
     return last_eval
 
 
@@ -453,6 +507,20 @@ def _batches(setup: RunSetup, inner_sampler, outer_sampler, start: int, with_ids
         inner, _ = inner_sampler.sample(step, ids)
         _, outer = outer_sampler.sample(step, ids)
         yield (inner, outer, list(ids)) if with_ids else (inner, outer)
+        step += 1
+
+
+def _sharded_batches(setup: RunSetup, inner_sampler, outer_sampler, start: int, rank: int, world: int):
+    """Yield (inner, outer, task slots) of this rank's share of steps start, start + 1, ...; (None,
+    None, []) at a step where this rank has no task."""
+    from .distributed import ShardedMetaBatchSampler
+
+    sharded = ShardedMetaBatchSampler(inner_sampler, outer_sampler, list(range(len(setup.train_ids))),
+                                      setup.tc.tasks_per_step, rank, world)
+    step = start
+    while True:
+        _, mine, inner, outer = sharded.sample(step)
+        yield (inner, outer, mine) if mine else (None, None, [])
         step += 1
 
 

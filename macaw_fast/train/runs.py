@@ -192,7 +192,7 @@ def _differences(cfg: dict, truth: dict) -> list[str]:
     return out
 
 
-def load_any_checkpoint(path: str, data: str | None, fused: bool = False):
+def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     """(learner, dataset path, family or None, step or None): a macaw-fast checkpoint (file or run
     directory) or the paper's ``archive_*.pt`` (which needs ``data`` for its test tasks and N_train)."""
     import torch
@@ -210,7 +210,7 @@ def load_any_checkpoint(path: str, data: str | None, fused: bool = False):
         raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         st = load_checkpoint(path)
-        learner = MetaLearner.from_state_dict(st["learner"], fused=fused)
+        learner = MetaLearner.from_state_dict(st["learner"], backend=backend)
         return learner, data or st["data"], st["family"], int(st["step"])
     if not data:
         raise ValueError(f"{path}: a paper archive needs --data DATASET (its test tasks and n_train)")
@@ -218,7 +218,7 @@ def load_any_checkpoint(path: str, data: str | None, fused: bool = False):
     from ..paper import load_archive
 
     ds = open_dataset(data)
-    return load_archive(raw, len(ds.train_tasks), fused=fused), data, None, None
+    return load_archive(raw, len(ds.train_tasks), backend=backend), data, None, None
 
 
 def render_videos(ev, learner, out: str, seed: int = 0) -> list[str]:

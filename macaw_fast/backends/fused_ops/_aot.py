@@ -12,17 +12,17 @@ import time
 
 import torch
 
-from .awr_loss import awr_double_backward_launch_config, awr_launch_config
+from ...ops.awr_loss import awr_double_backward_launch_config, awr_launch_config
+from ...ops.finite import finite_launch_config
+from ...ops.value_mse import value_mse_launch_config
+from ...ops.wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
 from .advantage import advantage_launch_config
-from .finite import finite_launch_config
 from .generate import generate_launch_config
 from .metrics import metrics_launch_config
 from .objective import objective_launch_config
-from .value_mse import value_mse_launch_config
-from .batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
-                             linear_launch_config)
 from .theta_grad import theta_backward_group_launch_config, theta_backward_launch_config
-from .wlinear_adapt import adapt_backward_launch_config, adapt_launch_config
+from ...ops.batched_linear import (linear_backward_launch_config, linear_double_backward_launch_config,
+                             linear_launch_config)
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.float64: "fp64"}
 
@@ -50,16 +50,16 @@ def kernel_specs(T: int = 5, N: int = 256, D: int = 100, dtypes=(torch.float32, 
 
     Returns a list of dicts: name, fn (Python function), dtype (torch), constexprs, num_warps.
     """
-    from . import _awr_loss_kernels as ka
-    from . import _batched_linear_kernels as kl
+    from ...ops import _awr_loss_kernels as ka
+    from ...ops import _batched_linear_kernels as kl
     from . import _advantage_kernels as kadv
-    from . import _finite_kernels as kf
+    from ...ops import _finite_kernels as kf
     from . import _objective_kernels as kobj
     from . import _generate_kernels as kg
     from . import _metrics_kernels as km
-    from . import _value_mse_kernels as kv
+    from ...ops import _value_mse_kernels as kv
     from . import _theta_grad_kernels as kt
-    from . import _wlinear_adapt_kernels as kw
+    from ...ops import _wlinear_adapt_kernels as kw
     shapes = paper_layer_shapes(**shape_kw)
     specs: dict = {}
 

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..nets import baddbmm, bmm
+
 _threshold_backward_out = torch.ops.aten.threshold_backward.grad_input
 
 
@@ -36,26 +38,6 @@ def _mask_(g: Tensor, a: Tensor, threshold: float = 0) -> Tensor:
     """g * [a > threshold], written into g (a fresh temporary at every call site): in place it reads
     and writes the same lines, ~30-40 % faster than a new output at (T*B, width) from a cold cache."""
     return _threshold_backward_out(g, a, threshold, grad_input=g)
-
-
-# Products with a dimension of size one (the value net's and the advantage head's single output):
-# as broadcast multiplies (and a sum), ~3-8x faster on the CPU than the BLAS call, whose batched
-# GEMM is slow on such degenerate shapes (measured at the paper config: 90-190 us vs 10-35 us).
-
-def bmm(a: Tensor, b: Tensor) -> Tensor:
-    """``torch.bmm(a, b)`` for a (T, M, K), b (T, K, N); K == 1 or N == 1 without BLAS."""
-    if a.shape[2] == 1:
-        return a * b
-    if b.shape[2] == 1:
-        return (a * b.transpose(1, 2)).sum(2, keepdim=True)
-    return torch.bmm(a, b)
-
-
-def baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``torch.baddbmm(c, a, b)`` (c broadcast to (T, M, N)); N == 1 without BLAS."""
-    if b.shape[2] == 1:
-        return (a * b.transpose(1, 2)).sum(2, keepdim=True).add_(c)
-    return torch.baddbmm(c, a, b)
 
 
 def _mm_t(x: Tensor, w: Tensor) -> Tensor:

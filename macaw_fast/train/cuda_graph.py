@@ -24,43 +24,8 @@ import math
 import torch
 from torch import Tensor
 
-from .data.batch import Batch
-from .macaw import METRIC_NAMES, MetaLearner
-from .nets import advantage_weights
-
-
-def _meta_loss_tensors(learner: MetaLearner, inner: Batch, outer: Batch) -> tuple[Tensor, Tensor]:
-    """`MetaLearner.meta_loss` of a fused learner without host syncs: (loss, metrics vector).
-
-    Follows `MetaLearner.meta_loss` step for step (same calls, same order) and returns the metrics
-    as one tensor in `METRIC_NAMES` order instead of a dict of floats.
-    """
-    from .ops import awr_loss
-
-    c = learner.config
-    v_new, v_tgt, lv_in = learner._adapt_value(inner, with_target=True)
-    v_out = learner.vf.forward_thetas(v_new, outer.obs, learner.backend)
-    with torch.no_grad():
-        target = outer.mc_return + outer.terminal_discount * learner.vf.forward_thetas(
-            [t.detach() for t in v_tgt], outer.terminal_obs, learner.backend)
-    lv_out = (v_out - target).pow(2).mean(-1)
-    adv_in, adv_out = learner._advantages(v_new, inner), learner._advantages(v_new, outer)
-    w_in = advantage_weights(adv_in, c.adaptation_temp, c.exp_advantage_clip)
-    w_out = advantage_weights(adv_out, c.adaptation_temp, c.exp_advantage_clip)
-    n_trunk = learner.policy.num_trunk_layers
-    p_new, lp_in = learner._adapt_policy(inner, adv_in, w_in, layers=n_trunk)
-    mu_out = learner.policy.mean(p_new, outer.obs, backend=learner.backend)
-    lp_out = awr_loss(mu_out, outer.action, adv_out, sigma=c.action_sigma, temp=c.adaptation_temp,
-                      max_weight=c.exp_advantage_clip, backend=learner.backend)
-    loss = (lv_out.sum() + lp_out.sum()) / learner.n_train_tasks
-    with torch.no_grad():
-        values = torch.stack([
-            lv_in.mean(), lv_out.mean(), lp_in.mean(), lp_out.mean(),
-            adv_out.mean(), adv_out.std(), w_out.mean(), w_out.max(),
-            learner.value_rates().mean(), learner.policy_rates().mean(), learner.head_weight(),
-            loss.detach(),
-        ])
-    return loss, values
+from ..data.batch import Batch
+from ..macaw import METRIC_NAMES, MetaLearner
 
 
 class GraphedMetaStep:
@@ -129,10 +94,11 @@ class GraphedMetaStep:
                         v.copy_(old[k]) if old is not None else v.zero_()
 
     def _body(self) -> Tensor:
-        loss, values = _meta_loss_tensors(self.learner, self.static_inner, self.static_outer)
-        loss.backward()
-        self.learner.optimizer.step()
-        return values
+        # exactly the eager step's calls: MetaLearner.meta_step is meta_gradient + a host-side
+        # finiteness check + apply_update, and the fused backend reads nothing back to the host
+        grad = self.learner.meta_gradient(self.static_inner, self.static_outer, check_inputs=False)
+        self.learner.apply_update(grad)
+        return grad.metrics
 
     def _capture(self, warmup: int) -> None:
         opt = self.learner.optimizer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_tensor, check_triton_mode, load_kernels, resolve_backend
+from ...ops._common import check_tensor, check_triton_mode, load_kernels, resolve_backend
 
 _OP = "bootstrap_advantage"
 
@@ -42,7 +42,7 @@ def bootstrap_advantage(ret: Tensor, disc: Tensor, v_next: Tensor, v: Tensor, *,
         if resolve_backend(backend, ret.device, _OP) == "torch" or ret.numel() == 0:
             return ret + disc * v_next - v
         check_triton_mode(ret.device, _OP)
-        K = load_kernels("_advantage_kernels")
+        K = load_kernels("_advantage_kernels", __package__)
         out = torch.empty((T, N), **kw)
         cfg = advantage_launch_config(T, N)
         K.advantage_kernel[cfg["grid"]](ret, disc, v_next, v, out, N, *ret.stride(), *disc.stride(), *v_next.stride(),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import check_tensor, check_triton_mode, load_kernels, resolve_backend
+from ...ops._common import check_tensor, check_triton_mode, load_kernels, resolve_backend
 
 _OP = "step_metrics"
 
@@ -87,7 +87,7 @@ def step_metrics(lv_in: Tensor, lv_out: Tensor, lp_in: Tensor, lp_out: Tensor, a
         if resolve_backend(backend, lv_in.device, _OP) == "torch":
             return _torch(lv_in, lv_out, lp_in, lp_out, adv, w, value_rho, policy_rho, kappa.reshape(()), losses)
         check_triton_mode(lv_in.device, _OP)
-        K = load_kernels("_metrics_kernels")
+        K = load_kernels("_metrics_kernels", __package__)
         c = lambda t: t.contiguous().reshape(-1)  # noqa: E731 - views for contiguous inputs, no copy
         has_loss = losses is not None
         out = torch.empty((12 if has_loss else 11,), **kw)

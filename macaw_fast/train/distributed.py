@@ -15,28 +15,28 @@ one process samples (:class:`ShardedMetaBatchSampler`).
 
 Launch with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)::
 
-    torchrun --nproc_per_node=2 -m macaw_fast.distributed --data DATASET --out RUN --preset cheetah_dir
+    torchrun --nproc_per_node=2 -m macaw_fast train --data DATASET --out RUN --preset cheetah_dir
 
-Only rank 0 evaluates, logs and writes checkpoints; the run directory and checkpoint format are those
-of ``macaw-fast train``, so either can resume the other's run. See docs/distributed.md.
+The training loop is `macaw_fast.train.loop.train` itself: under torchrun it joins the group, and
+only rank 0 evaluates, logs and writes checkpoints, so a run resumes with any number of ranks.
+This module holds what the loop needs for that: the group, the task sharding, the all-reduce and
+`distributed_meta_step`. See docs/distributed.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
-import time
 from datetime import timedelta
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
-from .data.batch import Batch
-from .data.sampler import MetaBatchSampler, choose_tasks
+from ..data.batch import Batch
+from ..data.sampler import MetaBatchSampler, choose_tasks
+from ..macaw import METRIC_NAMES
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -49,7 +49,6 @@ __all__ = [
     "rank_and_world",
     "shard_slots",
     "shard_tasks",
-    "train_distributed",
 ]
 
 #: Default collective timeout (seconds). It bounds how long a rank waits for a dead or hung peer, and
@@ -87,6 +86,11 @@ def _env_int(name: str, default: int | None = None) -> int:
         return int(v)
     except ValueError:
         raise ValueError(f"environment variable {name}: expected an integer, got {v!r}") from None
+
+
+def local_world_size(world: int) -> int:
+    """Ranks on this machine (torchrun's LOCAL_WORLD_SIZE; default ``world``)."""
+    return _env_int("LOCAL_WORLD_SIZE", world)
 
 
 def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None = None) -> tuple[int, int]:
@@ -215,18 +219,21 @@ class ShardedMetaBatchSampler:
 # the distributed meta-step
 
 
-def allreduce_grads(learner, extra: torch.Tensor | None = None) -> torch.Tensor | None:
+def allreduce_grads(learner, extra: torch.Tensor | None = None, *, skip: Sequence[torch.Tensor] = (),
+                    more: Sequence[torch.Tensor] = ()) -> torch.Tensor | None:
     """SUM-all-reduce every gradient of ``learner`` (and ``extra``) as ONE flat bucket, in place.
 
-    A parameter without a gradient contributes zeros (and receives the sum). ``extra``: a 1-D
-    tensor of other sums to reduce in the same call (metrics); its reduced copy is returned.
-    Without a process group this is a no-op that returns ``extra``.
+    A parameter without a gradient contributes zeros (and receives the sum). ``skip``: parameters
+    left out (their ``.grad`` untouched); ``more``: other tensors reduced in place in the same
+    bucket. ``extra``: a 1-D tensor of other sums to reduce in the same call (metrics); its reduced
+    copy is returned. Without a process group this is a no-op that returns ``extra``.
     """
-    params = learner.parameters()
+    skipped = {id(p) for p in skip}
+    params = [p for p in learner.parameters() if id(p) not in skipped]
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return extra
     parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
-             for p in params]
+             for p in params] + [t.reshape(-1) for t in more]
     if extra is not None:
         parts.append(extra.to(dtype=params[0].dtype, device=params[0].device).reshape(-1))
     bucket = torch.cat(parts)
@@ -240,7 +247,36 @@ def allreduce_grads(learner, extra: torch.Tensor | None = None) -> torch.Tensor 
         else:
             p.grad.copy_(g)
         offset += n
+    for t in more:
+        t.copy_(bucket[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
     return bucket[offset:] if extra is not None else None
+
+
+def allgather_rows(mats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each (K_r, N_l) matrix of ``mats`` stacked over the ranks in rank order (rows of rank 0 first):
+    (sum_r K_r, N_l). The row counts may differ by rank (two all-gathers: counts, then the padded
+    rows of every matrix in one flat tensor). Without a group, ``mats`` as they are."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not mats:
+        return list(mats)
+    world = dist.get_world_size()
+    dev = mats[0].device
+    counts = torch.tensor([m.shape[0] for m in mats], dtype=torch.int64, device=dev)
+    all_counts = [torch.empty_like(counts) for _ in range(world)]
+    _collective("all-gather of the factor sizes", dist.all_gather, all_counts, counts)
+    all_counts = torch.stack(all_counts).tolist()                   # [rank][matrix]
+    kmax = [max(c[i] for c in all_counts) for i in range(len(mats))]
+    flat = torch.cat([torch.nn.functional.pad(m, (0, 0, 0, k - m.shape[0])).reshape(-1) for m, k in zip(mats, kmax)])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    _collective("all-gather of the gradient factors", dist.all_gather, gathered, flat)
+    out = []
+    offset = 0
+    for i, m in enumerate(mats):
+        n = kmax[i] * m.shape[1]
+        out.append(torch.cat([g[offset:offset + n].view(kmax[i], m.shape[1])[:all_counts[r][i]]
+                              for r, g in enumerate(gathered)]))
+        offset += n
+    return out
 
 
 # Metrics that are means over the tasks (or over all T*B rows) of a batch: their task-count-weighted
@@ -251,7 +287,8 @@ _SAME_METRICS = ("lr/value_inner_mean", "lr/policy_inner_mean", "adv_head_weight
 
 
 def distributed_meta_step(learner, inner: Batch | None, outer: Batch | None, *, max_metrics: bool = True) -> dict:
-    """One exact data-parallel meta-step: local loss, backward, one all-reduce, identical Adam steps.
+    """One exact data-parallel meta-step: local `MetaLearner.meta_gradient` (chunked like the
+    single-process step), one all-reduce of the dense gradients, identical `apply_update`s.
 
     ``inner`` / ``outer``: this rank's tasks of the step (None or zero tasks: the rank contributes
     nothing). Each rank's loss is (sum of ITS tasks' outer losses) / N_train, so the reduced gradient
@@ -260,32 +297,58 @@ def distributed_meta_step(learner, inner: Batch | None, outer: Batch | None, *, 
     'loss/meta' and the means exactly, 'adv/std' by pooling, 'weight/max' by a second (MAX)
     all-reduce when ``max_metrics`` (else this rank's value).
     """
+    from ..backends.cpu import CpuBackend
+    from ..nets import WLinear
+
     learner.optimizer.zero_grad(set_to_none=True)
     n_local = 0 if inner is None else inner.num_tasks
     dev, dt = learner.device, learner.dtype
+    # The cpu backend keeps each W's gradient as low-rank factors: the ranks sum dL/dtheta (in the
+    # bucket) and gather the factor rows instead of summing dense P x D gradients, and every rank
+    # then runs the same one-pass low-rank Adam on the same gathered factors.
+    factored = isinstance(learner.backend, CpuBackend)
+    wl = [m for m in learner._layers() if isinstance(m, WLinear)] if factored else []
+    grad = None
     if n_local:
-        loss, m = learner.meta_loss(inner, outer)
-        loss.backward()
+        grad = learner.meta_gradient(inner, outer)        # the single-process step's first half
+        if factored:
+            items = learner.backend.factors(learner._layers(), grad.leaves)
+        else:
+            learner.dense_gradients(grad)
+        values = grad.metrics.tolist()
+        m = dict(zip(METRIC_NAMES, values))
         rows = n_local * inner.batch_size
         mean_a, std_a = m["adv/mean"], m["adv/std"]
-        sums = [loss.detach().reshape(())] + [torch.tensor(n_local * m[k], dtype=dt, device=dev) for k in _MEAN_METRICS]
+        sums = [grad.metrics[-1].reshape(())] + [torch.tensor(n_local * m[k], dtype=dt, device=dev)
+                                                 for k in _MEAN_METRICS]
         sums += [torch.tensor(v, dtype=dt, device=dev) for v in
                  (n_local, rows, rows * mean_a, (rows - 1) * std_a ** 2 + rows * mean_a ** 2)]
         extra = torch.stack(sums)
         local_max = m["weight/max"]
     else:
-        m = {}
         extra = torch.zeros(1 + len(_MEAN_METRICS) + 4, dtype=dt, device=dev)
         local_max = -math.inf
-    if not n_local:
         with torch.no_grad():  # the rates before the step, as the single-process metrics report them
             m = dict(zip(_SAME_METRICS, (learner.value_rates().mean().item(), learner.policy_rates().mean().item(),
                                          learner.head_weight().item())))
-    red = allreduce_grads(learner, extra).tolist()
+        items = [(w, torch.zeros(w.num_generated, dtype=dt, device=dev), torch.zeros(0, w.num_generated, dtype=dt,
+                  device=dev), torch.zeros(0, w.dim, dtype=dt, device=dev)) for w in wl]
+    if factored:
+        dthetas = [d.detach().clone() for _, d, _, _ in items]
+        red = allreduce_grads(learner, extra, skip=[w.weight for w in wl], more=dthetas).tolist()
+        rows = allgather_rows([torch.cat([u, v], dim=1) for _, _, u, v in items])
+    else:
+        red = allreduce_grads(learner, extra).tolist()
     total_loss, n_tasks = red[0], red[1 + len(_MEAN_METRICS)]
     if not math.isfinite(total_loss):
         raise FloatingPointError(f"meta-loss is not finite ({total_loss}); parameters left unchanged")
-    learner.optimizer.step()
+    if factored:
+        learner.backend.update_from_factors(learner.optimizer, [
+            (w, d, r[:, :w.num_generated], r[:, w.num_generated:]) for w, d, r in zip(wl, dthetas, rows)])
+    elif grad is not None:
+        learner.apply_update(grad)
+    else:
+        learner.optimizer.step()
     out = {k: red[1 + i] / n_tasks for i, k in enumerate(_MEAN_METRICS)}
     rows, sx, sxx = red[-3:]
     out["adv/std"] = math.sqrt(max(0.0, (sxx - sx * sx / rows) / (rows - 1))) if rows > 1 else float("nan")
@@ -304,7 +367,7 @@ def distributed_meta_step(learner, inner: Batch | None, outer: Batch | None, *, 
 # the training loop (rank 0 logs, evaluates and checkpoints)
 
 
-def _all_ok(ok: bool, what: str, err: BaseException | None) -> None:
+def all_ok(ok: bool, what: str, err: BaseException | None) -> None:
     """Every rank learns whether every rank passed ``what``; the failing rank raises its own error."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         t = torch.tensor([1.0 if ok else 0.0])
@@ -320,194 +383,14 @@ def _all_ok(ok: bool, what: str, err: BaseException | None) -> None:
         raise DistributedError(f"rank {rank_and_world()[0]}: another rank failed during {what} (see its error)")
 
 
-def _broadcast_state(state: dict | None) -> dict:
-    """Rank 0's learner state on every rank (tensors pickled through the group)."""
+def broadcast_from_main(obj):
+    """Rank 0's ``obj`` on every rank (pickled through the group; tensors included)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return state
-    box = [state]
+        return obj
+    box = [obj]
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    _collective("broadcast of the learner state", dist.broadcast_object_list, box, src=0, device=dev)
+    _collective("broadcast from rank 0", dist.broadcast_object_list, box, src=0, device=dev)
     return box[0]
-
-
-def train_distributed(data: str, out: str, mc, tc, *, presets: list[str] | None = None, resume: bool = False,
-                      stop_after: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Meta-train on ``data`` into run directory ``out`` with every rank of the process group.
-
-    Same run directory, checkpoints and step convention as :func:`macaw_fast.train.loop.train`
-    (config.json, metrics.jsonl, checkpoints/latest.pt), so a 1-process run resumes a distributed
-    one and the other way round. Works as a single process too (no group). ``stop_after``: return
-    after this many meta-steps of this call. Returns rank 0's last evaluation record (or {}).
-    """
-    from .train.loop import (RunSetup, atomic_write_bytes, atomic_write_json, load_checkpoint, make_learner,
-                             params_finite, read_jsonl, save_checkpoint)
-
-    rank, world = init_distributed(timeout_s)
-    main = rank == 0
-    out = os.path.abspath(out)
-    cfg_path = os.path.join(out, "config.json")
-    ckpt_dir = os.path.join(out, "checkpoints")
-    latest = os.path.join(ckpt_dir, "latest.pt")
-    err = None
-    try:
-        if resume and not os.path.isfile(latest):
-            raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/latest.pt)")
-        if not resume and (os.path.exists(cfg_path) or os.path.exists(latest)):
-            raise FileExistsError(f"{out}: a run already exists here (use --resume {out}, or another --out)")
-        setup = RunSetup(data, mc, tc)
-        inner_s, outer_s = setup.samplers()
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
-        err = e
-    _all_ok(err is None, "setup", err)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    elif world > 1 and not torch.cuda.is_available():
-        local = _env_int("LOCAL_WORLD_SIZE", world)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    learner = make_learner(setup)
-    state, start = None, 0
-    if main:
-        if resume:
-            ck = load_checkpoint(latest)
-            state, start = ck["learner"], int(ck["step"])
-        else:
-            state = learner.state_dict()
-    state, start = _broadcast_state((state, start)) if world > 1 else (state, start)
-    learner.load_state_dict(state)
-
-    log = None
-    evaluator = setup.evaluator() if main and tc.eval_interval else None
-    if main:
-        if resume:
-            recs = [r for r in read_jsonl(os.path.join(out, "metrics.jsonl")) if r.get("step", 0) < start]
-            atomic_write_bytes(os.path.join(out, "metrics.jsonl"),
-                               lambda f: f.write("".join(json.dumps(r) + "\n" for r in recs).encode()))
-        else:
-            os.makedirs(ckpt_dir, exist_ok=True)
-            atomic_write_json(cfg_path, {"format": "macaw-fast/run", "data": setup.data, "presets": presets or [],
-                                         "family": setup.family, "train_ids": setup.train_ids,
-                                         "test_ids": setup.test_ids, "macaw": mc.to_dict(), "train": tc.to_dict(),
-                                         "distributed": {"world_size": world}})
-            save_checkpoint(latest, learner, 0, setup)
-        log = open(os.path.join(out, "metrics.jsonl"), "a")
-
-    sharded = ShardedMetaBatchSampler(inner_s, outer_s, list(range(len(setup.train_ids))), tc.tasks_per_step,
-                                      rank, world)
-    dtype, device = learner.dtype, learner.device
-    last_eval: dict = {}
-    t_last, s_last = time.perf_counter(), start
-    step = start
-    try:
-        for step in range(start, tc.steps + 1):
-            if main and step != start:
-                if step % tc.latest_interval == 0 or step == tc.steps:
-                    save_checkpoint(latest, learner, step, setup)
-                if tc.numbered_interval and step % tc.numbered_interval == 0:
-                    save_checkpoint(os.path.join(ckpt_dir, f"step_{step:07d}.pt"), learner, step, setup)
-            if evaluator is not None and (step % tc.eval_interval == 0 or step == tc.steps):
-                res = evaluator.evaluate(learner, step, tc.eval_batches, tc.eval_rollouts,
-                                         random_episodes=tc.random_episodes)
-                keys = ("mean_adapted", "mean_unadapted", "mean_normalised_adapted", "mean_normalised_unadapted",
-                        "adapted", "unadapted")
-                last_eval = {"kind": "eval", "step": step, **{k: res[k] for k in keys if k in res}}
-                log.write(json.dumps(_jsonable(last_eval)) + "\n")
-                log.flush()
-            if step == tc.steps or (stop_after is not None and step - start >= stop_after):
-                break
-            _, mine, inner, outer = sharded.sample(step)
-            if mine:
-                inner, outer = inner.to(device=device, dtype=dtype), outer.to(device=device, dtype=dtype)
-            else:
-                inner = outer = None
-            logging = step % tc.log_interval == 0
-            metrics = distributed_meta_step(learner, inner, outer, max_metrics=logging)
-            if not params_finite(learner):
-                raise FloatingPointError(f"step {step}: a parameter became NaN/inf after the meta-step. "
-                                         f"Stopped; the last good checkpoint is {latest} (not overwritten)")
-            if main and logging:
-                now = time.perf_counter()
-                rate = (step - s_last) / (now - t_last) if step > s_last else None
-                t_last, s_last = now, step
-                log.write(json.dumps(_jsonable({"kind": "train", "step": step, "steps_per_s": rate,
-                                                "world_size": world, **metrics})) + "\n")
-                log.flush()
-    except FloatingPointError as e:
-        if main:
-            log.write(json.dumps({"kind": "error", "step": step, "error": str(e)}) + "\n")
-        raise
-    finally:
-        if log is not None:
-            log.close()
-        if evaluator is not None:
-            evaluator.close()
-    return last_eval
-
-
-# ------------------------------------------------------------------------------------------------
-# entry point: torchrun --nproc_per_node=N -m macaw_fast.distributed ...
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m macaw_fast.distributed`` (the options of ``macaw-fast train``)."""
-    from .train.config import add_config_arguments
-
-    p = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m macaw_fast.distributed",
-        description="Data-parallel MACAW meta-training: each rank adapts its share of every task batch; "
-                    "gradients are all-reduced; rank 0 logs, evaluates and checkpoints.")
-    p.add_argument("--data", help="dataset directory")
-    p.add_argument("--out", help="run directory to create")
-    p.add_argument("--resume", metavar="RUN", help="continue a run (from `macaw-fast train` or this command)")
-    p.add_argument("--preset", action="append", default=[], help="preset name (repeatable)")
-    p.add_argument("--config-file", help="JSON with 'macaw' and 'train' sections")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds a rank waits for its peers in any collective before failing; must exceed "
-                        f"the evaluation time of rank 0 (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
-    add_config_arguments(p)
-    return p
-
-
-def _jsonable(x):
-    from .train.loop import _jsonable as to_jsonable
-
-    return to_jsonable(x)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, join the group, train, leave the group. Errors print one line and return 1."""
-    from .train.config import overrides_from_args, resolve_config
-
-    args = build_parser().parse_args(argv)
-    try:
-        if args.resume:
-            from .train.runs import resume_settings
-
-            cfg, mc, tc = resume_settings(args.resume, *overrides_from_args(args))
-            data, out, presets = cfg["data"], args.resume, cfg.get("presets")
-        else:
-            if not args.data or not args.out:
-                raise ValueError("--data DATASET and --out RUN are required (or --resume RUN)")
-            mac, tr = {}, {}
-            if args.config_file:
-                with open(args.config_file) as f:
-                    d = json.load(f)
-                mac.update(d.get("macaw", {}))
-                tr.update(d.get("train", {}))
-            m2, t2 = overrides_from_args(args)
-            mac.update(m2)
-            tr.update(t2)
-            mc, tc = resolve_config(args.preset, mac, tr)
-            data, out, presets = args.data, args.out, args.preset
-        res = train_distributed(data, out, mc, tc, presets=presets, resume=bool(args.resume),
-                                stop_after=args.stop_after, timeout_s=args.timeout)
-        if res and is_main():
-            print(f"step {res['step']}: mean adapted return {res['mean_adapted']:.2f}")
-        rc = 0
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, FloatingPointError, DistributedError) as e:
-        print(f"macaw-fast distributed (rank {rank_and_world()[0]}): error: {e}", file=sys.stderr)
-        rc = 1
-    return leave_group(rc)
 
 
 def leave_group(rc: int = 0) -> int:
@@ -526,7 +409,3 @@ def leave_group(rc: int = 0) -> int:
             rc = 1
     dist.destroy_process_group()
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """`wlinear_generate`: theta = W z + b of many weight-transform layers in one launch (no graph).
 
 The fused meta-step makes every WLinear layer's generated parameters once per step, as leaves
-(`macaw_fast.nets.fused_theta_leaves`); with torch that is one addmv per layer. The Triton kernel
+(`macaw_fast.backends.fused.FusedBackend.step_leaves`); with torch that is one addmv per layer. The Triton kernel
 serves up to ten layers sharing the latent size D per launch (MACAW's value net and policy with
 its head at depth 3: ten layers, one launch), writing all thetas into one buffer.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._common import check_tensor, check_triton_mode, load_kernels, next_pow2, resolve_backend
+from ...ops._common import check_tensor, check_triton_mode, load_kernels, next_pow2, resolve_backend
 
 _OP = "wlinear_generate"
 MAX_LAYERS = 10          # = _generate_kernels.MAX_LAYERS (that module needs triton)
@@ -58,7 +58,7 @@ def wlinear_generate(weights: Sequence[Tensor], biases: Sequence[Tensor], zs: Se
         if resolve_backend(backend, kw["device"], _OP) == "torch":
             return [torch.addmv(b, W, z) for W, b, z in zip(weights, biases, zs)]
         check_triton_mode(kw["device"], _OP)
-        K = load_kernels("_generate_kernels")
+        K = load_kernels("_generate_kernels", __package__)
         sizes = [W.shape[0] for W in weights]
         flat = torch.empty((sum(sizes),), **kw)
         outs = list(flat.split(sizes))

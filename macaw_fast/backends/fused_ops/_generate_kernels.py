@@ -5,6 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...ops._group import group_kernel
+
 #: Layers one launch of `wlinear_generate_kernel` serves (more: several launches).
 MAX_LAYERS = 10
 

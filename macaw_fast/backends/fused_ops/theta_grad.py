@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._common import check_tensor, check_triton_mode, load_kernels, next_pow2, resolve_backend
+from ...ops._common import check_tensor, check_triton_mode, load_kernels, next_pow2, resolve_backend
 
 _OP = "wlinear_theta_backward"
 
@@ -83,7 +83,7 @@ def wlinear_theta_backward(weight: Tensor, bias: Tensor, z: Tensor, dtheta: Tens
                     g.addmv_(weight.t(), dtheta)
             return
         check_triton_mode(dev, _OP)
-        K = load_kernels("_theta_grad_kernels")
+        K = load_kernels("_theta_grad_kernels", __package__)
         accumulate = gw is not None and gb is not None
         if not accumulate:          # gW and gb are written together: make both fresh, keep old values
             old_w, old_b = gw, gb
@@ -158,7 +158,7 @@ def wlinear_theta_backward_many(weights: Sequence[Tensor], biases: Sequence[Tens
             wlinear_theta_backward(weights[i], biases[i], zs[i], dthetas[i], backend="torch")
         return
     check_triton_mode(dev, _OP)
-    K = load_kernels("_theta_grad_kernels")
+    K = load_kernels("_theta_grad_kernels", __package__)
     with torch.no_grad():
         # z's gradient is always accumulated (atomics): missing ones start from one zeroed buffer
         need_z = [i for i in idx if _grad_buffer(zs[i], f"zs[{i}]") is None]

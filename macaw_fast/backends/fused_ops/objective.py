@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, resolve_backend
+from ...ops._common import check_tensor, check_triton_mode, load_kernels, loop_vmap, resolve_backend
 
 _OP = "meta_objective"
 
@@ -27,7 +27,7 @@ class MetaObjective(torch.autograd.Function):
     def forward(a, b, n, backend):
         if backend != "triton":
             return (a.sum() + b.sum()) / n
-        K = load_kernels("_objective_kernels")
+        K = load_kernels("_objective_kernels", __package__)
         check_triton_mode(a.device, _OP)
         out = torch.empty((), dtype=a.dtype, device=a.device)
         cfg = objective_launch_config()

@@ -1,7 +1,7 @@
 """Adam steps of WLinear weights from their low-rank gradient factors, without a dense gradient.
 
 The batched meta-step gathers every WLinear layer's dL/dW as factors, A^T B with A (K, P) and
-B (K, D) (row 0 of A is dL/dtheta and row 0 of B is z; see `macaw_fast.nets.WLinear.theta_leaf`).
+B (K, D) (row 0 of A is dL/dtheta and row 0 of B is z; see `macaw_fast.backends.lowrank.leaf_factors`).
 The plain way forms the P x D gradient with a GEMM, reads W again for z's gradient W^T dL/dtheta,
 and leaves Adam to read the gradient, W and both moments. `lowrank_adam_step` hands the factors to
 the compiled `macaw_fast._C.lowrank_adam_step`, which does all of that in one pass over each W:
@@ -21,14 +21,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._openmp import kernel_threads
+from .._openmp import kernel_threads
 
 _UNSUPPORTED_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
 
 
 def _extension():
     try:
-        from . import _C
+        from .. import _C
     except ImportError:
         return None
     return getattr(_C, "lowrank_adam_step", None)
