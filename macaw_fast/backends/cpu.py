@@ -78,28 +78,22 @@ class CpuBackend(TorchBackend):
         return out
 
     def factors(self, layers, leaves) -> list[tuple]:
-        """Each weight-transform layer's meta-gradient still held by its leaf, as (layer, dL/dtheta (P,),
-        U (K, P), V (K, D)) with dL/dW = dL/dtheta z^T + U^T V (also dL/db = dL/dtheta and
-        dL/dz += W^T dL/dtheta). Clears what the leaves gathered."""
-        out = []
-        for layer, th in zip(layers, leaves):
-            if th is not None:
-                a, b = lowrank.leaf_factors(layer, th, self._gatherers[th])
-                out.append((layer, a[0], a[1:], b[1:]))
-        return out
+        """Each weight-transform layer's meta-gradient still held by its leaf, as (layer, A (K, P),
+        B (K, D)): dL/dW = A^T B, row 0 of A is dL/dtheta (b's gradient; W^T A[0] adds to z's) and
+        row 0 of B is z. Clears what the leaves gathered."""
+        return [(layer, *lowrank.leaf_factors(layer, th, self._gatherers[th]))
+                for layer, th in zip(layers, leaves) if th is not None]
 
     def update_from_factors(self, optimizer, items: list[tuple]) -> None:
         """The optimizer step from `factors`-style items (possibly summed or gathered over processes):
-        each W Adam-updated straight from [dtheta; U], [z; V] when `lowrank_adam` applies (one
-        pass over W), else W's dense gradient formed by one GEMM; then ``optimizer.step()``."""
-        layers = [m for m, _, _, _ in items]
-        with torch.no_grad():
-            facs = [(torch.cat([d.unsqueeze(0), u]), torch.cat([m.z.detach().unsqueeze(0), v])) for m, d, u, v in items]
+        each W Adam-updated straight from its factors when `lowrank_adam` applies (one pass over W),
+        else W's dense gradient formed by one GEMM; then ``optimizer.step()``."""
+        layers = [m for m, _, _ in items]
         if self.lowrank_adam and lowrank_adam.applicable(optimizer, [m.weight for m in layers]):
-            lowrank_adam.lowrank_adam_step(optimizer, layers, facs)
+            lowrank_adam.lowrank_adam_step(optimizer, layers, [(a, b) for _, a, b in items])
         else:
             with torch.no_grad():
-                for m, (a, b) in zip(layers, facs):
+                for m, a, b in items:
                     # (P, K) @ (K, D) with a contiguous (P, K) left factor: ~1.6x faster than a transposed one
                     for p, g in ((m.weight, a.t().contiguous() @ b), (m.z, m.weight.t() @ a[0]), (m.bias, a[0])):
                         if p.grad is None:

@@ -331,12 +331,12 @@ def distributed_meta_step(learner, inner: Batch | None, outer: Batch | None, *, 
         with torch.no_grad():  # the rates before the step, as the single-process metrics report them
             m = dict(zip(_SAME_METRICS, (learner.value_rates().mean().item(), learner.policy_rates().mean().item(),
                                          learner.head_weight().item())))
-        items = [(w, torch.zeros(w.num_generated, dtype=dt, device=dev), torch.zeros(0, w.num_generated, dtype=dt,
-                  device=dev), torch.zeros(0, w.dim, dtype=dt, device=dev)) for w in wl]
-    if factored:
-        dthetas = [d.detach().clone() for _, d, _, _ in items]
+        items = [(w, torch.zeros(1, w.num_generated, dtype=dt, device=dev), w.z.detach().unsqueeze(0))
+                 for w in wl]                           # dL/dtheta = 0 and no factor rows
+    if factored:       # A = [dL/dtheta; U], B = [z; V]: sum the first rows, gather the others
+        dthetas = [a[0].clone() for _, a, _ in items]
         red = allreduce_grads(learner, extra, skip=[w.weight for w in wl], more=dthetas).tolist()
-        rows = allgather_rows([torch.cat([u, v], dim=1) for _, _, u, v in items])
+        rows = allgather_rows([torch.cat([a[1:], b[1:]], dim=1) for _, a, b in items])
     else:
         red = allreduce_grads(learner, extra).tolist()
     total_loss, n_tasks = red[0], red[1 + len(_MEAN_METRICS)]
@@ -344,7 +344,8 @@ def distributed_meta_step(learner, inner: Batch | None, outer: Batch | None, *, 
         raise FloatingPointError(f"meta-loss is not finite ({total_loss}); parameters left unchanged")
     if factored:
         learner.backend.update_from_factors(learner.optimizer, [
-            (w, d, r[:, :w.num_generated], r[:, w.num_generated:]) for w, d, r in zip(wl, dthetas, rows)])
+            (w, torch.cat([d.unsqueeze(0), r[:, :w.num_generated]]),
+             torch.cat([w.z.detach().unsqueeze(0), r[:, w.num_generated:]])) for w, d, r in zip(wl, dthetas, rows)])
     elif grad is not None:
         learner.apply_update(grad)
     else:
