@@ -121,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
     t_train = time.perf_counter() - t1_
 
     print("[3/3] evaluation", file=sys.stderr)
-    from .macaw import MetaLearner
+    from .train.runs import learner_from_state_dict
 
     st = load_checkpoint(os.path.join(out, "checkpoints", "latest.pt"))
-    learner = MetaLearner.from_state_dict(st["learner"], fused=tc.fused)
+    learner = learner_from_state_dict(st["learner"], fused=tc.fused)
     setup = RunSetup(data, mc, tc)
     ev = setup.evaluator()
     torch.set_num_threads(tc.threads)

@@ -10,25 +10,17 @@ rank-1 identity of docs/algorithm.md §5, so no task ever gets its own copy of a
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import backends
+from .algorithm import AUTO_CHUNK_MAX, Adapted, MetaAlgorithm, MetaGradient, _adam_impl  # noqa: F401 (re-exported)
 from .config import MacawConfig
 from .data.batch import Batch
 from .nets import PolicyNet, ValueNet
 
-
-#: `MetaLearner(chunk_size='auto')`: task batches up to this size run the meta-step's backward in
-#: one pass; larger ones in the fewest equal chunks of at most this many tasks (bounds the memory
-#: held by the graph; measured at the paper config, see `MetaLearner.meta_step`). Unfused, the
-#: value part (the smaller graph) then runs for two such chunks at once.
-AUTO_CHUNK_MAX = 18
 
 #: Names of the metrics `MetaLearner.meta_loss` returns, in order.
 METRIC_NAMES = ("loss/value_inner", "loss/value_outer", "loss/policy_inner", "loss/policy_outer",
@@ -45,56 +37,7 @@ def fused_available() -> bool:
     return ops.available().get("torch") is True
 
 
-def _adam_impl(device: torch.device) -> dict:
-    """The fastest Adam implementation for the device (same update rule; fused is ~4x on CPU)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-
-
-@dataclass
-class MetaGradient:
-    """A meta-gradient from `MetaLearner.meta_gradient`, not yet applied.
-
-    ``metrics``: `METRIC_NAMES` then the meta-loss, one tensor on the learner's device (nothing was
-    read back to the host). ``leaves``, ``pending``: the backend's generated-parameter leaves of
-    the step and what it still has to turn into parameter gradients (e.g. low-rank factors of
-    W's gradient); `MetaLearner.dense_gradients` forms every ``.grad``, `MetaLearner.apply_update`
-    applies it once.
-    """
-
-    metrics: Tensor
-    leaves: list
-    pending: object = None
-    dense: bool = False
-    applied: bool = False
-
-
-@dataclass
-class Adapted:
-    """Per-task adapted generated parameters: one (T, P) tensor per layer."""
-
-    value: list[Tensor]
-    policy: list[Tensor]
-    """Trunk layers then (when present) head layers."""
-
-    def __len__(self) -> int:
-        """Number of tasks T."""
-        return int((self.policy or self.value)[0].shape[0])
-
-    def select(self, tasks) -> "Adapted":
-        """The adapted parameters of a subset of the tasks: ``tasks`` is an index, a list of indices,
-        a slice or a boolean/integer tensor over the T tasks (in the order they were adapted)."""
-        if isinstance(tasks, int):
-            tasks = [tasks]
-        if isinstance(tasks, (list, tuple)):
-            n = len(self)
-            bad = [t for t in tasks if not isinstance(t, int) or not -n <= t < n]
-            if bad:
-                raise IndexError(f"Adapted.select: task indices {bad} out of range for {n} adapted tasks")
-            tasks = torch.as_tensor(tasks, dtype=torch.long, device=(self.policy or self.value)[0].device)
-        return Adapted(value=[p[tasks] for p in self.value], policy=[p[tasks] for p in self.policy])
-
-
-class MetaLearner:
+class MetaLearner(MetaAlgorithm):
     """MACAW meta-learner: networks, learned rates, the batched meta-step and its optimizer.
 
     Args:
@@ -116,21 +59,8 @@ class MetaLearner:
                  ops_backend: str = "auto", chunk_size: int | str = "auto") -> None:
         self.config = config = config if config is not None else MacawConfig()
         config.validate()
-        for name, v in (("obs_dim", obs_dim), ("act_dim", act_dim), ("n_train_tasks", n_train_tasks)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-        self.obs_dim, self.act_dim, self.n_train_tasks = obs_dim, act_dim, n_train_tasks
-        #: Default tasks per backward pass of `meta_step` ('auto' or a positive int).
-        self.chunk_size = chunk_size
-        self.resolve_chunk_size(1)      # validates chunk_size
-        if ops_backend not in ("auto", "triton", "torch"):
-            raise ValueError(f"ops_backend: expected 'auto', 'triton' or 'torch', got {ops_backend!r}")
-        if fused is True:
-            backend = "fused"
-        elif fused is False and backend == "auto":
-            backend = "cpu" if backends.extension_built() else "torch"
-        #: The execution strategy (`macaw_fast.backends`).
-        self.backend = backends.resolve(backend, device, ops_backend)
+        self._setup(obs_dim, act_dim, n_train_tasks, device=device, backend=backend, fused=fused,
+                    ops_backend=ops_backend, chunk_size=chunk_size)
         kw = {"device": device, "dtype": dtype}
         c = config
         self.vf = ValueNet(obs_dim, c.net_width, c.net_depth, c.wlinear, c.wlinear_dim, **kw)
@@ -146,23 +76,8 @@ class MetaLearner:
             {"params": [self.vf_lrs, self.policy_lrs, self.adv_coef], "lr": c.lrlr, "name": "lrs"},
         ], **_adam_impl(self.vf_lrs.device))
 
-    @property
-    def fused(self) -> bool:
-        """Whether the step runs the fused ops (``backend.name == 'fused'``)."""
-        return self.backend.name == "fused"
-
-    # ------------------------------------------------------------------ parameters
-    def parameters(self) -> list[Tensor]:
-        """Every trained tensor: value net, policy (with head), rates and kappa."""
-        return [g for group in self.optimizer.param_groups for g in group["params"]]
-
-    @property
-    def device(self) -> torch.device:
-        return self.vf_lrs.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vf_lrs.dtype
+    metric_names = METRIC_NAMES
+    state_format = "macaw-fast/meta-learner"
 
     def value_rates(self) -> Tensor:
         """Inner step sizes softplus(rho) of the value net, (layers, tensors per layer)."""
@@ -179,25 +94,6 @@ class MetaLearner:
     def _layers(self) -> list[nn.Module]:
         """Every generated-parameter layer: the value net's, then the policy's (trunk, head)."""
         return list(self.vf.layers) + self.policy.layers
-
-    # ------------------------------------------------------------------ input checks
-    def _check(self, batch: Batch, name: str) -> None:
-        if not isinstance(batch, Batch):
-            raise TypeError(f"{name}: expected a macaw_fast.data.Batch, got {type(batch).__name__}")
-        batch.validate(self.obs_dim, self.act_dim, name)
-        if batch.obs.dtype != self.dtype or batch.obs.device != self.device:
-            raise TypeError(f"{name}: expected tensors of dtype {self.dtype} on {self.device}, "
-                            f"got {batch.obs.dtype} on {batch.obs.device} (use batch.to(...))")
-        if batch.batch_size < 2:
-            raise ValueError(f"{name}: advantage weights need at least 2 rows per task (unbiased std), "
-                             f"got batch size {batch.batch_size}")
-
-    def _check_pair(self, inner: Batch, outer: Batch) -> None:
-        self._check(inner, "inner")
-        self._check(outer, "outer")
-        if inner.num_tasks != outer.num_tasks:
-            raise ValueError(f"inner and outer batches must hold the same tasks: inner has T={inner.num_tasks}, "
-                             f"outer has T={outer.num_tasks}")
 
     # ------------------------------------------------------------------ MACAW, in the paper's order
     # Every function below states one piece of docs/algorithm.md §4; `self.backend` runs it.
@@ -308,21 +204,6 @@ class MetaLearner:
         metrics = dict(zip(METRIC_NAMES, self._metric_values([parts], [loss.detach()]).tolist()))
         return loss, metrics
 
-    def resolve_chunk_size(self, num_tasks: int, chunk_size: int | str | None = None) -> int:
-        """Tasks per backward pass that `meta_step` uses for a task batch of ``num_tasks``.
-
-        ``chunk_size``: None for this learner's `chunk_size`; 'auto' for the measured default
-        (all tasks at once up to `AUTO_CHUNK_MAX` tasks, else the fewest equal chunks of at most
-        that many); a positive int for at most that many tasks per chunk.
-        """
-        cs = self.chunk_size if chunk_size is None else chunk_size
-        if cs == "auto":
-            n_chunks = -(-num_tasks // AUTO_CHUNK_MAX)
-            return -(-num_tasks // n_chunks)
-        if not isinstance(cs, int) or isinstance(cs, bool) or cs < 1:
-            raise ValueError(f"chunk_size: expected 'auto' or a positive integer, got {cs!r}")
-        return min(cs, num_tasks)
-
     def _value_chunk_size(self, T: int, cs: int, chunk_size) -> int:
         """Tasks per value-part pass of `meta_gradient` (the backend's choice; the policy's chunk size
         or, for the cpu backend with the 'auto' chunk size, two policy chunks)."""
@@ -357,44 +238,6 @@ class MetaLearner:
             losses, parts = self._chunks_nested(inner, outer, (leaves[:n_vf], leaves[n_vf:]), vcs, cs)
         pending = b.finish_gradients(layers, leaves)
         return MetaGradient(self._metric_values(parts, losses), leaves, pending)
-
-    def dense_gradients(self, grad: MetaGradient) -> None:
-        """Form every parameter's ``.grad`` from a `meta_gradient` (a backend may keep part of it
-        factored until `apply_update`); for drivers that reduce gradients across processes."""
-        if not grad.dense:
-            self.backend.dense_gradients(self._layers(), grad.leaves, grad.pending)
-            grad.dense = True
-
-    def apply_update(self, grad: MetaGradient) -> None:
-        """One Adam step of all three parameter groups from a `meta_gradient`."""
-        if grad.applied:
-            raise RuntimeError("apply_update: this meta-gradient was already applied")
-        grad.applied = True
-        if grad.dense:
-            self.optimizer.step()
-        else:
-            self.backend.apply_update(self.optimizer, self._layers(), grad.leaves, grad.pending)
-
-    def meta_step(self, inner: Batch, outer: Batch, chunk_size: int | str | None = None) -> dict:
-        """`meta_gradient`, a check that the meta-loss is finite, `apply_update`. Returns the metrics
-        (`METRIC_NAMES` and 'loss/meta', over all tasks, as `meta_loss`'s).
-
-        Raises FloatingPointError, parameters unchanged, when the meta-loss is not finite.
-        """
-        grad = self.meta_gradient(inner, outer, chunk_size)
-        values = grad.metrics.tolist()
-        if not math.isfinite(values[-1]):
-            raise FloatingPointError(f"meta-loss is not finite ({values[-1]}); parameters left unchanged")
-        self.apply_update(grad)
-        metrics = dict(zip(METRIC_NAMES, values))
-        metrics["loss/meta"] = values[-1]
-        return metrics
-
-    @staticmethod
-    def _slice(inner: Batch, outer: Batch, start: int, stop: int) -> tuple[Batch, Batch]:
-        if (start, stop) == (0, inner.num_tasks):
-            return inner, outer
-        return tuple(Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
 
     def _chunks_joint(self, inner: Batch, outer: Batch, leaves: tuple, cs: int) -> tuple[list, list]:
         """`meta_gradient`'s backward in chunks of ``cs`` tasks, value and policy part per chunk."""
@@ -473,21 +316,6 @@ class MetaLearner:
                     raise ValueError(f"state['{name}']: expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
                 dst.copy_(src)
         self.optimizer.load_state_dict(state["optimizer"])
-
-    @classmethod
-    def from_checkpoint(cls, path, *, device=None, backend="auto", fused: bool | None = None,
-                        ops_backend: str = "auto", chunk_size: int | str = "auto") -> "MetaLearner":
-        """A learner from a ``macaw-fast train`` checkpoint file or run directory (its
-        ``checkpoints/latest.pt``), verified against its SHA-256. For the paper's ``archive_*.pt``
-        use :func:`macaw_fast.paper.load_archive`."""
-        from .checkpoint import load_checkpoint
-
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, "checkpoints", "latest.pt")
-        st = load_checkpoint(path, map_location="cpu")
-        return cls.from_state_dict(st["learner"], device=device, backend=backend, fused=fused,
-                                   ops_backend=ops_backend, chunk_size=chunk_size)
 
     @classmethod
     def from_state_dict(cls, state: dict, *, device=None, backend="auto", fused: bool | None = None,

@@ -273,8 +273,8 @@ def test_nested_chunks_value_part_spans_two_policy_chunks(monkeypatch, wlinear, 
     """chunk_size 'auto' above AUTO_CHUNK_MAX tasks, unfused: the value part runs for two policy
     chunks at once (here, with the maximum patched to 2 tasks: value passes of 4 and 1 tasks, policy
     chunks of 2, 2 and 1). Same meta-gradient, parameters and metrics as the reference loop."""
-    import macaw_fast.macaw as macaw_mod
-    monkeypatch.setattr(macaw_mod, "AUTO_CHUNK_MAX", 2)
+    import macaw_fast.algorithm as algorithm_mod
+    monkeypatch.setattr(algorithm_mod, "AUTO_CHUNK_MAX", 2)
     T, B, obs, act = 5, 9, 6, 2
     kw = dict(n_train=11, net_width=12, net_depth=2, wlinear_dim=7, head_width=4, wlinear=wlinear,
               advantage_head=head)

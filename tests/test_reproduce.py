@@ -142,6 +142,29 @@ def test_end_to_end(reference):
     assert _results(out) == before
 
 
+def test_a_baseline_added_to_a_finished_reproduction(reference, tmp_path):
+    """`--algos macaw meta_bc` on a copy of a finished MACAW reproduction trains and evaluates only
+    the baseline (MACAW's stages are reused untouched) and reports both algorithms."""
+    out = tmp_path / "both"
+    shutil.copytree(reference["out"], out)
+    before = _results(out)
+    p = _run(reference["tmp"], out, "--algos", "macaw", "meta_bc")
+    assert "train meta_bc seed 0" in p.stderr and "evaluate meta_bc seed 1" in p.stderr and "[11/11] results" in p.stderr
+    assert "train seed 0: " in p.stderr and "again" not in p.stderr
+    assert _results(out) == before                                     # MACAW's numbers and learners unchanged
+    summ = json.loads((out / "results" / "summary.json").read_text())["cheetah_dir"]
+    assert set(summ) == {"macaw", "meta_bc"} and summ["meta_bc"]["seeds"] == [0, 1]
+    assert summ["meta_bc"]["meta_steps"] == 20 and len(summ["meta_bc"]["adapted"]) == 2
+    from macaw_fast.train.loop import load_checkpoint
+
+    ck = load_checkpoint(out / "train" / "meta_bc" / "seed_1" / "checkpoints" / "latest.pt")
+    assert ck["learner"]["format"] == "macaw-fast/meta-bc" and ck["step"] == 20
+    assert (out / "eval" / "meta_bc" / "seed_0.json").exists()
+    table = (out / "results" / "table.md").read_text()
+    assert "## macaw" in table and "## meta_bc" in table
+    assert (out / "results" / "curves_meta_bc.png").stat().st_size > 1000
+
+
 def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path):
     """SIGKILL once inside every stage (at a random moment after the stage announces itself), rerun."""
     out = tmp_path / "killed"

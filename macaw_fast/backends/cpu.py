@@ -132,6 +132,12 @@ class CpuBackend(TorchBackend):
         return policy_inner_grads(thetas, policy.trunk.layer_dims(), head.layer_dims() if head is not None else (),
                                   batch.obs, batch.action, adv, weights, config.action_sigma, head_weight, n_grads)
 
+    def bc_inner_grads(self, policy, thetas, batch, sigma: float):
+        # the policy node with unit weights and no head is exactly behaviour cloning
+        ones = torch.ones(batch.num_tasks, batch.batch_size, dtype=batch.obs.dtype, device=batch.obs.device)
+        return policy_inner_grads(thetas, policy.trunk.layer_dims(), (), batch.obs, batch.action, torch.zeros_like(ones),
+                                  ones, sigma, None, len(thetas))
+
     def adapt(self, layers: list[nn.Module], thetas, grads, rates: Tensor, alpha: float | None = None):
         accs = [self._gatherers.get(th) for th in thetas]
         if (rates.device.type == "cpu" and all(isinstance(m, WLinear) for m in layers)

@@ -105,6 +105,18 @@ class TorchBackend:
         loss = self.policy_inner_loss(policy, per_task, batch, adv, weights, head_weight, config)
         return loss, list(torch.autograd.grad(loss.sum(), per_task[:n_grads], create_graph=True))
 
+    def bc_loss(self, policy: PolicyNet, thetas, batch, sigma: float) -> Tensor:
+        """Behaviour cloning: -mean_b log N(a_b; mu_theta(s_b), sigma^2 I) per task (T,) (trunk thetas)."""
+        mu = self.policy_mean(policy, thetas, batch.obs)
+        return -gaussian_log_prob(batch.action, mu, sigma).mean(-1)
+
+    def bc_inner_grads(self, policy: PolicyNet, thetas, batch, sigma: float) -> tuple[Tensor, list[Tensor]]:
+        """`bc_loss` (T,) and its gradients with respect to every trunk layer, differentiable once more."""
+        T = batch.num_tasks
+        per_task = [th.expand(T, -1) for th in thetas]
+        loss = TorchBackend.bc_loss(self, policy, per_task, batch, sigma)
+        return loss, list(torch.autograd.grad(loss.sum(), per_task, create_graph=True))
+
     def adapt(self, layers: list[nn.Module], thetas, grads, rates: Tensor, alpha: float | None = None):
         """One inner SGD step of every task and layer (`WLinear.adapt`: the rank-1 identity).
 

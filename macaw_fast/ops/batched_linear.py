@@ -400,6 +400,10 @@ def batched_linear(x: Tensor, theta: Tensor, out_features: int, *, in_relu: bool
                    out_relu: bool = False, backend: str = "auto") -> Tensor:
     """y[t] = act(act_in(x[t]) @ weight_t + bias_t) for every task t in one launch.
 
+    act_in is ReLU with ``in_relu`` (else the identity), act is ReLU with ``out_relu``; weight_t and
+    bias_t are task t's row of ``theta`` (or the shared ``theta``). No reduction: one output row per
+    input row.
+
     Args:
         x: (T, N, in) float32/float64 (any strides).
         theta: generated parameters, (T, P) per task or (P,) shared, P = in*out + out, same
@@ -420,6 +424,8 @@ def batched_linear(x: Tensor, theta: Tensor, out_features: int, *, in_relu: bool
 def concat_relu_linear(h: Tensor, a: Tensor, theta: Tensor, out_features: int, *, out_relu: bool = False,
                        backend: str = "auto") -> Tensor:
     """y[t] = act(ReLU(concat(h[t], a[t])) @ weight_t + bias_t): the advantage head's first layer.
+
+    act is ReLU with ``out_relu`` (else the identity); concat joins the last axis (H then A).
 
     Args:
         h: (T, N, H) the policy's last hidden pre-activation; a: (T, N, A) actions (same dtype/device).

@@ -9,7 +9,7 @@ import sys
 
 from .._cli_types import flat_tasks, int_at_least, task_list
 from ..backends import BACKEND_NAMES
-from .config import add_config_arguments, list_presets, overrides_from_args, resolve_config
+from .config import ALGOS, add_config_arguments, list_presets, overrides_from_args, resolve_config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +153,9 @@ def run_eval(args) -> int:
     print(f"{'mean':>8s} {res['mean_adapted']:9.1f} {fmt(res['mean_normalised_adapted'])} {res['mean_unadapted']:10.1f} "
           f"{fmt(res['mean_normalised_unadapted'])}")
     print(f"({args.batches} adaptation batch(es) x {args.episodes} mean-action rollout(s) per task)")
+    if args.online_ft and not hasattr(learner, "vf"):
+        raise ValueError(f"--online-ft fine-tunes MACAW's value function and policy; {args.checkpoint} holds a "
+                         f"{type(learner).__name__} (no value function)")
     if args.online_ft:
         adapted = learner.adapt(ev.adaptation_batch(0, 1, learner.dtype, learner.device))
         res["online_ft"] = {}
@@ -230,7 +233,7 @@ def run_reproduce(args) -> int:
 
     collect_over = _json_object_file(args.collect_config, "--collect-config") if args.collect_config else {}
     train_file = _config_file(args.train_config, "--train-config") if args.train_config else {}
-    cfg = ReproduceConfig(family=args.family, seeds=list(args.seeds), steps=args.steps,
+    cfg = ReproduceConfig(family=args.family, seeds=list(args.seeds), algos=list(args.algos), steps=args.steps,
                           collect_steps=args.collect_steps, collect_seed=args.collect_seed,
                           collect_overrides=collect_over, buffer_skip=args.buffer_skip, presets=list(args.preset),
                           macaw_overrides=train_file.get("macaw", {}), train_overrides=train_file.get("train", {}),
@@ -282,6 +285,8 @@ def _register_reproduce(sub) -> None:
     r.add_argument("family", choices=FAMILY_NAMES, metavar="FAMILY", help=f"task family: {', '.join(FAMILY_NAMES)}")
     r.add_argument("--out", required=True, help="directory of this reproduction (created; keep it outside the repo)")
     r.add_argument("--seeds", type=nonneg, nargs="+", default=[0, 1, 2], metavar="S", help="training seeds (default: 0 1 2)")
+    r.add_argument("--algos", nargs="+", default=["macaw"], choices=ALGOS, metavar="ALGO",
+                   help=f"algorithms trained and evaluated on the same data: {', '.join(ALGOS)} (default: macaw)")
     r.add_argument("--steps", type=pos, default=20_000, help="meta-steps per seed (default: 20000)")
     r.add_argument("--collect-steps", type=pos, default=None,
                    help="SAC env steps per task (default: the family's, see docs/collect.md)")

@@ -28,6 +28,10 @@ PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 INNER_DATA = ("all", "start", "middle", "end")
 
 
+#: The algorithms `train.algo` accepts.
+ALGOS = ("macaw", "meta_bc")
+
+
 @dataclass
 class TrainConfig:
     """Settings of a training run that are not hyper-parameters of the meta-step."""
@@ -68,6 +72,9 @@ class TrainConfig:
     """Overwrite checkpoints/latest.pt every this many meta-steps."""
     numbered_interval: int = 10_000
     """Keep a numbered checkpoint every this many meta-steps (0 = never)."""
+    algo: str = "macaw"
+    """The algorithm: 'macaw', or the paper's baseline 'meta_bc' (meta-behaviour-cloning: MACAW's
+    policy and inner step with behaviour-cloning losses; the MACAW fields of the same names set it)."""
     backend: str = "auto"
     """How the meta-step runs (same results; docs/algorithm.md §4): 'auto' (fused on CUDA, cpu on the
     CPU), 'torch' (plain autograd), 'cpu' (hand-written gradients and compiled kernels) or 'fused'
@@ -106,6 +113,9 @@ class TrainConfig:
         if self.inner_data not in INNER_DATA:
             raise ValueError(f"train.inner_data: expected one of {INNER_DATA}, got {self.inner_data!r}")
         from ..backends import BACKEND_NAMES
+
+        if self.algo not in ALGOS:
+            raise ValueError(f"train.algo: expected one of {', '.join(ALGOS)}, got {self.algo!r}")
 
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"train.backend: expected one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")

@@ -167,9 +167,13 @@ def make_learner(setup: RunSetup):
 
     tc = setup.tc
     torch.manual_seed(tc.seed)
-    return MetaLearner(setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids), setup.mc,
-                       device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype),
-                       backend="fused" if tc.fused else tc.backend)
+    kw = dict(device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype), backend="fused" if tc.fused else tc.backend)
+    dims = (setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids))
+    if tc.algo == "meta_bc":
+        from ..meta_bc import MetaBC, MetaBCConfig
+
+        return MetaBC(*dims, MetaBCConfig.from_macaw(setup.mc), **kw)
+    return MetaLearner(*dims, setup.mc, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,6 +344,9 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
         inner_sampler, outer_sampler = setup.samplers()
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, OSError) as e:
         err = e
+    if err is None and world > 1 and tc.algo != "macaw":
+        err = ValueError(f"train.algo {tc.algo!r}: data-parallel training (torchrun) runs MACAW only; "
+                         "train baselines in one process")
     dp.all_ok(err is None, "setup", err)         # every rank stops if any rank failed
     for n in notes:
         print(f"macaw-fast train: {n}", file=sys.stderr)

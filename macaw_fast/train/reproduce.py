@@ -60,7 +60,9 @@ class ReproduceConfig:
     family: str
     """Task family: cheetah_dir, cheetah_vel, ant_dir or walker_param."""
     seeds: list = field(default_factory=lambda: [0, 1, 2])
-    """Training seeds (one MACAW run each)."""
+    """Training seeds (one run of each algorithm each)."""
+    algos: list = field(default_factory=lambda: ["macaw"])
+    """Algorithms to train and evaluate on the same data ('macaw', 'meta_bc': train.algo)."""
     steps: int = 20_000
     """Meta-steps per seed."""
     collect_steps: int | None = None
@@ -95,7 +97,7 @@ class ReproduceConfig:
     """Progress bars."""
 
     #: Fields that may differ between invocations on the same directory.
-    MUTABLE = ("seeds", "steps", "final_batches", "final_rollouts", "threads", "collect_threads", "progress")
+    MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "threads", "collect_threads", "progress")
 
     def validate(self) -> "ReproduceConfig":
         """Raise ValueError naming the flag of the first bad value."""
@@ -108,6 +110,11 @@ class ReproduceConfig:
             raise ValueError(f"--seeds: expected one or more integers >= 0, got {self.seeds!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds: duplicate seeds in {self.seeds}")
+        from .config import ALGOS
+
+        if not isinstance(self.algos, list) or not self.algos or any(a not in ALGOS for a in self.algos) \
+                or len(set(self.algos)) != len(self.algos):
+            raise ValueError(f"--algos: expected distinct names among {', '.join(ALGOS)}, got {self.algos!r}")
         for name, lo in (("steps", 1), ("collect_steps", 1), ("collect_seed", 0), ("buffer_skip", 1),
                          ("eval_interval", 1), ("eval_batches", 1), ("eval_rollouts", 1), ("final_batches", 1),
                          ("final_rollouts", 1), ("threads", 0), ("collect_threads", 1)):
@@ -124,10 +131,10 @@ class ReproduceConfig:
             raise ValueError(f"--collect-config: {bad} are set by reproduce's own flags (--collect-steps, "
                              f"--collect-seed, --collect-threads)")
         bad = sorted(set(self.train_overrides) & {"steps", "seed", "eval_interval", "eval_batches", "eval_rollouts",
-                                                  "threads", "progress", "family"})
+                                                  "threads", "progress", "family", "algo"})
         if bad:
             raise ValueError(f"--train-config: {bad} are set by reproduce's own flags (--steps, --seeds, "
-                             f"--eval-interval, --eval-batches, --eval-rollouts, --threads)")
+                             f"--eval-interval, --eval-batches, --eval-rollouts, --threads, --algos)")
         self.train_configs(self.seeds[0])     # validates presets and overrides
         self.collect_kwargs()
         return self
@@ -160,11 +167,11 @@ class ReproduceConfig:
         CollectConfig(family=self.family, **kw).validate()
         return kw
 
-    def train_configs(self, seed: int):
-        """(MacawConfig, TrainConfig) of the run of ``seed``."""
+    def train_configs(self, seed: int, algo: str = "macaw"):
+        """(MacawConfig, TrainConfig) of the run of ``seed`` and ``algo``."""
         from .config import resolve_config
 
-        tr = {**self.train_overrides, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
+        tr = {**self.train_overrides, "algo": algo, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
               "eval_batches": self.eval_batches, "eval_rollouts": self.eval_rollouts, "threads": self.threads,
               "progress": self.progress}
         return resolve_config([self.family, *self.presets], dict(self.macaw_overrides), tr)
@@ -172,6 +179,11 @@ class ReproduceConfig:
 
 # ------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _name(algo: str) -> str:
+    """How a stage names its algorithm: nothing for MACAW (as before baselines existed), else 'NAME '."""
+    return "" if algo == "macaw" else f"{algo} "
 
 
 def _say(msg: str) -> None:
@@ -311,15 +323,20 @@ class Reproduction:
         return self.data_dir
 
     # ---------------------------------------------------------------- stage: train
-    def run_dir(self, seed: int) -> str:
-        return os.path.join(self.dir, "train", f"seed_{seed}")
+    def run_dir(self, seed: int, algo: str = "macaw") -> str:
+        """DIR/train/seed_<s> (MACAW) or DIR/train/<algo>/seed_<s>."""
+        return os.path.join(self.dir, "train", *([] if algo == "macaw" else [algo]), f"seed_{seed}")
 
-    def train_seed(self, data: str, seed: int) -> None:
-        """Train (or resume, or confirm finished) the run of one seed."""
+    @staticmethod
+    def _stage(name: str, seed: int, algo: str) -> str:
+        return f"{name}_seed_{seed}" if algo == "macaw" else f"{name}_{algo}_seed_{seed}"
+
+    def train_seed(self, data: str, seed: int, algo: str = "macaw") -> None:
+        """Train (or resume, or confirm finished) the run of one seed and algorithm."""
         from .loop import intact_checkpoints, read_jsonl, train
 
-        run = self.run_dir(seed)
-        marker = os.path.join(self.stage_dir, f"train_seed_{seed}.json")
+        run = self.run_dir(seed, algo)
+        marker = os.path.join(self.stage_dir, self._stage("train", seed, algo) + ".json")
         fp = dataset_fingerprint(data)
         have = _read_json(marker)
         if os.path.exists(run) and (have is None or have.get("data") != fp):
@@ -327,7 +344,7 @@ class Reproduction:
             shutil.rmtree(run)
         os.makedirs(self.stage_dir, exist_ok=True)
         atomic_write_json(marker, {"data": fp})
-        mc, tc = self.cfg.train_configs(seed)
+        mc, tc = self.cfg.train_configs(seed, algo)
         good = intact_checkpoints(os.path.join(run, "checkpoints"))
         if good and good[0][0] > self.cfg.steps:
             raise ValueError(f"--steps {self.cfg.steps}: seed {seed} is already trained to step {good[0][0]} "
@@ -340,32 +357,34 @@ class Reproduction:
         t0 = time.perf_counter()
         resume = os.path.exists(os.path.join(run, "config.json")) or os.path.isdir(os.path.join(run, "checkpoints"))
         train(data, run, mc, tc, presets=[self.cfg.family, *self.cfg.presets], resume=resume)
-        self._record_time(f"train_seed_{seed}", time.perf_counter() - t0)
+        self._record_time(self._stage("train", seed, algo), time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- stage: evaluate
-    def eval_path(self, seed: int) -> str:
-        return os.path.join(self.dir, "eval", f"seed_{seed}.json")
+    def eval_path(self, seed: int, algo: str = "macaw") -> str:
+        """DIR/eval/seed_<s>.json (MACAW) or DIR/eval/<algo>/seed_<s>.json."""
+        return os.path.join(self.dir, "eval", *([] if algo == "macaw" else [algo]), f"seed_{seed}.json")
 
-    def evaluate_seed(self, data: str, seed: int) -> dict:
+    def evaluate_seed(self, data: str, seed: int, algo: str = "macaw") -> dict:
         """The final evaluation of one seed's last checkpoint (computed, or verified and reused)."""
         import torch
 
         from ..envs import task_label
-        from ..macaw import MetaLearner
         from .loop import RunSetup, _jsonable, load_checkpoint
+        from .runs import learner_from_state_dict
 
-        ck = load_checkpoint(os.path.join(self.run_dir(seed), "checkpoints", "latest.pt"))
+        ck = load_checkpoint(os.path.join(self.run_dir(seed, algo), "checkpoints", "latest.pt"))
         if int(ck["step"]) != self.cfg.steps:
-            raise ValueError(f"{self.run_dir(seed)}: latest checkpoint is step {ck['step']}, expected {self.cfg.steps}")
+            raise ValueError(f"{self.run_dir(seed, algo)}: latest checkpoint is step {ck['step']}, "
+                             f"expected {self.cfg.steps}")
         key = {"checkpoint_sha256": ck["sha256"], "step": self.cfg.steps, "batches": self.cfg.final_batches,
                "rollouts": self.cfg.final_rollouts, "data": dataset_fingerprint(data)}
-        path = self.eval_path(seed)
+        path = self.eval_path(seed, algo)
         old = _read_json(path)
         if old is not None and old.get("key") == key and "result" in old:
             return old["result"]
         t0 = time.perf_counter()
-        mc, tc = self.cfg.train_configs(seed)
-        learner = MetaLearner.from_state_dict(ck["learner"])
+        mc, tc = self.cfg.train_configs(seed, algo)
+        learner = learner_from_state_dict(ck["learner"])
         setup = RunSetup(data, mc, tc)
         ev = setup.evaluator()
         threads = torch.get_num_threads()
@@ -386,48 +405,58 @@ class Reproduction:
 
     # ---------------------------------------------------------------- stage: results
     def results(self, command: str) -> dict:
-        """Write DIR/results/{summary.json, table.md, curves.png}; returns the summary entry."""
+        """Write DIR/results/{summary.json, table.md, curves.png} (one entry, table and curves per
+        algorithm: curves_<algo>.png for the baselines); returns the first algorithm's entry."""
         from .stats import family_entry, write_curves, write_table
 
-        evals = {s: _read_json(self.eval_path(s))["result"] for s in self.cfg.seeds}
         wall = _read_json(os.path.join(self.stage_dir, "wall_clock.json")) or {}
         from .loop import read_jsonl
 
         done = [r for r in read_jsonl(os.path.join(self.collect_dir, "log.jsonl")) if r.get("final")]
         if done:      # the collection's own clock (it may have run outside this pipeline, or resumed)
             wall["collect"] = max(wall.get("collect", 0.0), float(done[-1].get("wall_s", 0.0)))
-        entry = family_entry(evals, self.cfg, command, wall)
         out = os.path.join(self.dir, "results")
         os.makedirs(out, exist_ok=True)
-        atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: {"macaw": entry}})
-        atomic_write_text(os.path.join(out, "table.md"), write_table(self.cfg.family, entry))
-        try:
-            entry["curves_png"] = write_curves([self.run_dir(s) for s in self.cfg.seeds], self.cfg.family,
-                                               os.path.join(out, "curves.png"), entry.get("labels", {}))
-        except ImportError as e:
-            _say(f"results: no curves.png ({e}); install them with pip install 'macaw-fast[results]'")
-        return entry
+        entries, tables = {}, []
+        for algo in self.cfg.algos:
+            evals = {s: _read_json(self.eval_path(s, algo))["result"] for s in self.cfg.seeds}
+            own = "train_seed_" if algo == "macaw" else f"train_{algo}_seed_"
+            stage_wall = {k: v for k, v in wall.items() if not k.startswith("train_") or k.startswith(own)}
+            entries[algo] = family_entry(evals, self.cfg, command, stage_wall)
+            tables.append((f"## {algo}\n\n" if len(self.cfg.algos) > 1 else "") + write_table(self.cfg.family,
+                                                                                                 entries[algo]))
+        atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: entries})
+        atomic_write_text(os.path.join(out, "table.md"), "\n".join(tables))
+        for algo, entry in entries.items():
+            png = "curves.png" if algo == "macaw" else f"curves_{algo}.png"
+            try:
+                entry["curves_png"] = write_curves([self.run_dir(s, algo) for s in self.cfg.seeds], self.cfg.family,
+                                                   os.path.join(out, png), entry.get("labels", {}))
+            except ImportError as e:
+                _say(f"results: no {png} ({e}); install them with pip install 'macaw-fast[results]'")
+        return entries[self.cfg.algos[0]]
 
     # ---------------------------------------------------------------- all of it
     def run(self, command: str = "") -> dict:
         self.check_directory()
         self.save_settings()
-        n = 3 + 2 * len(self.cfg.seeds)
+        runs = [(a, s) for a in self.cfg.algos for s in self.cfg.seeds]
+        n = 3 + 2 * len(runs)
         k = 1
         _say(f"[{k}/{n}] collect -> {self.collect_dir}")
         collected = self.collect()
         k += 1
         _say(f"[{k}/{n}] subsample (buffer_skip {self.cfg.buffer_skip}) -> {self.data_dir}")
         data = self.subsample(collected)
-        for s in self.cfg.seeds:
+        for a, s in runs:
             k += 1
-            _say(f"[{k}/{n}] train seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s)}")
-            self.train_seed(data, s)
-        for s in self.cfg.seeds:
+            _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)}")
+            self.train_seed(data, s, a)
+        for a, s in runs:
             k += 1
-            _say(f"[{k}/{n}] evaluate seed {s}: {self.cfg.final_batches} batches x {self.cfg.final_rollouts} "
-                 f"rollouts per test task -> {self.eval_path(s)}")
-            self.evaluate_seed(data, s)
+            _say(f"[{k}/{n}] evaluate {_name(a)}seed {s}: {self.cfg.final_batches} batches x {self.cfg.final_rollouts} "
+                 f"rollouts per test task -> {self.eval_path(s, a)}")
+            self.evaluate_seed(data, s, a)
         k += 1
         _say(f"[{k}/{n}] results -> {os.path.join(self.dir, 'results')}")
         return self.results(command)
@@ -467,19 +496,20 @@ class Reproduction:
         test_tasks = 5 if c.family != "cheetah_dir" else 2
         ep_s = 200 * (rates["env_step_s"] + rates.get("act_s", 0.0))
         per_eval = test_tasks * (c.eval_batches * c.eval_rollouts + c.eval_rollouts) * ep_s
-        for s in c.seeds:
-            good = intact_checkpoints(os.path.join(self.run_dir(s), "checkpoints"))
+        runs = [(a, s) for a in c.algos for s in c.seeds]
+        for a, s in runs:
+            good = intact_checkpoints(os.path.join(self.run_dir(s, a), "checkpoints"))
             at = good[0][0] if good else 0
             left = max(0, c.steps - at)
             n_evals = left // c.eval_interval + 1
-            rows.append({"stage": f"train seed {s}", "status": "done" if left == 0 else (f"at step {at}" if at else "to do"),
+            rows.append({"stage": f"train {_name(a)}seed {s}", "status": "done" if left == 0 else (f"at step {at}" if at else "to do"),
                          "estimate_s": left * rates["meta_step_s"] + n_evals * per_eval,
                          "detail": f"{c.steps} meta-steps, evaluation every {c.eval_interval} "
                                    f"({c.eval_batches} batches x {c.eval_rollouts} rollouts)"})
         final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
-        for s in c.seeds:
-            done = _read_json(self.eval_path(s)) is not None
-            rows.append({"stage": f"evaluate seed {s}", "status": "done" if done else "to do",
+        for a, s in runs:
+            done = _read_json(self.eval_path(s, a)) is not None
+            rows.append({"stage": f"evaluate {_name(a)}seed {s}", "status": "done" if done else "to do",
                          "estimate_s": 0.0 if done else final,
                          "detail": f"{c.final_batches} batches x {c.final_rollouts} rollouts per test task"})
         rows.append({"stage": "results", "status": "", "estimate_s": 10.0, "detail": "summary.json, table.md, curves.png"})

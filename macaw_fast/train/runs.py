@@ -192,13 +192,24 @@ def _differences(cfg: dict, truth: dict) -> list[str]:
     return out
 
 
+def learner_from_state_dict(state: dict, **kw):
+    """A learner of whichever algorithm wrote ``state`` (its "format": MACAW or meta-BC)."""
+    from ..macaw import MetaLearner
+    from ..meta_bc import MetaBC
+
+    for cls in (MetaLearner, MetaBC):
+        if state.get("format") == cls.state_format:
+            return cls.from_state_dict(state, **kw)
+    raise ValueError(f"unknown learner state format {state.get('format')!r} (expected "
+                     f"{MetaLearner.state_format!r} or {MetaBC.state_format!r})")
+
+
 def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     """(learner, dataset path, family or None, step or None): a macaw-fast checkpoint (file or run
     directory) or the paper's ``archive_*.pt`` (which needs ``data`` for its test tasks and N_train)."""
     import torch
 
     from ..checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
-    from ..macaw import MetaLearner
 
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoints", "latest.pt")
@@ -210,7 +221,7 @@ def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
         raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         st = load_checkpoint(path)
-        learner = MetaLearner.from_state_dict(st["learner"], backend=backend)
+        learner = learner_from_state_dict(st["learner"], backend=backend)
         return learner, data or st["data"], st["family"], int(st["step"])
     if not data:
         raise ValueError(f"{path}: a paper archive needs --data DATASET (its test tasks and n_train)")
