@@ -607,10 +607,11 @@ def format_plan(rows: list[dict]) -> str:
         s = int(round(s))
         return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-    lines = [f"{'stage':<18s} {'status':<34s} {'estimate':>9s}  what"]
+    w = max([18] + [len(r["stage"]) for r in rows])
+    lines = [f"{'stage':<{w}s} {'status':<34s} {'estimate':>9s}  what"]
     for r in rows:
-        lines.append(f"{r['stage']:<18s} {r['status']:<34s} {hms(r['estimate_s']):>9s}  {r['detail']}")
-    lines.append(f"{'total':<18s} {'':<34s} {hms(sum(r['estimate_s'] for r in rows)):>9s}")
+        lines.append(f"{r['stage']:<{w}s} {r['status']:<34s} {hms(r['estimate_s']):>9s}  {r['detail']}")
+    lines.append(f"{'total':<{w}s} {'':<34s} {hms(sum(r['estimate_s'] for r in rows)):>9s}")
     return "\n".join(lines)
 
 
