@@ -163,6 +163,7 @@ def test_a_baseline_added_to_a_finished_reproduction(reference, tmp_path):
     table = (out / "results" / "table.md").read_text()
     assert "## macaw" in table and "## meta_bc" in table
     assert (out / "results" / "curves_meta_bc.png").stat().st_size > 1000
+    assert (out / "results" / "comparison.png").stat().st_size > 1000
 
 
 def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path):

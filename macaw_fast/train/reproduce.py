@@ -407,7 +407,7 @@ class Reproduction:
     def results(self, command: str) -> dict:
         """Write DIR/results/{summary.json, table.md, curves.png} (one entry, table and curves per
         algorithm: curves_<algo>.png for the baselines); returns the first algorithm's entry."""
-        from .stats import family_entry, write_curves, write_table
+        from .stats import family_entry, write_comparison, write_curves, write_table
 
         wall = _read_json(os.path.join(self.stage_dir, "wall_clock.json")) or {}
         from .loop import read_jsonl
@@ -434,6 +434,12 @@ class Reproduction:
                                                    os.path.join(out, png), entry.get("labels", {}))
             except ImportError as e:
                 _say(f"results: no {png} ({e}); install them with pip install 'macaw-fast[results]'")
+        if len(entries) > 1:
+            try:
+                write_comparison({a: [self.run_dir(s, a) for s in self.cfg.seeds] for a in entries}, self.cfg.family,
+                                 os.path.join(out, "comparison.png"))
+            except ImportError as e:
+                _say(f"results: no comparison.png ({e})")
         return entries[self.cfg.algos[0]]
 
     # ---------------------------------------------------------------- all of it

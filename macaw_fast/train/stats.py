@@ -226,4 +226,39 @@ def write_curves(run_dirs: list[str], family: str, path: str, labels: dict | Non
     return save_figure(fig, path, dpi=100)
 
 
-__all__ = ["interval_estimates", "family_entry", "write_table", "write_curves", "curve_data", "REPS"]
+def write_comparison(runs: dict, family: str, path: str, reps: int | None = None) -> str:
+    """PNG: each algorithm's adapted return (and MACAW's unadapted one, dashed), mean over seeds x
+    test tasks with its 95 % stratified bootstrap CI, against meta-steps. ``runs``: algorithm ->
+    its seeds' run directories (evaluated at the same steps)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"matplotlib is missing ({e})") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for j, (algo, dirs) in enumerate(runs.items()):
+        cd = curve_data(dirs)
+        steps = np.array(cd["steps"])
+        for kind, ls in (("adapted", "-"), ("unadapted", "--")):
+            if kind == "unadapted" and algo != "macaw":
+                continue
+            est = [interval_estimates(cd[kind][i], reps=reps or max(100, REPS // 5)) for i in range(len(steps))]
+            mean = np.array([e["mean"] for e in est])
+            ax.plot(steps, mean, color=cmap(j), ls=ls, label=f"{algo} {kind}")
+            ax.fill_between(steps, [e["mean_ci"][0] for e in est], [e["mean_ci"][1] for e in est],
+                            color=cmap(j), alpha=0.15)
+    ax.set_title(f"{family}: mean over seeds x test tasks (band: 95 % stratified bootstrap CI)", fontsize=10)
+    ax.set_xlabel("meta-step (gradient steps)")
+    ax.set_ylabel("return (200-step episode)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from .._io import save_figure
+
+    return save_figure(fig, path, dpi=100)
+
+
+__all__ = ["interval_estimates", "family_entry", "write_table", "write_curves", "write_comparison", "curve_data",
+           "REPS"]
