@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,20 @@ from torch import Tensor, nn
 
 from . import backends
 from .data.batch import Batch
+
+class DictConfig:
+    """``to_dict`` / ``from_dict`` for the algorithms' config dataclasses (unknown keys are an error)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        return cls(**d)
+
 
 #: `chunk_size='auto'`: task batches up to this size run the meta-step's backward in one pass;
 #: larger ones in the fewest equal chunks of at most this many tasks (bounds the memory held by

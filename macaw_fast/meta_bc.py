@@ -15,13 +15,13 @@ There is no value function, no advantage head and no advantage weighting. Every 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .algorithm import Adapted, MetaAlgorithm, MetaGradient, _adam_impl
+from .algorithm import Adapted, DictConfig, MetaAlgorithm, MetaGradient, _adam_impl
 from .config import MacawConfig
 from .data.batch import Batch
 from .nets import PolicyNet
@@ -31,7 +31,7 @@ METRIC_NAMES = ("loss/bc_inner", "loss/bc_outer", "lr/policy_inner_mean")
 
 
 @dataclass
-class MetaBCConfig:
+class MetaBCConfig(DictConfig):
     """Hyper-parameters of meta-behaviour-cloning. Each field means what MACAW's field of the same
     name means (`MacawConfig`), so the same presets and ``--field`` flags set both."""
 
@@ -64,16 +64,6 @@ class MetaBCConfig:
                 raise ValueError(f"meta_bc.{name}: expected a positive number, got {v!r}")
         if not isinstance(self.wlinear, bool):
             raise ValueError(f"meta_bc.wlinear: expected true or false, got {self.wlinear!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MetaBCConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown MetaBCConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
 
     @classmethod
     def from_macaw(cls, mc: MacawConfig) -> "MetaBCConfig":
