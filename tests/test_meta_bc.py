@@ -166,5 +166,5 @@ def test_train_resume_eval_through_the_cli_bit_exact(dataset, tmp_path):
     assert "--online-ft fine-tunes MACAW's value function" in err
     err = _cli("train", "--data", str(dataset), "--out", str(tmp_path / "bad"), "--algo", "pearl", *tiny[2:],
                check_rc=1).stderr
-    assert "train.algo: expected one of macaw, meta_bc, got 'pearl'" in err
+    assert "train.algo: expected one of macaw, meta_bc, mt_ft, got 'pearl'" in err
     assert not (tmp_path / "bad").exists()

@@ -29,7 +29,7 @@ INNER_DATA = ("all", "start", "middle", "end")
 
 
 #: The algorithms `train.algo` accepts.
-ALGOS = ("macaw", "meta_bc")
+ALGOS = ("macaw", "meta_bc", "mt_ft")
 
 
 @dataclass
@@ -73,8 +73,9 @@ class TrainConfig:
     numbered_interval: int = 10_000
     """Keep a numbered checkpoint every this many meta-steps (0 = never)."""
     algo: str = "macaw"
-    """The algorithm: 'macaw', or the paper's baseline 'meta_bc' (meta-behaviour-cloning: MACAW's
-    policy and inner step with behaviour-cloning losses; the MACAW fields of the same names set it)."""
+    """The algorithm: 'macaw', or a baseline of the paper: 'meta_bc' (meta-behaviour-cloning: MACAW's
+    policy and inner step with behaviour-cloning losses) or 'mt_ft' (multi-task offline AWR, then
+    one SGD step of fine-tuning per task). The MACAW fields of the same names set the baselines."""
     backend: str = "auto"
     """How the meta-step runs (same results; docs/algorithm.md §4): 'auto' (fused on CUDA, cpu on the
     CPU), 'torch' (plain autograd), 'cpu' (hand-written gradients and compiled kernels) or 'fused'

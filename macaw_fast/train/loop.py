@@ -173,6 +173,10 @@ def make_learner(setup: RunSetup):
         from ..meta_bc import MetaBC, MetaBCConfig
 
         return MetaBC(*dims, MetaBCConfig.from_macaw(setup.mc), **kw)
+    if tc.algo == "mt_ft":
+        from ..mt_ft import MTFT, MTFTConfig
+
+        return MTFT(*dims, MTFTConfig.from_macaw(setup.mc), **kw)
     return MetaLearner(*dims, setup.mc, **kw)
 
 

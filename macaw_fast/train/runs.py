@@ -196,12 +196,14 @@ def learner_from_state_dict(state: dict, **kw):
     """A learner of whichever algorithm wrote ``state`` (its "format": MACAW or meta-BC)."""
     from ..macaw import MetaLearner
     from ..meta_bc import MetaBC
+    from ..mt_ft import MTFT
 
-    for cls in (MetaLearner, MetaBC):
+    classes = (MetaLearner, MetaBC, MTFT)
+    for cls in classes:
         if state.get("format") == cls.state_format:
             return cls.from_state_dict(state, **kw)
-    raise ValueError(f"unknown learner state format {state.get('format')!r} (expected "
-                     f"{MetaLearner.state_format!r} or {MetaBC.state_format!r})")
+    raise ValueError(f"unknown learner state format {state.get('format')!r} (expected one of "
+                     f"{', '.join(repr(c.state_format) for c in classes)})")
 
 
 def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
