@@ -162,6 +162,10 @@ def test_a_baseline_added_to_a_finished_reproduction(reference, tmp_path):
     assert (out / "eval" / "meta_bc" / "seed_0.json").exists()
     table = (out / "results" / "table.md").read_text()
     assert "## macaw" in table and "## meta_bc" in table
+    assert "### cheetah_dir: Meta-BC, 20 meta-steps" in table and "### cheetah_dir: MACAW, 20 meta-steps" in table
+    assert set(summ["meta_bc"]["wall_clock_s"]) >= {"train_meta_bc_seed_0", "evaluate_meta_bc"}
+    assert not any(k.startswith("train_seed") or k == "evaluate" for k in summ["meta_bc"]["wall_clock_s"])
+    assert "evaluate" in summ["macaw"]["wall_clock_s"] and "evaluate_meta_bc" not in summ["macaw"]["wall_clock_s"]
     assert (out / "results" / "curves_meta_bc.png").stat().st_size > 1000
     assert (out / "results" / "comparison.png").stat().st_size > 1000
 

@@ -400,7 +400,7 @@ class Reproduction:
         res = _jsonable(res)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_json(path, {"format": "macaw-fast/final-eval", "key": key, "result": res})
-        self._record_time("evaluate", time.perf_counter() - t0)
+        self._record_time("evaluate" if algo == "macaw" else f"evaluate_{algo}", time.perf_counter() - t0)
         return res
 
     # ---------------------------------------------------------------- stage: results
@@ -420,11 +420,12 @@ class Reproduction:
         entries, tables = {}, []
         for algo in self.cfg.algos:
             evals = {s: _read_json(self.eval_path(s, algo))["result"] for s in self.cfg.seeds}
-            own = "train_seed_" if algo == "macaw" else f"train_{algo}_seed_"
-            stage_wall = {k: v for k, v in wall.items() if not k.startswith("train_") or k.startswith(own)}
+            own = ("train_seed_", "evaluate") if algo == "macaw" else (f"train_{algo}_seed_", f"evaluate_{algo}")
+            stage_wall = {k: v for k, v in wall.items()
+                          if k in own or k.startswith(own[0]) or not k.startswith(("train_", "evaluate"))}
             entries[algo] = family_entry(evals, self.cfg, command, stage_wall)
-            tables.append((f"## {algo}\n\n" if len(self.cfg.algos) > 1 else "") + write_table(self.cfg.family,
-                                                                                                 entries[algo]))
+            tables.append((f"## {algo}\n\n" if len(self.cfg.algos) > 1 else "")
+                          + write_table(self.cfg.family, entries[algo], algo))
         atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: entries})
         atomic_write_text(os.path.join(out, "table.md"), "\n".join(tables))
         for algo, entry in entries.items():

@@ -121,7 +121,11 @@ def family_entry(evals: dict, cfg, command: str, wall: dict) -> dict:
     return entry
 
 
-def write_table(family: str, entry: dict) -> str:
+#: How tables and plots name the algorithms.
+ALGO_NAMES = {"macaw": "MACAW", "meta_bc": "Meta-BC", "mt_ft": "MT + fine-tune"}
+
+
+def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
     """A Markdown table of one family's entry: per task (mean over seeds ± std), then the aggregates."""
     seeds = entry["seeds"]
 
@@ -137,7 +141,7 @@ def write_table(family: str, entry: dict) -> str:
             return "n/a"
         return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
-    lines = [f"### {family}: MACAW, {entry['meta_steps']} meta-steps, seeds {seeds}", "",
+    lines = [f"### {family}: {ALGO_NAMES.get(algo, algo)}, {entry['meta_steps']} meta-steps, seeds {seeds}", "",
              f"Per task: mean ± std over the {len(seeds)} seeds of each seed's mean over "
              f"{entry['evaluation']['adaptation_batches']} adaptation batches x "
              f"{entry['evaluation']['rollouts_per_batch']} rollouts (unadapted: "
