@@ -223,10 +223,9 @@ class MetaAlgorithm:
             return inner, outer
         return tuple(Batch(**{k: v[start:stop] for k, v in b}) for b in (inner, outer))
 
-
     @classmethod
     def from_checkpoint(cls, path, *, device=None, backend="auto", fused: bool | None = None,
-                        ops_backend: str = "auto", chunk_size: int | str = "auto") -> "MetaLearner":
+                        ops_backend: str = "auto", chunk_size: int | str = "auto") -> "MetaAlgorithm":
         """A learner from a ``macaw-fast train`` checkpoint file or run directory (its
         ``checkpoints/latest.pt``), verified against its SHA-256. For the paper's ``archive_*.pt``
         use :func:`macaw_fast.paper.load_archive`."""

@@ -16,7 +16,7 @@ import functools
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._openmp import kernel_threads

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nets import PolicyNet, ValueNet, advantage_weights, gaussian_log_prob, mlp_forward
+from ..nets import PolicyNet, ValueNet, advantage_weights, gaussian_log_prob
 
 
 class TorchBackend:
