@@ -15,6 +15,7 @@ advantages from the fine-tuned value function, all tasks at once (per-task param
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -161,6 +162,15 @@ class MTFT(MetaAlgorithm):
                 grads = torch.autograd.grad(lp.sum(), p_th)
                 p_th = [(t - c.ft_policy_lr * g).detach() for t, g in zip(p_th, grads)]
         return Adapted(value=v_th, policy=p_th)
+
+    def set_fine_tuning(self, **fields) -> None:
+        """Change ``ft_steps``, ``ft_value_lr`` and/or ``ft_policy_lr`` (validated; training is unaffected)."""
+        bad = sorted(set(fields) - {"ft_steps", "ft_value_lr", "ft_policy_lr"})
+        if bad:
+            raise ValueError(f"mt_ft: {bad} are not fine-tuning settings (ft_steps, ft_value_lr, ft_policy_lr)")
+        new = dataclasses.replace(self.config, **fields)
+        new.validate()
+        self.config = new
 
     def act(self, obs: Tensor, adapted: Adapted | None = None, tasks=None) -> Tensor:
         if adapted is not None and tasks is not None:

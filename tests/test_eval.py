@@ -40,6 +40,41 @@ def test_evaluation_is_deterministic_and_reports_both(dataset):
     ev.close()
 
 
+def test_a_diverged_adaptation_scores_nan_and_never_drives_the_env_with_nan(dataset, monkeypatch):
+    """Adapted parameters that are not finite (a fine-tuning step size too large) give NaN returns
+    for their batch only; their env gets zeros, not NaN controls (MuJoCo would warn and go unstable)."""
+    ds = open_dataset(dataset)
+    ev = Evaluator(ds, ds.test_tasks, "cheetah_dir", batch_size=32, seed=5)
+    L = learner()
+    good = ev.evaluate(L, step=3, n_batches=2, n_rollouts=1, unadapted=False, random_episodes=0)
+    adapt = L.adapt
+
+    def broken(batch):
+        out = adapt(batch)
+        out.policy[0][1] = float("nan")      # task 0, adaptation batch 1
+        return out
+
+    monkeypatch.setattr(L, "adapt", broken)
+    seen = []
+    import macaw_fast.train.evaluate as evaluate_mod
+
+    real = evaluate_mod._rollout_mean
+
+    def spy(envs, act, *a):
+        def checked(o):
+            x = act(o)
+            seen.append(bool(torch.isfinite(x).all()))
+            return x
+        return real(envs, checked, *a)
+
+    monkeypatch.setattr(evaluate_mod, "_rollout_mean", spy)
+    bad = ev.evaluate(L, step=3, n_batches=2, n_rollouts=1, unadapted=False, random_episodes=0)
+    assert all(seen) and seen
+    assert np.isnan(bad["adapted_all"]["0"][1][0]) and bad["adapted_all"]["0"][0] == good["adapted_all"]["0"][0]
+    assert bad["adapted_all"]["1"] == good["adapted_all"]["1"]
+    ev.close()
+
+
 def test_normalised_score_by_hand(dataset):
     ds = open_dataset(dataset)
     ev = Evaluator(ds, ["0"], "cheetah_dir", batch_size=32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -132,3 +133,47 @@ def test_train_resume_eval_through_the_cli(tmp_path):
     out = cli("eval", str(tmp_path / "part"), "--batches", "1", "--episodes", "1", "--random-episodes", "0",
               "--batch-size", "16").stdout
     assert "mean" in out
+
+
+def test_fine_tuning_flags_of_train_and_eval(tmp_path):
+    """`train --algo mt_ft --ft-steps/--ft-value-lr/--ft-policy-lr` land in the checkpoint's config;
+    `eval --ft-*` changes the fine-tuning of an mt_ft checkpoint (and so its adapted returns) and
+    is refused, with the flag named, for other algorithms."""
+    import subprocess
+    import sys
+
+    from macaw_fast.train.loop import load_checkpoint
+    from macaw_fast.train.scripted import make_scripted_dataset
+
+    data = make_scripted_dataset(tmp_path / "ds", "cheetah_dir", episodes_per_task=2, episode_steps=60, seed=1)
+    tiny = ["--preset", "cheetah_dir", "--net-width", "16", "--batch-size", "16", "--threads", "1", "--steps", "2",
+            "--progress", "false", "--tensorboard", "false", "--eval-interval", "0"]
+
+    def cli(*args, ok=True):
+        p = subprocess.run([sys.executable, "-m", "macaw_fast", *args], capture_output=True, text=True, timeout=600)
+        assert (p.returncode == 0) == ok, p.stderr[-3000:]
+        return p
+
+    cli("train", "--data", str(data), "--out", str(tmp_path / "ft"), "--algo", "mt_ft", "--ft-steps", "3",
+        "--ft-value-lr", "0.002", "--ft-policy-lr", "0.05", *tiny)
+    c = load_checkpoint(tmp_path / "ft" / "checkpoints" / "latest.pt")["learner"]["config"]
+    assert (c["ft_steps"], c["ft_value_lr"], c["ft_policy_lr"]) == (3, 0.002, 0.05)
+
+    ev = ["--batches", "1", "--episodes", "1", "--random-episodes", "0", "--batch-size", "16"]
+    runs = {}
+    for name, extra in (("run's", []), ("small", ["--ft-steps", "1", "--ft-policy-lr", "1e-6"]),
+                        ("tiny", ["--ft-policy-lr", "1e-9", "--ft-steps", "1"])):
+        cli("eval", str(tmp_path / "ft"), *ev, *extra, "--json", str(tmp_path / f"{name}.json"))
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    # a step size of 1e-6 barely moves the policy, 0.05 x 3 steps does
+    small, tiny_, own = (runs[k]["mean_adapted"] for k in ("small", "tiny", "run's"))
+    assert small == pytest.approx(tiny_, abs=0.5) and abs(own - small) > 1e-3
+
+    p = cli("train", "--data", str(data), "--out", str(tmp_path / "bc"), "--algo", "meta_bc", "--ft-steps", "3", *tiny,
+            ok=False)
+    assert "train.ft_steps: only --algo mt_ft fine-tunes" in p.stderr and not (tmp_path / "bc").exists()
+    cli("train", "--data", str(data), "--out", str(tmp_path / "mac"), *tiny)
+    p = cli("eval", str(tmp_path / "mac"), *ev, "--ft-policy-lr", "0.1", ok=False)
+    assert "--ft-policy-lr: only mt_ft checkpoints fine-tune" in p.stderr
+    p = cli("eval", str(tmp_path / "ft"), *ev, "--ft-value-lr", "-1", ok=False)
+    assert "--ft-value-lr" in p.stderr and "positive" in p.stderr

@@ -111,6 +111,18 @@ def _print_eval(res: dict, prefix: str = "") -> None:
 # eval
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
 def run_eval(args) -> int:
     """Entry point of `macaw-fast eval`."""
     import numpy as np
@@ -121,6 +133,15 @@ def run_eval(args) -> int:
     from .runs import load_any_checkpoint
 
     learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.backend)
+    ft = {k: getattr(args, k) for k in ("ft_steps", "ft_value_lr", "ft_policy_lr") if getattr(args, k) is not None}
+    if ft:
+        from ..mt_ft import MTFT
+
+        if not isinstance(learner, MTFT):
+            flag = "--" + next(iter(ft)).replace("_", "-")
+            raise ValueError(f"{flag}: only mt_ft checkpoints fine-tune at test time; {args.checkpoint} holds a "
+                             f"{type(learner).__name__}")
+        learner.set_fine_tuning(**ft)
     ds = open_dataset(data)
     family = family_of(ds)
     if fam and fam != family:
@@ -239,7 +260,8 @@ def run_reproduce(args) -> int:
                           macaw_overrides=train_file.get("macaw", {}), train_overrides=train_file.get("train", {}),
                           eval_interval=args.eval_interval, eval_batches=args.eval_batches,
                           eval_rollouts=args.eval_rollouts, final_batches=args.final_batches,
-                          final_rollouts=args.final_rollouts, threads=args.threads,
+                          final_rollouts=args.final_rollouts, ft_lrs=list(args.ft_lrs), ft_more_steps=args.ft_more_steps,
+                          tune_tasks=args.tune_tasks, threads=args.threads,
                           collect_threads=args.collect_threads, progress=not args.no_progress)
     rep = Reproduction(args.out, cfg)
     rep.check_directory()
@@ -305,6 +327,13 @@ def _register_reproduce(sub) -> None:
                    help="adaptation batches per test task in the final evaluation (default: 10)")
     r.add_argument("--final-rollouts", type=pos, default=3,
                    help="rollouts per adaptation batch in the final evaluation (default: 3)")
+    r.add_argument("--ft-lrs", type=_positive_float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                   metavar="X", help="mt_ft: fine-tuning step sizes tried on training tasks; the best is used on the "
+                                     "test tasks (default: 1e-4 3e-4 ... 1e-1)")
+    r.add_argument("--ft-more-steps", type=nonneg, default=20, metavar="N",
+                   help="mt_ft: fine-tuning steps of its second row, mt_ft_kN (0 = none; default: 20)")
+    r.add_argument("--tune-tasks", type=pos, default=5, metavar="N",
+                   help="mt_ft: training tasks the step size is tuned on (default: 5)")
     r.add_argument("--threads", type=nonneg, default=0, help="torch threads for training (default: 0 = torch's default)")
     r.add_argument("--collect-threads", type=pos, default=1, help="torch threads for the SAC updates (default: 1)")
     r.add_argument("--summary", metavar="PATH", help="also merge the results into this summary.json (e.g. the repo's results/summary.json)")
@@ -356,6 +385,12 @@ def register(sub) -> None:
     e.add_argument("--fused", dest="backend", action="store_const", const="fused", help="same as --backend fused")
     e.add_argument("--online-ft", action="store_true", help="online fine-tuning after the offline step (docs/algorithm.md §6)")
     e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
+    e.add_argument("--ft-steps", type=pos, metavar="N",
+                   help="mt_ft checkpoints: SGD steps of fine-tuning on each adaptation batch (default: the run's)")
+    e.add_argument("--ft-value-lr", type=_positive_float, metavar="X",
+                   help="mt_ft checkpoints: fine-tuning step size of the value function (default: the run's)")
+    e.add_argument("--ft-policy-lr", type=_positive_float, metavar="X",
+                   help="mt_ft checkpoints: fine-tuning step size of the policy (default: the run's)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")
     e.add_argument("--video-dir", default="videos", help="where --video writes its GIFs (default: videos)")
     e.add_argument("--json", help="also write the full results to this JSON file")

@@ -30,6 +30,8 @@ INNER_DATA = ("all", "start", "middle", "end")
 
 #: The algorithms `train.algo` accepts.
 ALGOS = ("macaw", "meta_bc", "mt_ft")
+#: TrainConfig fields that set mt_ft's fine-tuning (MTFTConfig fields of the same names).
+FT_FIELDS = ("ft_steps", "ft_value_lr", "ft_policy_lr")
 
 
 @dataclass
@@ -76,6 +78,12 @@ class TrainConfig:
     """The algorithm: 'macaw', or a baseline of the paper: 'meta_bc' (meta-behaviour-cloning: MACAW's
     policy and inner step with behaviour-cloning losses) or 'mt_ft' (multi-task offline AWR, then
     one SGD step of fine-tuning per task). The MACAW fields of the same names set the baselines."""
+    ft_steps: Optional[int] = None
+    """mt_ft only: SGD steps of each network on a test task's adaptation batch (None: 1, as many as MACAW's adaptation)."""
+    ft_value_lr: Optional[float] = None
+    """mt_ft only: fine-tuning step size of the value function (None: MTFTConfig's 1e-3; tuned by reproduce)."""
+    ft_policy_lr: Optional[float] = None
+    """mt_ft only: fine-tuning step size of the policy (None: MTFTConfig's 1e-3; tuned by reproduce)."""
     backend: str = "auto"
     """How the meta-step runs (same results; docs/algorithm.md §4): 'auto' (fused on CUDA, cpu on the
     CPU), 'torch' (plain autograd), 'cpu' (hand-written gradients and compiled kernels) or 'fused'
@@ -118,6 +126,17 @@ class TrainConfig:
         if self.algo not in ALGOS:
             raise ValueError(f"train.algo: expected one of {', '.join(ALGOS)}, got {self.algo!r}")
 
+        for name in FT_FIELDS:
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if self.algo != "mt_ft":
+                raise ValueError(f"train.{name}: only --algo mt_ft fine-tunes at test time (algo is {self.algo!r})")
+            ok = isinstance(v, int) and v >= 1 if name == "ft_steps" else \
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+            if not ok or isinstance(v, bool):
+                raise ValueError(f"train.{name}: expected a positive {'integer' if name == 'ft_steps' else 'number'}, "
+                                 f"got {v!r}")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"train.backend: expected one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
         if self.dtype not in ("float32", "float64"):
@@ -200,6 +219,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple = ()) -> N
             kw: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None,
                                   "help": f"{docs.get(f.name, '')} (default: {default!r})"}
             t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            if t.startswith("Optional[") and t != "Optional[list]":
+                t = t[len("Optional["):-1]
             if t == "bool":
                 kw.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
             elif t == "int":

@@ -241,7 +241,15 @@ class Evaluator:
         grid = [envs[k][b * n_rollouts:(b + 1) * n_rollouts] for k in range(K) for b in range(n_batches)]
         seeds = [[_seed(self.seed, _EVAL_STREAM, step, k, 1000 + r) for r in range(n_rollouts)]
                  for k in range(K) for _ in range(n_batches)]
-        ret_a = rollout_mean(grid, lambda o: learner.act(o, adapted), seeds, dtype, device)
+        # A diverged adaptation (non-finite parameters) scores NaN; its env is driven with zeros, never NaN.
+        bad = ~torch.stack([th.detach().flatten(1).isfinite().all(1) for th in adapted.policy]).all(0)
+
+        def act(o):
+            a = learner.act(o, adapted)
+            return a.masked_fill(bad.view(-1, *[1] * (a.dim() - 1)), 0.0) if bool(bad.any()) else a
+
+        ret_a = rollout_mean(grid, act, seeds, dtype, device)
+        ret_a[bad.cpu().numpy()] = np.nan
         res: dict[str, Any] = {"adapted_all": {}, "adapted": {}}
         for k, t in enumerate(self.tasks):
             block = ret_a[k * n_batches:(k + 1) * n_batches]

@@ -176,7 +176,10 @@ def make_learner(setup: RunSetup):
     if tc.algo == "mt_ft":
         from ..mt_ft import MTFT, MTFTConfig
 
-        return MTFT(*dims, MTFTConfig.from_macaw(setup.mc), **kw)
+        from .config import FT_FIELDS
+
+        ft = {k: getattr(tc, k) for k in FT_FIELDS if getattr(tc, k) is not None}
+        return MTFT(*dims, MTFTConfig.from_macaw(setup.mc, **ft), **kw)
     return MetaLearner(*dims, setup.mc, **kw)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -49,6 +50,8 @@ from .._io import atomic_write_json, atomic_write_text
 
 #: Step number that keys the final evaluation's random draws (distinct from every training step's).
 FINAL_EVAL_STEP = 10**9
+#: Step number that keys the draws of mt_ft's step-size tuning (on training tasks).
+TUNE_STEP = 10**9 + 1
 #: Subdirectories and files a reproduce directory may hold.
 STAGE_ENTRIES = ("reproduce.json", "collect", "data", "train", "eval", "results", "stages")
 
@@ -89,6 +92,13 @@ class ReproduceConfig:
     """Adaptation batches per test task in the final evaluation."""
     final_rollouts: int = 3
     """Mean-action rollouts per adaptation batch (and of the unadapted policy, per batch) in the final evaluation."""
+    ft_lrs: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    """mt_ft: fine-tuning step sizes tried (the value function's and the policy's alike) on training
+    tasks; the test tasks are evaluated with the best one (docs/reproduce.md)."""
+    ft_more_steps: int = 20
+    """mt_ft: fine-tuning steps of its second row ('mt_ft_k<N>'; 0 = no second row)."""
+    tune_tasks: int = 5
+    """mt_ft: training tasks the step size is tuned on (evenly spaced over the training split)."""
     threads: int = 0
     """torch threads for training and evaluation (0 = torch's default)."""
     collect_threads: int = 1
@@ -97,7 +107,8 @@ class ReproduceConfig:
     """Progress bars."""
 
     #: Fields that may differ between invocations on the same directory.
-    MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "threads", "collect_threads", "progress")
+    MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "ft_lrs", "ft_more_steps", "tune_tasks",
+               "threads", "collect_threads", "progress")
 
     def validate(self) -> "ReproduceConfig":
         """Raise ValueError naming the flag of the first bad value."""
@@ -123,6 +134,18 @@ class ReproduceConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {lo}, got {v!r}")
+        if not isinstance(self.ft_lrs, list) or not self.ft_lrs or len(set(self.ft_lrs)) != len(self.ft_lrs) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.ft_lrs):
+            raise ValueError(f"--ft-lrs: expected distinct positive numbers, got {self.ft_lrs!r}")
+        for name, lo in (("ft_more_steps", 0), ("tune_tasks", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {lo}, got {v!r}")
+        base = self.train_overrides.get("ft_steps") or 1 if isinstance(self.train_overrides, dict) else 1
+        if self.ft_more_steps and self.ft_more_steps <= base:
+            raise ValueError(f"--ft-more-steps: expected more than mt_ft's {base} fine-tuning step(s) (or 0), "
+                             f"got {self.ft_more_steps}")
         for name in ("collect_overrides", "macaw_overrides", "train_overrides"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name}: expected a JSON object, got {getattr(self, name)!r}")
@@ -130,6 +153,9 @@ class ReproduceConfig:
         if bad:
             raise ValueError(f"--collect-config: {bad} are set by reproduce's own flags (--collect-steps, "
                              f"--collect-seed, --collect-threads)")
+        bad = sorted(set(self.train_overrides) & {"ft_value_lr", "ft_policy_lr"})
+        if bad:
+            raise ValueError(f"--train-config: {bad} are tuned by reproduce (--ft-lrs)")
         bad = sorted(set(self.train_overrides) & {"steps", "seed", "eval_interval", "eval_batches", "eval_rollouts",
                                                   "threads", "progress", "family", "algo"})
         if bad:
@@ -167,11 +193,29 @@ class ReproduceConfig:
         CollectConfig(family=self.family, **kw).validate()
         return kw
 
+    def ft_variants(self) -> dict:
+        """mt_ft's result names -> fine-tuning steps: 'mt_ft' (as many steps as MACAW's adaptation,
+        or train.ft_steps) and, with ft_more_steps, 'mt_ft_k<N>'."""
+        if "mt_ft" not in self.algos:
+            return {}
+        out = {"mt_ft": int(self.train_overrides.get("ft_steps") or 1)}
+        if self.ft_more_steps:
+            out[f"mt_ft_k{self.ft_more_steps}"] = self.ft_more_steps
+        return out
+
+    def result_names(self) -> list:
+        """One name per row of results: every algorithm, mt_ft followed by its second row."""
+        return [n for a in self.algos for n in ([a] if a != "mt_ft" else list(self.ft_variants()))]
+
     def train_configs(self, seed: int, algo: str = "macaw"):
         """(MacawConfig, TrainConfig) of the run of ``seed`` and ``algo``."""
         from .config import resolve_config
 
-        tr = {**self.train_overrides, "algo": algo, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
+        if algo != "mt_ft":     # train.ft_steps belongs to mt_ft
+            tro = {k: v for k, v in self.train_overrides.items() if k != "ft_steps"}
+        else:
+            tro = self.train_overrides
+        tr = {**tro, "algo": algo, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
               "eval_batches": self.eval_batches, "eval_rollouts": self.eval_rollouts, "threads": self.threads,
               "progress": self.progress}
         return resolve_config([self.family, *self.presets], dict(self.macaw_overrides), tr)
@@ -359,32 +403,126 @@ class Reproduction:
         train(data, run, mc, tc, presets=[self.cfg.family, *self.cfg.presets], resume=resume)
         self._record_time(self._stage("train", seed, algo), time.perf_counter() - t0)
 
-    # ---------------------------------------------------------------- stage: evaluate
-    def eval_path(self, seed: int, algo: str = "macaw") -> str:
-        """DIR/eval/seed_<s>.json (MACAW) or DIR/eval/<algo>/seed_<s>.json."""
-        return os.path.join(self.dir, "eval", *([] if algo == "macaw" else [algo]), f"seed_{seed}.json")
+    # ---------------------------------------------------------------- stage: tune (mt_ft)
+    def tune_path(self, seed: int) -> str:
+        """DIR/eval/mt_ft/tune_seed_<s>.json: mt_ft's step-size sweep on training tasks."""
+        return os.path.join(self.dir, "eval", "mt_ft", f"tune_seed_{seed}.json")
 
-    def evaluate_seed(self, data: str, seed: int, algo: str = "macaw") -> dict:
-        """The final evaluation of one seed's last checkpoint (computed, or verified and reused)."""
-        import torch
-
-        from ..envs import task_label
-        from .loop import RunSetup, _jsonable, load_checkpoint
-        from .runs import learner_from_state_dict
+    def _final_checkpoint(self, seed: int, algo: str) -> dict:
+        from .loop import load_checkpoint
 
         ck = load_checkpoint(os.path.join(self.run_dir(seed, algo), "checkpoints", "latest.pt"))
         if int(ck["step"]) != self.cfg.steps:
             raise ValueError(f"{self.run_dir(seed, algo)}: latest checkpoint is step {ck['step']}, "
                              f"expected {self.cfg.steps}")
+        return ck
+
+    def tune_seed(self, data: str, seed: int) -> dict:
+        """mt_ft's fine-tuning step-size sweep for one seed: every (steps, lr) of ft_variants x ft_lrs,
+        adapted on training-task batches and rolled out on those tasks (computed, or verified and reused).
+
+        Training tasks, not test tasks, so the choice does not peek at the numbers it is judged by
+        (Cheetah-Dir has no others: its training and test tasks are the same two)."""
+        import torch
+
+        from .evaluate import Evaluator
+        from .loop import RunSetup, _jsonable
+        from .runs import learner_from_state_dict
+
+        c = self.cfg
+        ck = self._final_checkpoint(seed, "mt_ft")
+        steps = sorted(set(c.ft_variants().values()))
+        key = {"checkpoint_sha256": ck["sha256"], "step": c.steps, "lrs": list(c.ft_lrs), "ft_steps": steps,
+               "tasks": c.tune_tasks, "batches": c.eval_batches, "rollouts": c.eval_rollouts,
+               "data": dataset_fingerprint(data)}
+        path = self.tune_path(seed)
+        old = _read_json(path)
+        if old is not None and old.get("key") == key and "result" in old:
+            return old["result"]
+        t0 = time.perf_counter()
+        mc, tc = c.train_configs(seed, "mt_ft")
+        learner = learner_from_state_dict(ck["learner"])
+        setup = RunSetup(data, mc, tc)
+        ids = setup.train_ids
+        m = min(c.tune_tasks, len(ids))
+        ids = [ids[round(i * (len(ids) - 1) / (m - 1))] for i in range(m)] if m > 1 else ids[:1]
+        ev = Evaluator(setup.ds, ids, setup.family, tc.batch_size, tc.seed)
+        grid: dict = {}
+        threads = torch.get_num_threads()
+        try:
+            for k in steps:
+                for lr in c.ft_lrs:
+                    learner.set_fine_tuning(ft_steps=k, ft_value_lr=lr, ft_policy_lr=lr)
+                    r = ev.evaluate(learner, TUNE_STEP, c.eval_batches, c.eval_rollouts, unadapted=False,
+                                    random_episodes=tc.random_episodes)
+                    grid.setdefault(str(k), {})[repr(float(lr))] = {
+                        "mean_return": r["mean_adapted"], "mean_normalised": r.get("mean_normalised_adapted"),
+                        "per_task": r["adapted"]}
+        finally:
+            ev.close()
+            torch.set_num_threads(threads)
+        res = _jsonable({"tasks": ids, "grid": grid})
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_json(path, {"format": "macaw-fast/ft-tune", "key": key, "result": res})
+        self._record_time("tune_mt_ft", time.perf_counter() - t0)
+        return res
+
+    def tuned_fine_tuning(self) -> dict:
+        """mt_ft result name -> {"steps", "lr", "score": {lr: mean over seeds}, "criterion", "tasks"}:
+        the step size with the best mean normalised return over seeds x tuning tasks (the mean return
+        where the data gives no normalised score). Needs every seed's tune_seed."""
+        tunes = [_read_json(self.tune_path(s)) for s in self.cfg.seeds]
+        if any(t is None for t in tunes):
+            raise ValueError("mt_ft: the step-size tuning is not complete for every seed")
+        out = {}
+        for name, k in self.cfg.ft_variants().items():
+            rows = [t["result"]["grid"][str(k)] for t in tunes]
+            use_norm = all(r[lr]["mean_normalised"] is not None for r in rows for lr in r)
+            crit = "mean_normalised" if use_norm else "mean_return"
+            score = {}
+            for lr in rows[0]:
+                vals = [r[lr][crit] for r in rows]
+                ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)   # NaN is stored as "nan"
+                score[lr] = sum(vals) / len(vals) if ok else None
+            best = max((lr for lr in score if score[lr] is not None), key=lambda lr: score[lr], default=None)
+            if best is None:
+                raise ValueError(f"mt_ft: every fine-tuning step size in --ft-lrs gave non-finite returns ({k} steps)")
+            out[name] = {"steps": k, "lr": float(best), "score": score, "criterion": crit,
+                         "tasks": tunes[0]["result"]["tasks"],
+                         "protocol": f"{self.cfg.eval_batches} batches x {self.cfg.eval_rollouts} rollouts per task"}
+        return out
+
+    # ---------------------------------------------------------------- stage: evaluate
+    def eval_path(self, seed: int, algo: str = "macaw") -> str:
+        """DIR/eval/seed_<s>.json (MACAW) or DIR/eval/<name>/seed_<s>.json (a result name)."""
+        return os.path.join(self.dir, "eval", *([] if algo == "macaw" else [algo]), f"seed_{seed}.json")
+
+    def evaluate_seed(self, data: str, seed: int, algo: str = "macaw") -> dict:
+        """The final evaluation of one seed's last checkpoint (computed, or verified and reused).
+        ``algo`` is a result name: mt_ft's rows use their tuned fine-tuning step size."""
+        import torch
+
+        from ..envs import task_label
+        from .loop import RunSetup, _jsonable
+        from .runs import learner_from_state_dict
+
+        run_algo = "mt_ft" if algo in self.cfg.ft_variants() else algo
+        ck = self._final_checkpoint(seed, run_algo)
         key = {"checkpoint_sha256": ck["sha256"], "step": self.cfg.steps, "batches": self.cfg.final_batches,
                "rollouts": self.cfg.final_rollouts, "data": dataset_fingerprint(data)}
+        ft = None
+        if run_algo == "mt_ft":
+            ft = self.tuned_fine_tuning()[algo]
+            key["fine_tuning"] = {"steps": ft["steps"], "lr": ft["lr"]}
         path = self.eval_path(seed, algo)
         old = _read_json(path)
         if old is not None and old.get("key") == key and "result" in old:
             return old["result"]
         t0 = time.perf_counter()
-        mc, tc = self.cfg.train_configs(seed, algo)
+        mc, tc = self.cfg.train_configs(seed, run_algo)
         learner = learner_from_state_dict(ck["learner"])
+        if ft is not None:
+            learner.set_fine_tuning(ft_steps=ft["steps"], ft_value_lr=ft["lr"], ft_policy_lr=ft["lr"])
         setup = RunSetup(data, mc, tc)
         ev = setup.evaluator()
         threads = torch.get_num_threads()
@@ -418,27 +556,37 @@ class Reproduction:
         out = os.path.join(self.dir, "results")
         os.makedirs(out, exist_ok=True)
         entries, tables = {}, []
-        for algo in self.cfg.algos:
+        variants = self.cfg.ft_variants()
+        tuned = self.tuned_fine_tuning() if variants else {}
+        names = self.cfg.result_names()
+        for algo in names:
             evals = {s: _read_json(self.eval_path(s, algo))["result"] for s in self.cfg.seeds}
-            own = ("train_seed_", "evaluate") if algo == "macaw" else (f"train_{algo}_seed_", f"evaluate_{algo}")
+            run_algo = "mt_ft" if algo in variants else algo
+            own = ("train_seed_", "evaluate") if algo == "macaw" else (f"train_{run_algo}_seed_", f"evaluate_{algo}")
             stage_wall = {k: v for k, v in wall.items()
-                          if k in own or k.startswith(own[0]) or not k.startswith(("train_", "evaluate"))}
+                          if k in own or k.startswith(own[0]) or (k == "tune_mt_ft" and algo in variants)
+                          or not k.startswith(("train_", "evaluate", "tune_"))}
             entries[algo] = family_entry(evals, self.cfg, command, stage_wall)
-            tables.append((f"## {algo}\n\n" if len(self.cfg.algos) > 1 else "")
+            if algo in tuned:
+                entries[algo]["fine_tuning"] = tuned[algo]
+            tables.append((f"## {algo}\n\n" if len(names) > 1 else "")
                           + write_table(self.cfg.family, entries[algo], algo))
         atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: entries})
         atomic_write_text(os.path.join(out, "table.md"), "\n".join(tables))
         for algo, entry in entries.items():
+            if algo in variants and algo != "mt_ft":
+                continue        # the second row has no training run of its own
             png = "curves.png" if algo == "macaw" else f"curves_{algo}.png"
             try:
                 entry["curves_png"] = write_curves([self.run_dir(s, algo) for s in self.cfg.seeds], self.cfg.family,
                                                    os.path.join(out, png), entry.get("labels", {}))
             except ImportError as e:
                 _say(f"results: no {png} ({e}); install them with pip install 'macaw-fast[results]'")
-        if len(entries) > 1:
+        if len(self.cfg.algos) > 1:
             try:
-                write_comparison({a: [self.run_dir(s, a) for s in self.cfg.seeds] for a in entries}, self.cfg.family,
-                                 os.path.join(out, "comparison.png"))
+                write_comparison({a: [self.run_dir(s, a) for s in self.cfg.seeds] for a in self.cfg.algos},
+                                 self.cfg.family, os.path.join(out, "comparison.png"),
+                                 final={a: entries[a] for a in names})
             except ImportError as e:
                 _say(f"results: no comparison.png ({e})")
         return entries[self.cfg.algos[0]]
@@ -448,7 +596,9 @@ class Reproduction:
         self.check_directory()
         self.save_settings()
         runs = [(a, s) for a in self.cfg.algos for s in self.cfg.seeds]
-        n = 3 + 2 * len(runs)
+        evals = [(a, s) for a in self.cfg.result_names() for s in self.cfg.seeds]
+        tunes = self.cfg.seeds if "mt_ft" in self.cfg.algos else []
+        n = 3 + len(runs) + len(tunes) + len(evals)
         k = 1
         _say(f"[{k}/{n}] collect -> {self.collect_dir}")
         collected = self.collect()
@@ -459,7 +609,12 @@ class Reproduction:
             k += 1
             _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)}")
             self.train_seed(data, s, a)
-        for a, s in runs:
+        for s in tunes:
+            k += 1
+            _say(f"[{k}/{n}] tune mt_ft seed {s}: fine-tuning step sizes {self.cfg.ft_lrs} on "
+                 f"{self.cfg.tune_tasks} training tasks -> {self.tune_path(s)}")
+            self.tune_seed(data, s)
+        for a, s in evals:
             k += 1
             _say(f"[{k}/{n}] evaluate {_name(a)}seed {s}: {self.cfg.final_batches} batches x {self.cfg.final_rollouts} "
                  f"rollouts per test task -> {self.eval_path(s, a)}")
@@ -513,8 +668,15 @@ class Reproduction:
                          "estimate_s": left * rates["meta_step_s"] + n_evals * per_eval,
                          "detail": f"{c.steps} meta-steps, evaluation every {c.eval_interval} "
                                    f"({c.eval_batches} batches x {c.eval_rollouts} rollouts)"})
+        if "mt_ft" in c.algos:
+            n_tune = len(set(c.ft_variants().values())) * len(c.ft_lrs)
+            for s in c.seeds:
+                done = _read_json(self.tune_path(s)) is not None
+                rows.append({"stage": f"tune mt_ft seed {s}", "status": "done" if done else "to do",
+                             "estimate_s": 0.0 if done else n_tune * c.tune_tasks * c.eval_batches * c.eval_rollouts * ep_s,
+                             "detail": f"{n_tune} (steps, step size) pairs on {c.tune_tasks} training tasks"})
         final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
-        for a, s in runs:
+        for a, s in [(a, s) for a in c.result_names() for s in c.seeds]:
             done = _read_json(self.eval_path(s, a)) is not None
             rows.append({"stage": f"evaluate {_name(a)}seed {s}", "status": "done" if done else "to do",
                          "estimate_s": 0.0 if done else final,

@@ -125,6 +125,13 @@ def family_entry(evals: dict, cfg, command: str, wall: dict) -> dict:
 ALGO_NAMES = {"macaw": "MACAW", "meta_bc": "Meta-BC", "mt_ft": "MT + fine-tune"}
 
 
+def algo_name(name: str) -> str:
+    """How tables and plots name a result row ('mt_ft_k20' -> 'MT + fine-tune, 20 steps')."""
+    if name.startswith("mt_ft_k") and name[7:].isdigit():
+        return f"{ALGO_NAMES['mt_ft']}, {int(name[7:])} steps"
+    return ALGO_NAMES.get(name, name)
+
+
 def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
     """A Markdown table of one family's entry: per task (mean over seeds ± std), then the aggregates."""
     seeds = entry["seeds"]
@@ -141,7 +148,7 @@ def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
             return "n/a"
         return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
-    lines = [f"### {family}: {ALGO_NAMES.get(algo, algo)}, {entry['meta_steps']} meta-steps, seeds {seeds}", "",
+    lines = [f"### {family}: {algo_name(algo)}, {entry['meta_steps']} meta-steps, seeds {seeds}", "",
              f"Per task: mean ± std over the {len(seeds)} seeds of each seed's mean over "
              f"{entry['evaluation']['adaptation_batches']} adaptation batches x "
              f"{entry['evaluation']['rollouts_per_batch']} rollouts (unadapted: "
@@ -166,6 +173,12 @@ def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
                              f"{a['mean']:.3f} [{a['mean_ci'][0]:.3f}, {a['mean_ci'][1]:.3f}] |")
     else:
         lines += ["", f"(no aggregates: {agg['missing']})"]
+    ft = entry.get("fine_tuning")
+    if ft:
+        score = ", ".join(f"{float(lr):g}: {'n/a' if v is None else f'{v:.3f}'}" for lr, v in ft["score"].items())
+        lines += ["", f"Fine-tuning: {ft['steps']} SGD step(s) per network, step size {ft['lr']:g}, chosen on training "
+                      f"tasks {', '.join(ft['tasks'])} ({ft['protocol']}, {ft['criterion'].replace('_', ' ')} over "
+                      f"seeds x tasks per step size: {score})."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,10 +243,11 @@ def write_curves(run_dirs: list[str], family: str, path: str, labels: dict | Non
     return save_figure(fig, path, dpi=100)
 
 
-def write_comparison(runs: dict, family: str, path: str, reps: int | None = None) -> str:
+def write_comparison(runs: dict, family: str, path: str, reps: int | None = None, final: dict | None = None) -> str:
     """PNG: each algorithm's adapted return (and MACAW's unadapted one, dashed), mean over seeds x
     test tasks with its 95 % stratified bootstrap CI, against meta-steps. ``runs``: algorithm ->
-    its seeds' run directories (evaluated at the same steps)."""
+    its seeds' run directories (evaluated at the same steps). With ``final`` (result name -> its
+    summary entry), a second panel shows each row's final normalised adapted score (IQM, 95 % CI)."""
     try:
         import matplotlib
     except ImportError as e:
@@ -241,7 +255,11 @@ def write_comparison(runs: dict, family: str, path: str, reps: int | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if final:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+        _final_panel(bx, final)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
     cmap = plt.get_cmap("tab10")
     for j, (algo, dirs) in enumerate(runs.items()):
         cd = curve_data(dirs)
@@ -251,10 +269,10 @@ def write_comparison(runs: dict, family: str, path: str, reps: int | None = None
                 continue
             est = [interval_estimates(cd[kind][i], reps=reps or max(100, REPS // 5)) for i in range(len(steps))]
             mean = np.array([e["mean"] for e in est])
-            ax.plot(steps, mean, color=cmap(j), ls=ls, label=f"{algo} {kind}")
+            ax.plot(steps, mean, color=cmap(j), ls=ls, label=f"{algo_name(algo)} {kind}")
             ax.fill_between(steps, [e["mean_ci"][0] for e in est], [e["mean_ci"][1] for e in est],
                             color=cmap(j), alpha=0.15)
-    ax.set_title(f"{family}: mean over seeds x test tasks (band: 95 % stratified bootstrap CI)", fontsize=10)
+    ax.set_title(f"{family}: mean over seeds x test tasks (band: 95 % CI)", fontsize=10)
     ax.set_xlabel("meta-step (gradient steps)")
     ax.set_ylabel("return (200-step episode)")
     ax.legend(fontsize=8)
@@ -264,5 +282,27 @@ def write_comparison(runs: dict, family: str, path: str, reps: int | None = None
     return save_figure(fig, path, dpi=100)
 
 
-__all__ = ["interval_estimates", "family_entry", "write_table", "write_curves", "write_comparison", "curve_data",
+def _final_panel(ax, final: dict) -> None:
+    """Horizontal IQM bars with 95 % CIs of each row's final normalised adapted score (MACAW's
+    unadapted one too)."""
+    rows = []
+    for name, entry in final.items():
+        agg = entry.get("aggregate", {})
+        key = "normalised_adapted" if "normalised_adapted" in agg else "return_adapted"
+        if key in agg:
+            rows.append((algo_name(name) + " adapted", agg[key]))
+        if name == "macaw" and key.replace("adapted", "unadapted") in agg:
+            rows.append(("MACAW unadapted", agg[key.replace("adapted", "unadapted")]))
+    y = np.arange(len(rows))[::-1]
+    for yi, (label, a) in zip(y, rows):
+        ax.errorbar(a["iqm"], yi, xerr=[[a["iqm"] - a["iqm_ci"][0]], [a["iqm_ci"][1] - a["iqm"]]], fmt="o",
+                    color="C0" if "unadapted" not in label else "0.5", capsize=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    unit = "normalised" if all("normalised_adapted" in e.get("aggregate", {}) for e in final.values()) else "return"
+    ax.set_xlabel(f"final evaluation: {unit} score, IQM with 95 % CI")
+    ax.grid(axis="x", alpha=0.3)
+
+
+__all__ = ["interval_estimates", "algo_name", "family_entry", "write_table", "write_curves", "write_comparison", "curve_data",
            "REPS"]
