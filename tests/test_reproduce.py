@@ -171,10 +171,11 @@ def test_a_baseline_added_to_a_finished_reproduction(reference, tmp_path):
 
 
 def test_mt_ft_is_tuned_on_training_tasks_and_evaluated_with_the_best_step_size(reference, tmp_path):
-    """`--algos macaw mt_ft`: mt_ft trains, its fine-tuning step size is swept on training tasks for
-    each step count (1 and --ft-more-steps), the best by mean normalised return is used in the final
-    evaluation of both rows (recomputed here from the checkpoint), and a new --ft-lrs redoes only the
-    sweep and mt_ft's evaluations."""
+    """`--algos macaw mt_ft`: mt_ft trains, its fine-tuning step sizes (value x policy) are swept on
+    training tasks for each step count (1 and --ft-more-steps), the best pair by mean normalised
+    return over seeds is used in the final evaluation of both rows (recomputed here from the
+    checkpoint), a diverged pair scores None, and new step sizes redo only the sweep and mt_ft's
+    evaluations."""
     import torch
 
     from macaw_fast.train.evaluate import Evaluator
@@ -184,28 +185,36 @@ def test_mt_ft_is_tuned_on_training_tasks_and_evaluated_with_the_best_step_size(
 
     out = tmp_path / "mt"
     shutil.copytree(reference["out"], out)
-    ft = ["--algos", "macaw", "mt_ft", "--ft-lrs", "0.001", "0.3", "--ft-more-steps", "3", "--tune-tasks", "2"]
+    ft = ["--algos", "macaw", "mt_ft", "--ft-policy-lrs", "0.001", "0.3", "--ft-value-lrs", "1e-5", "1e3",
+          "--ft-more-steps", "3", "--tune-tasks", "2"]
     p = _run(reference["tmp"], out, *ft)
     for stage in ("train mt_ft seed 1", "tune mt_ft seed 0", "evaluate mt_ft seed 0", "evaluate mt_ft_k3 seed 1",
                   "[15/15] results"):
         assert stage in p.stderr
+    assert "WARNING" not in p.stderr            # MuJoCo never saw a NaN control
     summ = json.loads((out / "results" / "summary.json").read_text())["cheetah_dir"]
     assert set(summ) == {"macaw", "mt_ft", "mt_ft_k3"}
     tunes = [json.loads((out / "eval" / "mt_ft" / f"tune_seed_{s}.json").read_text())["result"] for s in (0, 1)]
     assert tunes[0]["tasks"] == ["0", "1"] and set(tunes[0]["grid"]) == {"1", "3"}
+    assert [(e["value_lr"], e["policy_lr"]) for e in tunes[0]["grid"]["3"]] == \
+        [(1e-5, 0.001), (1e-5, 0.3), (1e3, 0.001), (1e3, 0.3)]
     for name, k in (("mt_ft", 1), ("mt_ft_k3", 3)):
         f = summ[name]["fine_tuning"]
-        crit = "mean_normalised" if all(t["grid"][str(k)][lr]["mean_normalised"] is not None
-                                        for t in tunes for lr in ("0.001", "0.3")) else "mean_return"
+        crit = "mean_normalised" if all(e["mean_normalised"] is not None
+                                        for t in tunes for e in t["grid"][str(k)]) else "mean_return"
         assert f["steps"] == k and f["criterion"] == crit
-        vals = {lr: [t["grid"][str(k)][lr][crit] for t in tunes] for lr in ("0.001", "0.3")}
-        score = {lr: float(np.mean(v)) if all(isinstance(x, float) for x in v) else None for lr, v in vals.items()}
-        assert f["score"] == pytest.approx(score)       # a diverged step size ("nan") scores None
-        assert f["lr"] == float(max((lr for lr in score if score[lr] is not None), key=score.get))
-        # the final evaluation used that step size
+        score = []
+        for i in range(4):
+            v = [t["grid"][str(k)][i][crit] for t in tunes]
+            score.append(float(np.mean(v)) if all(isinstance(x, float) for x in v) else None)   # "nan": diverged
+        assert [e["score"] for e in f["score"]] == pytest.approx(score)
+        assert k == 1 or score[2] is None and score[3] is None           # value step size 1000 diverges
+        best = max((i for i in range(4) if score[i] is not None), key=lambda i: score[i])
+        assert (f["value_lr"], f["policy_lr"]) == [(1e-5, 0.001), (1e-5, 0.3), (1e3, 0.001), (1e3, 0.3)][best]
+        # the final evaluation used that pair
         ck = load_checkpoint(out / "train" / "mt_ft" / "seed_1" / "checkpoints" / "latest.pt")
         learner = learner_from_state_dict(ck["learner"])
-        learner.set_fine_tuning(ft_steps=k, ft_value_lr=f["lr"], ft_policy_lr=f["lr"])
+        learner.set_fine_tuning(ft_steps=k, ft_value_lr=f["value_lr"], ft_policy_lr=f["policy_lr"])
         mc, tc = ReproduceConfig.from_dict(json.loads((out / "reproduce.json").read_text())["config"]).train_configs(
             1, "mt_ft")
         ev = Evaluator(RunSetup(str(out / "data"), mc, tc).ds, ["0", "1"], "cheetah_dir", tc.batch_size, tc.seed)
@@ -215,6 +224,7 @@ def test_mt_ft_is_tuned_on_training_tasks_and_evaluated_with_the_best_step_size(
         assert res["adapted"] == json.loads((out / "eval" / name / "seed_1.json").read_text())["result"]["adapted"]
     table = (out / "results" / "table.md").read_text()
     assert "### cheetah_dir: MT + fine-tune, 3 steps, 20 meta-steps" in table and "Fine-tuning: 3 SGD step(s)" in table
+    assert "| value lr \\ policy lr | 0.001 | 0.3 |" in table and "| 1000 | n/a | n/a |" in table
     assert (out / "results" / "curves_mt_ft.png").exists() and not (out / "results" / "curves_mt_ft_k3.png").exists()
     assert (out / "results" / "comparison.png").stat().st_size > 1000
     assert "tune_mt_ft" in summ["mt_ft_k3"]["wall_clock_s"] and "tune_mt_ft" not in summ["macaw"]["wall_clock_s"]
@@ -224,9 +234,10 @@ def test_mt_ft_is_tuned_on_training_tasks_and_evaluated_with_the_best_step_size(
     assert "again" not in p.stderr
     assert (out / "train" / "mt_ft" / "seed_0" / "checkpoints" / "latest.pt").stat().st_mtime_ns == trained
     tune = json.loads((out / "eval" / "mt_ft" / "tune_seed_0.json").read_text())
-    assert tune["key"]["lrs"] == [0.001, 0.01] and set(tune["result"]["grid"]["1"]) == {"0.001", "0.01"}
+    assert tune["key"]["policy_lrs"] == [0.001, 0.01]
+    assert {e["policy_lr"] for e in tune["result"]["grid"]["1"]} == {0.001, 0.01}
     summ2 = json.loads((out / "results" / "summary.json").read_text())["cheetah_dir"]
-    assert set(summ2["mt_ft"]["fine_tuning"]["score"]) == {"0.001", "0.01"}
+    assert {e["policy_lr"] for e in summ2["mt_ft"]["fine_tuning"]["score"]} == {0.001, 0.01}
 
 
 def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path):

@@ -260,7 +260,8 @@ def run_reproduce(args) -> int:
                           macaw_overrides=train_file.get("macaw", {}), train_overrides=train_file.get("train", {}),
                           eval_interval=args.eval_interval, eval_batches=args.eval_batches,
                           eval_rollouts=args.eval_rollouts, final_batches=args.final_batches,
-                          final_rollouts=args.final_rollouts, ft_lrs=list(args.ft_lrs), ft_more_steps=args.ft_more_steps,
+                          final_rollouts=args.final_rollouts, ft_policy_lrs=list(args.ft_policy_lrs),
+                          ft_value_lrs=list(args.ft_value_lrs), ft_more_steps=args.ft_more_steps,
                           tune_tasks=args.tune_tasks, threads=args.threads,
                           collect_threads=args.collect_threads, progress=not args.no_progress)
     rep = Reproduction(args.out, cfg)
@@ -327,9 +328,11 @@ def _register_reproduce(sub) -> None:
                    help="adaptation batches per test task in the final evaluation (default: 10)")
     r.add_argument("--final-rollouts", type=pos, default=3,
                    help="rollouts per adaptation batch in the final evaluation (default: 3)")
-    r.add_argument("--ft-lrs", type=_positive_float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
-                   metavar="X", help="mt_ft: fine-tuning step sizes tried on training tasks; the best is used on the "
-                                     "test tasks (default: 1e-4 3e-4 ... 1e-1)")
+    r.add_argument("--ft-policy-lrs", type=_positive_float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                   metavar="X", help="mt_ft: policy fine-tuning step sizes tried on training tasks (x every "
+                                     "--ft-value-lrs); the best pair is used on the test tasks (default: 1e-4 3e-4 ... 1e-1)")
+    r.add_argument("--ft-value-lrs", type=_positive_float, nargs="+", default=[1e-6, 1e-5, 1e-4], metavar="X",
+                   help="mt_ft: value-function fine-tuning step sizes tried (default: 1e-6 1e-5 1e-4)")
     r.add_argument("--ft-more-steps", type=nonneg, default=20, metavar="N",
                    help="mt_ft: fine-tuning steps of its second row, mt_ft_kN (0 = none; default: 20)")
     r.add_argument("--tune-tasks", type=pos, default=5, metavar="N",

@@ -92,9 +92,12 @@ class ReproduceConfig:
     """Adaptation batches per test task in the final evaluation."""
     final_rollouts: int = 3
     """Mean-action rollouts per adaptation batch (and of the unadapted policy, per batch) in the final evaluation."""
-    ft_lrs: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
-    """mt_ft: fine-tuning step sizes tried (the value function's and the policy's alike) on training
-    tasks; the test tasks are evaluated with the best one (docs/reproduce.md)."""
+    ft_policy_lrs: list = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    """mt_ft: policy fine-tuning step sizes tried on training tasks (with every ft_value_lrs); the test
+    tasks are evaluated with the best pair (docs/reproduce.md)."""
+    ft_value_lrs: list = field(default_factory=lambda: [1e-6, 1e-5, 1e-4])
+    """mt_ft: value-function fine-tuning step sizes tried (plain SGD on a squared error of returns in
+    the hundreds: 1e-4 already diverges within 20 steps on Cheetah-Dir)."""
     ft_more_steps: int = 20
     """mt_ft: fine-tuning steps of its second row ('mt_ft_k<N>'; 0 = no second row)."""
     tune_tasks: int = 5
@@ -107,7 +110,7 @@ class ReproduceConfig:
     """Progress bars."""
 
     #: Fields that may differ between invocations on the same directory.
-    MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "ft_lrs", "ft_more_steps", "tune_tasks",
+    MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "ft_policy_lrs", "ft_value_lrs", "ft_more_steps", "tune_tasks",
                "threads", "collect_threads", "progress")
 
     def validate(self) -> "ReproduceConfig":
@@ -134,10 +137,11 @@ class ReproduceConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= {lo}, got {v!r}")
-        if not isinstance(self.ft_lrs, list) or not self.ft_lrs or len(set(self.ft_lrs)) != len(self.ft_lrs) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                for v in self.ft_lrs):
-            raise ValueError(f"--ft-lrs: expected distinct positive numbers, got {self.ft_lrs!r}")
+        for name in ("ft_policy_lrs", "ft_value_lrs"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not v or len(set(v)) != len(v) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v):
+                raise ValueError(f"--{name.replace('_', '-')}: expected distinct positive numbers, got {v!r}")
         for name, lo in (("ft_more_steps", 0), ("tune_tasks", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -155,7 +159,7 @@ class ReproduceConfig:
                              f"--collect-seed, --collect-threads)")
         bad = sorted(set(self.train_overrides) & {"ft_value_lr", "ft_policy_lr"})
         if bad:
-            raise ValueError(f"--train-config: {bad} are tuned by reproduce (--ft-lrs)")
+            raise ValueError(f"--train-config: {bad} are tuned by reproduce (--ft-policy-lrs, --ft-value-lrs)")
         bad = sorted(set(self.train_overrides) & {"steps", "seed", "eval_interval", "eval_batches", "eval_rollouts",
                                                   "threads", "progress", "family", "algo"})
         if bad:
@@ -418,8 +422,8 @@ class Reproduction:
         return ck
 
     def tune_seed(self, data: str, seed: int) -> dict:
-        """mt_ft's fine-tuning step-size sweep for one seed: every (steps, lr) of ft_variants x ft_lrs,
-        adapted on training-task batches and rolled out on those tasks (computed, or verified and reused).
+        """mt_ft's fine-tuning step-size sweep for one seed: every (steps, value lr, policy lr) of
+        ft_variants x ft_value_lrs x ft_policy_lrs, adapted on training-task batches and rolled out on those tasks (computed, or verified and reused).
 
         Training tasks, not test tasks, so the choice does not peek at the numbers it is judged by
         (Cheetah-Dir has no others: its training and test tasks are the same two)."""
@@ -432,7 +436,8 @@ class Reproduction:
         c = self.cfg
         ck = self._final_checkpoint(seed, "mt_ft")
         steps = sorted(set(c.ft_variants().values()))
-        key = {"checkpoint_sha256": ck["sha256"], "step": c.steps, "lrs": list(c.ft_lrs), "ft_steps": steps,
+        key = {"checkpoint_sha256": ck["sha256"], "step": c.steps, "value_lrs": list(c.ft_value_lrs),
+               "policy_lrs": list(c.ft_policy_lrs), "ft_steps": steps,
                "tasks": c.tune_tasks, "batches": c.eval_batches, "rollouts": c.eval_rollouts,
                "data": dataset_fingerprint(data)}
         path = self.tune_path(seed)
@@ -451,13 +456,14 @@ class Reproduction:
         threads = torch.get_num_threads()
         try:
             for k in steps:
-                for lr in c.ft_lrs:
-                    learner.set_fine_tuning(ft_steps=k, ft_value_lr=lr, ft_policy_lr=lr)
-                    r = ev.evaluate(learner, TUNE_STEP, c.eval_batches, c.eval_rollouts, unadapted=False,
-                                    random_episodes=tc.random_episodes)
-                    grid.setdefault(str(k), {})[repr(float(lr))] = {
-                        "mean_return": r["mean_adapted"], "mean_normalised": r.get("mean_normalised_adapted"),
-                        "per_task": r["adapted"]}
+                for vlr in c.ft_value_lrs:
+                    for plr in c.ft_policy_lrs:
+                        learner.set_fine_tuning(ft_steps=k, ft_value_lr=vlr, ft_policy_lr=plr)
+                        r = ev.evaluate(learner, TUNE_STEP, c.eval_batches, c.eval_rollouts, unadapted=False,
+                                        random_episodes=tc.random_episodes)
+                        grid.setdefault(str(k), []).append({
+                            "value_lr": float(vlr), "policy_lr": float(plr), "mean_return": r["mean_adapted"],
+                            "mean_normalised": r.get("mean_normalised_adapted"), "per_task": r["adapted"]})
         finally:
             ev.close()
             torch.set_num_threads(threads)
@@ -468,27 +474,30 @@ class Reproduction:
         return res
 
     def tuned_fine_tuning(self) -> dict:
-        """mt_ft result name -> {"steps", "lr", "score": {lr: mean over seeds}, "criterion", "tasks"}:
-        the step size with the best mean normalised return over seeds x tuning tasks (the mean return
-        where the data gives no normalised score). Needs every seed's tune_seed."""
+        """mt_ft result name -> {"steps", "value_lr", "policy_lr", "score": [{value_lr, policy_lr, score}],
+        "criterion", "tasks", "protocol"}: the pair with the best mean normalised return over seeds x
+        tuning tasks (the mean return where the data gives no normalised score; a pair that diverged
+        on any seed scores None). Needs every seed's tune_seed."""
         tunes = [_read_json(self.tune_path(s)) for s in self.cfg.seeds]
         if any(t is None for t in tunes):
             raise ValueError("mt_ft: the step-size tuning is not complete for every seed")
         out = {}
         for name, k in self.cfg.ft_variants().items():
-            rows = [t["result"]["grid"][str(k)] for t in tunes]
-            use_norm = all(r[lr]["mean_normalised"] is not None for r in rows for lr in r)
+            rows = [t["result"]["grid"][str(k)] for t in tunes]         # per seed: a list over the pairs
+            use_norm = all(e["mean_normalised"] is not None for r in rows for e in r)
             crit = "mean_normalised" if use_norm else "mean_return"
-            score = {}
-            for lr in rows[0]:
-                vals = [r[lr][crit] for r in rows]
+            score = []
+            for i, e in enumerate(rows[0]):
+                vals = [r[i][crit] for r in rows]
                 ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)   # NaN is stored as "nan"
-                score[lr] = sum(vals) / len(vals) if ok else None
-            best = max((lr for lr in score if score[lr] is not None), key=lambda lr: score[lr], default=None)
-            if best is None:
-                raise ValueError(f"mt_ft: every fine-tuning step size in --ft-lrs gave non-finite returns ({k} steps)")
-            out[name] = {"steps": k, "lr": float(best), "score": score, "criterion": crit,
-                         "tasks": tunes[0]["result"]["tasks"],
+                score.append({"value_lr": e["value_lr"], "policy_lr": e["policy_lr"],
+                              "score": sum(vals) / len(vals) if ok else None})
+            good = [e for e in score if e["score"] is not None]
+            if not good:
+                raise ValueError(f"mt_ft: every fine-tuning step size pair gave non-finite returns ({k} steps)")
+            best = max(good, key=lambda e: e["score"])
+            out[name] = {"steps": k, "value_lr": best["value_lr"], "policy_lr": best["policy_lr"], "score": score,
+                         "criterion": crit, "tasks": tunes[0]["result"]["tasks"],
                          "protocol": f"{self.cfg.eval_batches} batches x {self.cfg.eval_rollouts} rollouts per task"}
         return out
 
@@ -513,7 +522,7 @@ class Reproduction:
         ft = None
         if run_algo == "mt_ft":
             ft = self.tuned_fine_tuning()[algo]
-            key["fine_tuning"] = {"steps": ft["steps"], "lr": ft["lr"]}
+            key["fine_tuning"] = {k: ft[k] for k in ("steps", "value_lr", "policy_lr")}
         path = self.eval_path(seed, algo)
         old = _read_json(path)
         if old is not None and old.get("key") == key and "result" in old:
@@ -522,7 +531,7 @@ class Reproduction:
         mc, tc = self.cfg.train_configs(seed, run_algo)
         learner = learner_from_state_dict(ck["learner"])
         if ft is not None:
-            learner.set_fine_tuning(ft_steps=ft["steps"], ft_value_lr=ft["lr"], ft_policy_lr=ft["lr"])
+            learner.set_fine_tuning(ft_steps=ft["steps"], ft_value_lr=ft["value_lr"], ft_policy_lr=ft["policy_lr"])
         setup = RunSetup(data, mc, tc)
         ev = setup.evaluator()
         threads = torch.get_num_threads()
@@ -611,8 +620,8 @@ class Reproduction:
             self.train_seed(data, s, a)
         for s in tunes:
             k += 1
-            _say(f"[{k}/{n}] tune mt_ft seed {s}: fine-tuning step sizes {self.cfg.ft_lrs} on "
-                 f"{self.cfg.tune_tasks} training tasks -> {self.tune_path(s)}")
+            _say(f"[{k}/{n}] tune mt_ft seed {s}: fine-tuning step sizes (value {self.cfg.ft_value_lrs} x policy "
+                 f"{self.cfg.ft_policy_lrs}) on {self.cfg.tune_tasks} training tasks -> {self.tune_path(s)}")
             self.tune_seed(data, s)
         for a, s in evals:
             k += 1
@@ -669,7 +678,7 @@ class Reproduction:
                          "detail": f"{c.steps} meta-steps, evaluation every {c.eval_interval} "
                                    f"({c.eval_batches} batches x {c.eval_rollouts} rollouts)"})
         if "mt_ft" in c.algos:
-            n_tune = len(set(c.ft_variants().values())) * len(c.ft_lrs)
+            n_tune = len(set(c.ft_variants().values())) * len(c.ft_value_lrs) * len(c.ft_policy_lrs)
             for s in c.seeds:
                 done = _read_json(self.tune_path(s)) is not None
                 rows.append({"stage": f"tune mt_ft seed {s}", "status": "done" if done else "to do",

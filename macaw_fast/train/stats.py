@@ -175,10 +175,18 @@ def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
         lines += ["", f"(no aggregates: {agg['missing']})"]
     ft = entry.get("fine_tuning")
     if ft:
-        score = ", ".join(f"{float(lr):g}: {'n/a' if v is None else f'{v:.3f}'}" for lr, v in ft["score"].items())
-        lines += ["", f"Fine-tuning: {ft['steps']} SGD step(s) per network, step size {ft['lr']:g}, chosen on training "
-                      f"tasks {', '.join(ft['tasks'])} ({ft['protocol']}, {ft['criterion'].replace('_', ' ')} over "
-                      f"seeds x tasks per step size: {score})."]
+        vlrs = sorted({e["value_lr"] for e in ft["score"]})
+        plrs = sorted({e["policy_lr"] for e in ft["score"]})
+        cell = {(e["value_lr"], e["policy_lr"]): e["score"] for e in ft["score"]}
+        lines += ["", f"Fine-tuning: {ft['steps']} SGD step(s) of the value function (step size {ft['value_lr']:g}), "
+                      f"then of the policy ({ft['policy_lr']:g}); the pair was chosen on training tasks "
+                      f"{', '.join(ft['tasks'])} ({ft['protocol']}) by {ft['criterion'].replace('_', ' ')} over "
+                      f"seeds x tasks (n/a: diverged):", "",
+                  "| value lr \\ policy lr | " + " | ".join(f"{x:g}" for x in plrs) + " |",
+                  "| --- |" + " --- |" * len(plrs)]
+        for v in vlrs:
+            lines.append(f"| {v:g} | " + " | ".join("n/a" if cell.get((v, x)) is None else f"{cell[(v, x)]:.3f}"
+                                                  for x in plrs) + " |")
     return "\n".join(lines) + "\n"
 
 
