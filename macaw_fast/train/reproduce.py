@@ -621,7 +621,7 @@ class Reproduction:
         for s in tunes:
             k += 1
             _say(f"[{k}/{n}] tune mt_ft seed {s}: fine-tuning step sizes (value {self.cfg.ft_value_lrs} x policy "
-                 f"{self.cfg.ft_policy_lrs}) on {self.cfg.tune_tasks} training tasks -> {self.tune_path(s)}")
+                 f"{self.cfg.ft_policy_lrs}) on up to {self.cfg.tune_tasks} training tasks -> {self.tune_path(s)}")
             self.tune_seed(data, s)
         for a, s in evals:
             k += 1
