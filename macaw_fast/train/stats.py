@@ -308,7 +308,7 @@ def _final_panel(ax, final: dict) -> None:
     ax.set_yticks(y)
     ax.set_yticklabels([r[0] for r in rows], fontsize=8)
     unit = "normalised" if all("normalised_adapted" in e.get("aggregate", {}) for e in final.values()) else "return"
-    ax.set_xlabel(f"final evaluation: {unit} score, IQM with 95 % CI")
+    ax.set_xlabel(f"final {unit} score (IQM, 95 % CI)")
     ax.grid(axis="x", alpha=0.3)
 
 
