@@ -683,7 +683,7 @@ class Reproduction:
                 done = _read_json(self.tune_path(s)) is not None
                 rows.append({"stage": f"tune mt_ft seed {s}", "status": "done" if done else "to do",
                              "estimate_s": 0.0 if done else n_tune * c.tune_tasks * c.eval_batches * c.eval_rollouts * ep_s,
-                             "detail": f"{n_tune} (steps, step size) pairs on {c.tune_tasks} training tasks"})
+                             "detail": f"{n_tune} (steps, value lr, policy lr) settings on up to {c.tune_tasks} training tasks"})
         final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
         for a, s in [(a, s) for a in c.result_names() for s in c.seeds]:
             done = _read_json(self.eval_path(s, a)) is not None
