@@ -163,8 +163,8 @@ def test_train_resume_eval_through_the_cli_bit_exact(dataset, tmp_path):
     assert "mean" in out
     err = _cli("eval", str(tmp_path / "part"), "--online-ft", "--random-episodes", "0", "--batch-size", "16",
                check_rc=1).stderr
-    assert "--online-ft fine-tunes MACAW's value function" in err
+    assert "--online-ft: online fine-tuning is implemented for MACAW only" in err
     err = _cli("train", "--data", str(dataset), "--out", str(tmp_path / "bad"), "--algo", "pearl", *tiny[2:],
                check_rc=1).stderr
-    assert "train.algo: expected one of macaw, meta_bc, mt_ft, got 'pearl'" in err
+    assert "train.algo: expected one of macaw, meta_bc, mt_ft, focal, got 'pearl'" in err
     assert not (tmp_path / "bad").exists()

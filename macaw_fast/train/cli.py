@@ -133,6 +133,11 @@ def run_eval(args) -> int:
     from .runs import load_any_checkpoint
 
     learner, data, fam, step = load_any_checkpoint(args.checkpoint, args.data, args.backend)
+    from ..macaw import MetaLearner
+
+    if args.online_ft and not isinstance(learner, MetaLearner):
+        raise ValueError(f"--online-ft: online fine-tuning is implemented for MACAW only; {args.checkpoint} holds a "
+                         f"{type(learner).__name__}")
     ft = {k: getattr(args, k) for k in ("ft_steps", "ft_value_lr", "ft_policy_lr") if getattr(args, k) is not None}
     if ft:
         from ..mt_ft import MTFT
@@ -174,9 +179,6 @@ def run_eval(args) -> int:
     print(f"{'mean':>8s} {res['mean_adapted']:9.1f} {fmt(res['mean_normalised_adapted'])} {res['mean_unadapted']:10.1f} "
           f"{fmt(res['mean_normalised_unadapted'])}")
     print(f"({args.batches} adaptation batch(es) x {args.episodes} mean-action rollout(s) per task)")
-    if args.online_ft and not hasattr(learner, "vf"):
-        raise ValueError(f"--online-ft fine-tunes MACAW's value function and policy; {args.checkpoint} holds a "
-                         f"{type(learner).__name__} (no value function)")
     if args.online_ft:
         adapted = learner.adapt(ev.adaptation_batch(0, 1, learner.dtype, learner.device))
         res["online_ft"] = {}

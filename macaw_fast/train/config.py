@@ -29,7 +29,7 @@ INNER_DATA = ("all", "start", "middle", "end")
 
 
 #: The algorithms `train.algo` accepts.
-ALGOS = ("macaw", "meta_bc", "mt_ft")
+ALGOS = ("macaw", "meta_bc", "mt_ft", "focal")
 #: TrainConfig fields that set mt_ft's fine-tuning (MTFTConfig fields of the same names).
 FT_FIELDS = ("ft_steps", "ft_value_lr", "ft_policy_lr")
 
@@ -77,7 +77,8 @@ class TrainConfig:
     algo: str = "macaw"
     """The algorithm: 'macaw', or a baseline of the paper: 'meta_bc' (meta-behaviour-cloning: MACAW's
     policy and inner step with behaviour-cloning losses) or 'mt_ft' (multi-task offline AWR, then
-    one SGD step of fine-tuning per task). The MACAW fields of the same names set the baselines."""
+    one SGD step of fine-tuning per task) or 'focal' (a FOCAL-style context encoder with a latent-
+    conditioned value function and AWR policy). The MACAW fields of the same names set the baselines."""
     ft_steps: Optional[int] = None
     """mt_ft only: SGD steps of each network on a test task's adaptation batch (None: 1, as many as MACAW's adaptation)."""
     ft_value_lr: Optional[float] = None

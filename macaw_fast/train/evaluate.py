@@ -260,9 +260,7 @@ class Evaluator:
             # Same start states as the adapted rollouts of batch 0 (paired comparison).
             ugrid = [self.envs(k, max(n_unadapted, n_batches * n_rollouts))[:n_unadapted] for k in range(K)]
             useeds = [[_seed(self.seed, _EVAL_STREAM, step, k, 1000 + r) for r in range(n_unadapted)] for k in range(K)]
-            with torch.no_grad():
-                trunk = [th.detach() for th in learner.policy.trunk.thetas()]
-            ret_u = rollout_mean(ugrid, lambda o: learner.policy.mean(trunk, o), useeds, dtype, device)
+            ret_u = rollout_mean(ugrid, lambda o: learner.act(o), useeds, dtype, device)
             res["unadapted"] = {t.id: float(ret_u[k].mean()) for k, t in enumerate(self.tasks)}
             res["unadapted_all"] = {t.id: ret_u[k].tolist() for k, t in enumerate(self.tasks)}
             res["mean_unadapted"] = float(np.mean(list(res["unadapted"].values())))

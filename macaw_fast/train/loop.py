@@ -180,6 +180,10 @@ def make_learner(setup: RunSetup):
 
         ft = {k: getattr(tc, k) for k in FT_FIELDS if getattr(tc, k) is not None}
         return MTFT(*dims, MTFTConfig.from_macaw(setup.mc, **ft), **kw)
+    if tc.algo == "focal":
+        from ..focal import FOCAL, FOCALConfig
+
+        return FOCAL(*dims, FOCALConfig.from_macaw(setup.mc), **kw)
     return MetaLearner(*dims, setup.mc, **kw)
 
 

@@ -193,12 +193,13 @@ def _differences(cfg: dict, truth: dict) -> list[str]:
 
 
 def learner_from_state_dict(state: dict, **kw):
-    """A learner of whichever algorithm wrote ``state`` (its "format": MACAW or meta-BC)."""
+    """A learner of whichever algorithm wrote ``state`` (its "format")."""
     from ..macaw import MetaLearner
     from ..meta_bc import MetaBC
+    from ..focal import FOCAL
     from ..mt_ft import MTFT
 
-    classes = (MetaLearner, MetaBC, MTFT)
+    classes = (MetaLearner, MetaBC, MTFT, FOCAL)
     for cls in classes:
         if state.get("format") == cls.state_format:
             return cls.from_state_dict(state, **kw)

@@ -122,7 +122,7 @@ def family_entry(evals: dict, cfg, command: str, wall: dict) -> dict:
 
 
 #: How tables and plots name the algorithms.
-ALGO_NAMES = {"macaw": "MACAW", "meta_bc": "Meta-BC", "mt_ft": "MT + fine-tune"}
+ALGO_NAMES = {"macaw": "MACAW", "meta_bc": "Meta-BC", "mt_ft": "MT + fine-tune", "focal": "FOCAL-style (AWR)"}
 
 
 def algo_name(name: str) -> str:
