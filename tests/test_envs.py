@@ -142,6 +142,7 @@ def test_ant_reward_formula_and_contact_forces():
         contact = -0.5e-3 * float(np.sum(np.clip(env.data.cfrc_ext, -1, 1) ** 2))
         contact_seen |= contact != 0.0
         assert info["reward_forward"] == pytest.approx(fwd, rel=1e-10, abs=1e-12)
+        assert info["goal_velocity"] == info["reward_forward"]      # the collector's progress measure
         assert info["reward_ctrl"] == pytest.approx(ctrl, rel=1e-12)
         assert info["reward_contact"] == pytest.approx(contact, rel=1e-12, abs=0)
         assert info["reward_survive"] == 1.0

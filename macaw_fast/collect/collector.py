@@ -417,7 +417,8 @@ class Collector:
 
     def evaluate(self) -> dict[str, list[float]]:
         """Mean-action rollouts (``eval_episodes`` per task) in separate envs; does not touch the
-        collection's RNG. Returns per-task mean return and mean forward velocity."""
+        collection's RNG. Returns per-task mean return, mean velocity (along the goal direction for
+        Ant-Dir, forward otherwise) and episode length."""
         if not hasattr(self, "_eval_envs"):
             self._eval_envs = _Envs(self.cfg.family, self.tasks, self.fam.max_episode_steps)
         ev = self._eval_envs
@@ -434,7 +435,8 @@ class Collector:
                     if alive[i]:
                         o2, r, term, _, info = e.step(act[i].astype(np.float64))
                         rets[i] += r
-                        vel_sum[i] += info.get("x_velocity", 0.0)
+                        # progress: velocity along the goal direction (Ant-Dir), else forward velocity
+                        vel_sum[i] += info.get("goal_velocity", info.get("x_velocity", 0.0))
                         steps[i] += 1
                         obs[i] = o2
                         alive[i] = not term

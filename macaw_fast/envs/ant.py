@@ -60,7 +60,8 @@ class AntDirEnv(TaskMujocoEnv):
       reproduce that. Here `cfrc_ext` is filled after every step (`mj_rnePostConstraint`);
     - `reward_survive = healthy_reward` (1), paid on every step, the terminal one included.
 
-    `info` also holds `x_position`, `y_position`, `x_velocity`, `y_velocity`.
+    `info` also holds `x_position`, `y_position`, `x_velocity`, `y_velocity`, and `goal_velocity`
+    (= `reward_forward`, the velocity along the goal direction: the task's progress measure).
 
     ## Starting State
     `qpos = init_qpos + U(-s, s)`, `qvel = init_qvel + s * N(0, 1)`, s = `reset_noise_scale`
@@ -174,6 +175,7 @@ class AntDirEnv(TaskMujocoEnv):
             "x_velocity": velocity[0],
             "y_velocity": velocity[1],
             "reward_forward": reward_forward,
+            "goal_velocity": reward_forward,
             "reward_ctrl": reward_ctrl,
             "reward_contact": reward_contact,
             "reward_survive": reward_survive,
