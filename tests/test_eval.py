@@ -33,6 +33,7 @@ def test_evaluation_is_deterministic_and_reports_both(dataset):
     b = ev.evaluate(L, step=3, n_batches=2, n_rollouts=1, random_episodes=1)
     assert a == b
     assert set(a["adapted"]) == set(a["unadapted"]) == {"0", "1"}
+    assert set(a["velocity_adapted"]) == set(a["velocity_unadapted"]) == {"0", "1"}
     assert np.isclose(a["mean_adapted"], np.mean([np.mean(v) for v in a["adapted_all"].values()]))
     # A different step draws different adaptation batches.
     c = ev.evaluate(L, step=4, n_batches=2, n_rollouts=1, random_episodes=1)
@@ -99,6 +100,27 @@ def test_rollout_mean_clips_actions_and_sums_rewards():
     ref.reset(seed=0)
     total = sum(ref.step(np.ones(6))[1] for _ in range(5))
     assert r[0, 0] == pytest.approx(total)
+
+
+@pytest.mark.parametrize("family,task,key", [("cheetah_vel", {"velocity": 1.0}, "x_velocity"),
+                                              ("ant_dir", {"goal": 2.0}, "goal_velocity")])
+def test_rollout_mean_reports_the_tasks_progress_velocity(family, task, key):
+    """With return_velocity, each episode's mean of the task's progress measure: the velocity along
+    the goal for Ant-Dir (not its x-velocity), the forward velocity otherwise."""
+    from macaw_fast.envs import make
+
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (12, 8 if family == "ant_dir" else 6))
+    it = iter(range(12))
+    envs = [[make(family, task, disable_env_checker=True, max_episode_steps=12)]]
+    r, v = rollout_mean(envs, lambda o: torch.as_tensor(acts[next(it)]).view(1, 1, -1), [[3]], torch.float64, "cpu",
+                        max_steps=12, return_velocity=True)
+    ref = make(family, task, disable_env_checker=True, max_episode_steps=12)
+    ref.reset(seed=3)
+    infos = [ref.step(a)[4] for a in acts]
+    assert v[0, 0] == pytest.approx(np.mean([i[key] for i in infos]), rel=1e-12)
+    if family == "ant_dir":
+        assert v[0, 0] != pytest.approx(np.mean([i["x_velocity"] for i in infos]), rel=1e-3)
 
 
 def test_eval_cli_on_a_paper_archive(dataset, tmp_path, capsys):

@@ -131,6 +131,8 @@ def test_end_to_end(reference):
     for i in range(2):
         assert entry["adapted"][i] == pytest.approx(np.mean([entry["per_task"][t]["adapted"][i] for t in ("0", "1")]))
     assert "| 0 (forward) |" in (out / "results" / "table.md").read_text()
+    assert "Mean velocity per episode" in (out / "results" / "table.md").read_text()
+    assert all(len(entry["per_task"][t]["velocity_adapted"]) == 2 for t in ("0", "1"))
     assert (out / "results" / "curves.png").stat().st_size > 1000
     ev = json.loads((out / "eval" / "seed_0.json").read_text())["result"]
     assert all(len(v) == 2 and len(v[0]) == 1 for v in ev["adapted_all"].values())   # 2 batches x 1 rollout

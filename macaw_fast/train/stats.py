@@ -83,6 +83,10 @@ def family_entry(evals: dict, cfg, command: str, wall: dict) -> dict:
              "data_best": first["data_best"][t]}
         for kind in ("adapted", "unadapted", "normalised_adapted", "normalised_unadapted"):
             d[kind] = [evals[s].get(kind, {}).get(t) for s in seeds]
+        for kind in ("adapted", "unadapted"):      # evaluations made before velocities were recorded lack them
+            v = [evals[s].get(f"velocity_{kind}", {}).get(t) for s in seeds]
+            if all(x is not None for x in v):
+                d[f"velocity_{kind}"] = v
         d["se_adapted"] = [_se(evals[s]["adapted_all"][t]) for s in seeds]
         d["se_unadapted"] = [_se(evals[s]["unadapted_all"][t]) for s in seeds]
         per_task[t] = d
@@ -161,6 +165,12 @@ def write_table(family: str, entry: dict, algo: str = "macaw") -> str:
         best = "n/a" if d["data_best"] is None else f"{d['data_best']:.1f}"
         lines.append(f"| {name} | {ms(d['adapted'])} | {ms(d['unadapted'])} | {ms(gain)} | "
                      f"{ms2(d['normalised_adapted'])} | {ms2(d['normalised_unadapted'])} | {d['random']:.1f} | {best} |")
+    if all("velocity_adapted" in d and "velocity_unadapted" in d for d in entry["per_task"].values()):
+        lines += ["", "Mean velocity per episode (m/s; along the goal direction for Ant-Dir, forward otherwise):", "",
+                  "| task | adapted | unadapted |", "| --- | --- | --- |"]
+        for t, d in entry["per_task"].items():
+            name = f"{t} ({d['label']})" if d["label"] else t
+            lines.append(f"| {name} | {ms2(d['velocity_adapted'])} | {ms2(d['velocity_unadapted'])} |")
     agg = entry.get("aggregate", {})
     if "missing" not in agg:
         lines += ["", "Aggregates over seeds x test tasks (95 % stratified bootstrap CI):", "",
