@@ -28,6 +28,19 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
 def task_list(text: str) -> list[int]:
     """``0,3,5`` or ``0-9`` or a mix (``0-4,7``), indices >= 0."""
     out: list[int] = []

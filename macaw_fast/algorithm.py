@@ -33,6 +33,12 @@ class DictConfig:
             raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def from_macaw(cls, mc, **extra):
+        """The fields of a `MacawConfig` that mean the same here (same names), plus ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in mc.to_dict().items() if k in names}, **extra)
+
 
 #: `chunk_size='auto'`: task batches up to this size run the meta-step's backward in one pass;
 #: larger ones in the fewest equal chunks of at most this many tasks (bounds the memory held by

@@ -32,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from .algorithm import Adapted, DictConfig, MetaAlgorithm, MetaGradient, _adam_impl
-from .config import MacawConfig
 from .data.batch import Batch
 from .nets import MLP, PolicyNet, ValueNet, advantage_weights, gaussian_log_prob, mlp_forward
 
@@ -83,11 +82,6 @@ class FOCALConfig(DictConfig):
                 if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                     raise ValueError(f"focal.{f.name}: expected a positive number, got {v!r}")
 
-    @classmethod
-    def from_macaw(cls, mc: MacawConfig, **extra) -> "FOCALConfig":
-        """The fields of a `MacawConfig` that mean the same here, plus ``extra``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in mc.to_dict().items() if k in names}, **extra)
 
 
 def transitions(batch: Batch) -> Tensor:

@@ -15,14 +15,13 @@ There is no value function, no advantage head and no advantage weighting. Every 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .algorithm import Adapted, DictConfig, MetaAlgorithm, MetaGradient, _adam_impl
-from .config import MacawConfig
 from .data.batch import Batch
 from .nets import PolicyNet
 
@@ -65,10 +64,6 @@ class MetaBCConfig(DictConfig):
         if not isinstance(self.wlinear, bool):
             raise ValueError(f"meta_bc.wlinear: expected true or false, got {self.wlinear!r}")
 
-    @classmethod
-    def from_macaw(cls, mc: MacawConfig) -> "MetaBCConfig":
-        """The fields of a `MacawConfig` that mean the same here."""
-        return cls(**{f.name: getattr(mc, f.name) for f in fields(cls)})
 
 
 class MetaBC(MetaAlgorithm):

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .algorithm import Adapted, DictConfig, MetaAlgorithm, MetaGradient, _adam_impl
-from .config import MacawConfig
 from .data.batch import Batch
 from .nets import PolicyNet, ValueNet, advantage_weights, gaussian_log_prob
 
@@ -67,11 +66,6 @@ class MTFTConfig(DictConfig):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"mt_ft.{name}: expected a positive number, got {v!r}")
 
-    @classmethod
-    def from_macaw(cls, mc: MacawConfig, **extra) -> "MTFTConfig":
-        """The fields of a `MacawConfig` that mean the same here, plus ``extra``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in mc.to_dict().items() if k in names}, **extra)
 
 
 class MTFT(MetaAlgorithm):

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .._cli_types import flat_tasks, int_at_least, task_list
+from .._cli_types import flat_tasks, int_at_least, positive_float, task_list
 from ..backends import BACKEND_NAMES
 from .config import ALGOS, add_config_arguments, list_presets, overrides_from_args, resolve_config
 
@@ -109,18 +109,6 @@ def _print_eval(res: dict, prefix: str = "") -> None:
 
 # ------------------------------------------------------------------------------------------------
 # eval
-
-
-def _positive_float(text: str) -> float:
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
 
 
 def run_eval(args) -> int:
@@ -330,10 +318,10 @@ def _register_reproduce(sub) -> None:
                    help="adaptation batches per test task in the final evaluation (default: 10)")
     r.add_argument("--final-rollouts", type=pos, default=3,
                    help="rollouts per adaptation batch in the final evaluation (default: 3)")
-    r.add_argument("--ft-policy-lrs", type=_positive_float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+    r.add_argument("--ft-policy-lrs", type=positive_float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                    metavar="X", help="mt_ft: policy fine-tuning step sizes tried on training tasks (x every "
                                      "--ft-value-lrs); the best pair is used on the test tasks (default: 1e-4 3e-4 ... 1e-1)")
-    r.add_argument("--ft-value-lrs", type=_positive_float, nargs="+", default=[1e-6, 1e-5, 1e-4], metavar="X",
+    r.add_argument("--ft-value-lrs", type=positive_float, nargs="+", default=[1e-6, 1e-5, 1e-4], metavar="X",
                    help="mt_ft: value-function fine-tuning step sizes tried (default: 1e-6 1e-5 1e-4)")
     r.add_argument("--ft-more-steps", type=nonneg, default=20, metavar="N",
                    help="mt_ft: fine-tuning steps of its second row, mt_ft_kN (0 = none; default: 20)")
@@ -392,9 +380,9 @@ def register(sub) -> None:
     e.add_argument("--ft-iterations", type=pos, default=500, help="online fine-tuning iterations (default: 500)")
     e.add_argument("--ft-steps", type=pos, metavar="N",
                    help="mt_ft checkpoints: SGD steps of fine-tuning on each adaptation batch (default: the run's)")
-    e.add_argument("--ft-value-lr", type=_positive_float, metavar="X",
+    e.add_argument("--ft-value-lr", type=positive_float, metavar="X",
                    help="mt_ft checkpoints: fine-tuning step size of the value function (default: the run's)")
-    e.add_argument("--ft-policy-lr", type=_positive_float, metavar="X",
+    e.add_argument("--ft-policy-lr", type=positive_float, metavar="X",
                    help="mt_ft checkpoints: fine-tuning step size of the policy (default: the run's)")
     e.add_argument("--video", action="store_true", help="render one adapted rollout per task (needs a renderer + imageio)")
     e.add_argument("--video-dir", default="videos", help="where --video writes its GIFs (default: videos)")
