@@ -407,6 +407,22 @@ def test_dry_run_prints_the_plan_and_writes_nothing(reference, tmp_path):
         assert " done " in lines[k], lines[k]
 
 
+def test_plan_prices_each_algorithm_at_its_own_measured_rate(tmp_path):
+    from macaw_fast.train.reproduce import ReproduceConfig, Reproduction, measure_rates
+
+    cfg = ReproduceConfig("cheetah_dir", seeds=[0], algos=["macaw", "mt_ft", "focal"], steps=30,
+                          collect_steps=400, threads=1)
+    rates = measure_rates(cfg, repeats=1)
+    assert set(rates["step_s"]) == {"macaw", "mt_ft", "focal"}
+    assert all(v > 0 for v in rates["step_s"].values())
+    # the plan multiplies each run's remaining steps by that algorithm's own rate
+    fake = {**rates, "env_step_s": 0.0, "act_s": 0.0, "step_s": {"macaw": 1.0, "mt_ft": 0.01, "focal": 0.1}}
+    rows = {r["stage"]: r["estimate_s"] for r in Reproduction(str(tmp_path / "r"), cfg).plan(fake)}
+    assert rows["train seed 0"] == pytest.approx(30.0)
+    assert rows["train mt_ft seed 0"] == pytest.approx(0.3)
+    assert rows["train focal seed 0"] == pytest.approx(3.0)
+
+
 def test_bootstrap_intervals_are_reproducible():
     """rliable's stratified bootstrap draws from numpy's global RNG (it ignores random_state):
     interval_estimates must not depend on that state, and must leave it as it was."""

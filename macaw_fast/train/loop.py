@@ -162,29 +162,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_learner(setup: RunSetup):
-    """A freshly initialised MetaLearner for the run (seeded from train.seed)."""
-    from ..macaw import MetaLearner
+    """A freshly initialised learner of ``train.algo`` for the run (seeded from train.seed)."""
+    torch.manual_seed(setup.tc.seed)
+    return build_learner(setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids), setup.mc, setup.tc)
 
-    tc = setup.tc
-    torch.manual_seed(tc.seed)
+
+def build_learner(obs_dim: int, act_dim: int, num_tasks: int, mc: MacawConfig, tc: TrainConfig):
+    """The learner of ``tc.algo`` (MACAW or a baseline) for these shapes, on ``tc``'s device, dtype
+    and backend, initialised from torch's global RNG."""
     kw = dict(device=resolve_device(tc.device), dtype=getattr(torch, tc.dtype), backend="fused" if tc.fused else tc.backend)
-    dims = (setup.ds.obs_dim, setup.ds.act_dim, len(setup.train_ids))
+    dims = (obs_dim, act_dim, num_tasks)
     if tc.algo == "meta_bc":
         from ..meta_bc import MetaBC, MetaBCConfig
 
-        return MetaBC(*dims, MetaBCConfig.from_macaw(setup.mc), **kw)
+        return MetaBC(*dims, MetaBCConfig.from_macaw(mc), **kw)
     if tc.algo == "mt_ft":
         from ..mt_ft import MTFT, MTFTConfig
 
         from .config import FT_FIELDS
 
         ft = {k: getattr(tc, k) for k in FT_FIELDS if getattr(tc, k) is not None}
-        return MTFT(*dims, MTFTConfig.from_macaw(setup.mc, **ft), **kw)
+        return MTFT(*dims, MTFTConfig.from_macaw(mc, **ft), **kw)
     if tc.algo == "focal":
         from ..focal import FOCAL, FOCALConfig
 
-        return FOCAL(*dims, FOCALConfig.from_macaw(setup.mc), **kw)
-    return MetaLearner(*dims, setup.mc, **kw)
+        return FOCAL(*dims, FOCALConfig.from_macaw(mc), **kw)
+    from ..macaw import MetaLearner
+
+    return MetaLearner(*dims, mc, **kw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -674,7 +674,7 @@ class Reproduction:
             left = max(0, c.steps - at)
             n_evals = left // c.eval_interval + 1
             rows.append({"stage": f"train {_name(a)}seed {s}", "status": "done" if left == 0 else (f"at step {at}" if at else "to do"),
-                         "estimate_s": left * rates["meta_step_s"] + n_evals * per_eval,
+                         "estimate_s": left * _step_seconds(rates, a) + n_evals * per_eval,
                          "detail": f"{c.steps} meta-steps, evaluation every {c.eval_interval} "
                                    f"({c.eval_batches} batches x {c.eval_rollouts} rollouts)"})
         if "mt_ft" in c.algos:
@@ -745,20 +745,26 @@ def measure_rates(cfg: ReproduceConfig, repeats: int = 3) -> dict:
             torch.set_num_threads(cfg.threads)
         else:
             torch.set_num_threads(threads)
-        meta_s = _meta_step_seconds(cfg, fam, repeats)
+        step_s = {a: _meta_step_seconds(cfg, fam, repeats, a) for a in cfg.algos}
     finally:
         torch.set_num_threads(threads)
-    return {"env_step_s": env_s, "sac_update_s": sac_s, "meta_step_s": meta_s, "act_s": act_collect_s / T,
-            "collect_act_s": act_collect_s}
+    return {"env_step_s": env_s, "sac_update_s": sac_s, "meta_step_s": step_s.get("macaw", min(step_s.values())),
+            "step_s": step_s, "act_s": act_collect_s / T, "collect_act_s": act_collect_s}
 
 
-def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int) -> float:
+def _step_seconds(rates: dict, algo: str) -> float:
+    """Seconds per gradient step of ``algo``: its own measured rate, else MACAW's meta-step."""
+    return rates.get("step_s", {}).get(algo, rates["meta_step_s"])
+
+
+def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int, algo: str = "macaw") -> float:
+    """Seconds per training step of ``algo`` (its meta_step on random batches of the run's shapes)."""
     import torch
 
     from ..data.batch import Batch
-    from ..macaw import MetaLearner
+    from .loop import build_learner
 
-    mc, tc = cfg.train_configs(cfg.seeds[0])
+    mc, tc = cfg.train_configs(cfg.seeds[0], algo)
     n_train = len(fam.paper_tasks()) - (0 if cfg.family == "cheetah_dir" else 5)
     T, B = min(tc.tasks_per_step, n_train), tc.batch_size
     g = torch.Generator().manual_seed(0)
@@ -769,7 +775,7 @@ def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int) -> float:
                      done=torch.zeros(T, B), mc_return=torch.randn(T, B, generator=g),
                      terminal_obs=torch.randn(T, B, fam.obs_dim, generator=g),
                      terminal_discount=torch.full((T, B), 0.5))
-    learner = MetaLearner(fam.obs_dim, fam.act_dim, n_train, mc)
+    learner = build_learner(fam.obs_dim, fam.act_dim, n_train, mc, tc)
     times = []
     for k in range(repeats + 1):
         inner, outer = batch(), batch()
