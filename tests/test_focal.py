@@ -138,7 +138,9 @@ def test_train_resume_eval_through_the_cli(tmp_path):
     data = make_scripted_dataset(tmp_path / "ds", "cheetah_dir", episodes_per_task=2, episode_steps=60, seed=1)
     tiny = ["--algo", "focal", "--preset", "cheetah_dir", "--net-width", "16", "--batch-size", "16", "--threads", "1",
             "--progress", "false", "--tensorboard", "false", "--eval-interval", "2", "--eval-rollouts", "1",
-            "--random-episodes", "1", "--latest-interval", "2"]
+            "--random-episodes", "1", "--latest-interval", "2",
+            "--latent-dim", "3", "--encoder-depth", "1", "--encoder-lr", "0.001", "--metric-beta", "2.5",
+            "--metric-power", "1.5", "--metric-eps", "0.2"]
 
     def cli(*args, ok=True):
         p = subprocess.run([sys.executable, "-m", "macaw_fast", *args], capture_output=True, text=True, timeout=600)
@@ -151,6 +153,13 @@ def test_train_resume_eval_through_the_cli(tmp_path):
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")["learner"]
     b = load_checkpoint(tmp_path / "part" / "checkpoints" / "latest.pt")["learner"]
     assert a["format"] == "macaw-fast/focal"
+    # focal's own flags reach its config (and survive the resume)
+    for ck in (a, b):
+        c = ck["config"]
+        assert (c["latent_dim"], c["encoder_depth"], c["encoder_lr"], c["metric_beta"], c["metric_power"],
+                c["metric_eps"]) == (3, 1, 0.001, 2.5, 1.5, 0.2)
+    assert sorted(a["encoder"]) == ["layers.0.bias", "layers.0.weight", "layers.1.bias", "layers.1.weight"]
+    assert a["encoder"]["layers.1.weight"].shape[-1] == 3                 # one hidden layer, latent of 3
     for net in ("encoder", "vf", "policy"):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), (net, k)
@@ -160,3 +169,9 @@ def test_train_resume_eval_through_the_cli(tmp_path):
     err = cli("eval", str(tmp_path / "part"), "--batches", "1", "--episodes", "1", "--batch-size", "16",
               "--online-ft", ok=False).stderr
     assert "--online-ft: online fine-tuning is implemented for MACAW only" in err
+    # focal's fields are refused for the other algorithms, and bad values with the field named
+    base = ["train", "--data", str(data), "--steps", "1", "--preset", "cheetah_dir", "--progress", "false"]
+    err = cli(*base, "--out", str(tmp_path / "m"), "--latent-dim", "4", ok=False).stderr
+    assert "train.latent_dim: only --algo focal" in err and not (tmp_path / "m").exists()
+    err = cli(*base, "--out", str(tmp_path / "f"), "--algo", "focal", "--metric-eps", "-1", ok=False).stderr
+    assert "train.metric_eps: expected a positive number" in err and not (tmp_path / "f").exists()

@@ -423,6 +423,19 @@ def test_plan_prices_each_algorithm_at_its_own_measured_rate(tmp_path):
     assert rows["train focal seed 0"] == pytest.approx(3.0)
 
 
+def test_an_algorithms_own_training_fields_set_only_its_runs():
+    from macaw_fast.train.reproduce import ReproduceConfig
+
+    cfg = ReproduceConfig("cheetah_dir", algos=["macaw", "mt_ft", "focal"],
+                          train_overrides={"ft_steps": 3, "latent_dim": 4, "batch_size": 64}).validate()
+    tcs = {a: cfg.train_configs(0, a)[1] for a in cfg.algos}
+    assert (tcs["macaw"].ft_steps, tcs["macaw"].latent_dim, tcs["macaw"].batch_size) == (None, None, 64)
+    assert (tcs["mt_ft"].ft_steps, tcs["mt_ft"].latent_dim) == (3, None)
+    assert (tcs["focal"].ft_steps, tcs["focal"].latent_dim) == (None, 4)
+    for tc in tcs.values():
+        tc.validate()
+
+
 def test_bootstrap_intervals_are_reproducible():
     """rliable's stratified bootstrap draws from numpy's global RNG (it ignores random_state):
     interval_estimates must not depend on that state, and must leave it as it was."""

@@ -32,6 +32,11 @@ INNER_DATA = ("all", "start", "middle", "end")
 ALGOS = ("macaw", "meta_bc", "mt_ft", "focal")
 #: TrainConfig fields that set mt_ft's fine-tuning (MTFTConfig fields of the same names).
 FT_FIELDS = ("ft_steps", "ft_value_lr", "ft_policy_lr")
+#: TrainConfig fields that set the focal baseline's own hyper-parameters (FOCALConfig fields of the
+#: same names; its other fields are MACAW's of the same names).
+FOCAL_FIELDS = ("latent_dim", "encoder_depth", "encoder_lr", "metric_beta", "metric_power", "metric_eps")
+#: The TrainConfig fields that belong to one algorithm only.
+ALGO_FIELDS = {"mt_ft": FT_FIELDS, "focal": FOCAL_FIELDS}
 
 
 @dataclass
@@ -85,6 +90,18 @@ class TrainConfig:
     """mt_ft only: fine-tuning step size of the value function (None: MTFTConfig's 1e-3; tuned by reproduce)."""
     ft_policy_lr: Optional[float] = None
     """mt_ft only: fine-tuning step size of the policy (None: MTFTConfig's 1e-3; tuned by reproduce)."""
+    latent_dim: Optional[int] = None
+    """focal only: size of the task latent z (None: FOCALConfig's 8)."""
+    encoder_depth: Optional[int] = None
+    """focal only: hidden layers of the context encoder (None: 2)."""
+    encoder_lr: Optional[float] = None
+    """focal only: Adam learning rate of the context encoder (None: 3e-4)."""
+    metric_beta: Optional[float] = None
+    """focal only: weight of the distance-metric loss's push-apart term (None: 1.0)."""
+    metric_power: Optional[float] = None
+    """focal only: power n of the distance in the push-apart term beta / (|z_i - z'_j|^n + eps) (None: 2.0)."""
+    metric_eps: Optional[float] = None
+    """focal only: eps of the push-apart term (None: 0.1)."""
     backend: str = "auto"
     """How the meta-step runs (same results; docs/algorithm.md §4): 'auto' (fused on CUDA, cpu on the
     CPU), 'torch' (plain autograd), 'cpu' (hand-written gradients and compiled kernels) or 'fused'
@@ -127,17 +144,18 @@ class TrainConfig:
         if self.algo not in ALGOS:
             raise ValueError(f"train.algo: expected one of {', '.join(ALGOS)}, got {self.algo!r}")
 
-        for name in FT_FIELDS:
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if self.algo != "mt_ft":
-                raise ValueError(f"train.{name}: only --algo mt_ft fine-tunes at test time (algo is {self.algo!r})")
-            ok = isinstance(v, int) and v >= 1 if name == "ft_steps" else \
-                isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-            if not ok or isinstance(v, bool):
-                raise ValueError(f"train.{name}: expected a positive {'integer' if name == 'ft_steps' else 'number'}, "
-                                 f"got {v!r}")
+        for algo, names in ALGO_FIELDS.items():
+            for name in names:
+                v = getattr(self, name)
+                if v is None:
+                    continue
+                if self.algo != algo:
+                    what = "fine-tunes at test time" if algo == "mt_ft" else "has this hyper-parameter"
+                    raise ValueError(f"train.{name}: only --algo {algo} {what} (algo is {self.algo!r})")
+                integer = name in ("ft_steps", "latent_dim", "encoder_depth")
+                ok = isinstance(v, int) and v >= 1 if integer else isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                if not ok or isinstance(v, bool):
+                    raise ValueError(f"train.{name}: expected a positive {'integer' if integer else 'number'}, got {v!r}")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"train.backend: expected one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
         if self.dtype not in ("float32", "float64"):

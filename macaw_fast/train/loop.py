@@ -186,7 +186,10 @@ def build_learner(obs_dim: int, act_dim: int, num_tasks: int, mc: MacawConfig, t
     if tc.algo == "focal":
         from ..focal import FOCAL, FOCALConfig
 
-        return FOCAL(*dims, FOCALConfig.from_macaw(mc), **kw)
+        from .config import FOCAL_FIELDS
+
+        own = {k: getattr(tc, k) for k in FOCAL_FIELDS if getattr(tc, k) is not None}
+        return FOCAL(*dims, FOCALConfig.from_macaw(mc, **own), **kw)
     from ..macaw import MetaLearner
 
     return MetaLearner(*dims, mc, **kw)

@@ -215,10 +215,11 @@ class ReproduceConfig:
         """(MacawConfig, TrainConfig) of the run of ``seed`` and ``algo``."""
         from .config import resolve_config
 
-        if algo != "mt_ft":     # train.ft_steps belongs to mt_ft
-            tro = {k: v for k, v in self.train_overrides.items() if k != "ft_steps"}
-        else:
-            tro = self.train_overrides
+        from .config import ALGO_FIELDS
+
+        # a field that belongs to one algorithm (train.ft_steps, train.latent_dim, ...) sets only that one's runs
+        theirs = {k for a, names in ALGO_FIELDS.items() if a != algo for k in names}
+        tro = {k: v for k, v in self.train_overrides.items() if k not in theirs}
         tr = {**tro, "algo": algo, "seed": seed, "steps": self.steps, "eval_interval": self.eval_interval,
               "eval_batches": self.eval_batches, "eval_rollouts": self.eval_rollouts, "threads": self.threads,
               "progress": self.progress}
