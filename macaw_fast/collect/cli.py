@@ -86,3 +86,29 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
     p.set_defaults(func=run)
+
+    q = sub.add_parser(
+        "quality", help="per-task quality of a collection's data (final evaluation, progress velocity, falls)",
+        description="Per task of a `macaw-fast collect` run: the final evaluation (return, velocity, episode "
+                    "length), the task's progress velocity over the last stored rows (along the goal for "
+                    "Ant-Dir and Cheetah-Dir; with its error for Cheetah-Vel), the stored trajectories that "
+                    "ended in a fall, and the stored trajectories' returns. Prints a markdown table "
+                    "(docs/collect.md).")
+    q.add_argument("run", help="the collection's --out directory (holds config.json, log.jsonl, dataset/)")
+    q.add_argument("--split", choices=["train", "test"], default=None, help="only the tasks of this split (default: all)")
+    q.add_argument("--last-rows", type=_positive_int, default=10_000,
+                   help="stored rows per task (the last ones) that the progress velocity averages (default 10000)")
+    q.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH as JSON")
+    q.set_defaults(func=run_quality)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    """Print the quality table of a collection (and write it as JSON with --json)."""
+    from .._io import atomic_write_json
+    from .quality import collection_quality, format_quality
+
+    q = collection_quality(args.run, last_rows=args.last_rows)
+    print(format_quality(q, only=args.split))
+    if args.json:
+        atomic_write_json(args.json, q)
+    return 0
