@@ -52,7 +52,7 @@ def test_quality_of_a_collection_matches_its_rows_and_log(tmp_path):
     ds = open_dataset(run / "dataset")
     for k, r in enumerate(q["tasks"]):
         td = ds[r["task"]]
-        assert r["split"] == ("test" if r["task"] == "2" else "train")
+        assert r["splits"] == (["test"] if r["task"] == "2" else ["train"])
         assert r["eval_return"] == pytest.approx(log["eval_return"][k])
         assert r["eval_length"] == pytest.approx(log["eval_length"][k])
         assert r["velocity_last"] == pytest.approx(float(np.asarray(td["obs"])[-150:, 8].mean()))

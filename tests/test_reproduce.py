@@ -134,6 +134,12 @@ def test_end_to_end(reference):
     assert "Mean velocity per episode" in (out / "results" / "table.md").read_text()
     assert all(len(entry["per_task"][t]["velocity_adapted"]) == 2 for t in ("0", "1"))
     assert (out / "results" / "curves.png").stat().st_size > 1000
+    # the data's quality, as `macaw-fast quality` computes it for the collection
+    from macaw_fast.collect.quality import collection_quality
+
+    assert json.loads((out / "results" / "data_quality.json").read_text()) == \
+        json.loads(json.dumps(collection_quality(str(out / "collect"))))
+    assert "| 1 | backward |" in (out / "results" / "data_quality.md").read_text()
     ev = json.loads((out / "eval" / "seed_0.json").read_text())["result"]
     assert all(len(v) == 2 and len(v[0]) == 1 for v in ev["adapted_all"].values())   # 2 batches x 1 rollout
     assert all(len(v) == 2 for v in ev["unadapted_all"].values())

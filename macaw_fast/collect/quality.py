@@ -62,7 +62,7 @@ def _final_evaluation(log_path: str) -> dict | None:
 def collection_quality(run: str, last_rows: int = 10_000) -> dict:
     """Per-task quality of the collection in directory ``run`` (``collect --out``).
 
-    Returns ``{"family", "step", "last_rows", "tasks": [{task, label, split, eval_return,
+    Returns ``{"family", "step", "last_rows", "tasks": [{task, label, splits, eval_return,
     eval_velocity, eval_length, velocity_last, velocity_error_last (Cheetah-Vel), trajectories,
     falls, return_min/mean/max}]}``; ``step`` is the env step of the final evaluation used.
     """
@@ -85,7 +85,7 @@ def collection_quality(run: str, last_rows: int = 10_000) -> dict:
         raise ValueError(f"last_rows: expected a positive integer, got {last_rows!r}")
     ds = open_dataset(os.path.join(run, "dataset"))
     ev = _final_evaluation(os.path.join(run, "log.jsonl"))
-    split = {t: name for name, ids in ds.split.items() for t in ids}
+    splits = {t: [name for name, ids in ds.split.items() if t in ids] for t in ds.tasks}   # Cheetah-Dir: both
     rows = []
     for k, tid in enumerate(ds.tasks):
         td = ds[tid]
@@ -94,7 +94,7 @@ def collection_quality(run: str, last_rows: int = 10_000) -> dict:
         n = td.num_rows
         v = progress_velocity(family, params, a["obs"][max(0, n - last_rows):]) if n else np.zeros(0)
         rets = list(td.episode_returns or [])
-        row = {"task": tid, "label": task_label(family, params), "split": split.get(tid, ""),
+        row = {"task": tid, "label": task_label(family, params), "splits": splits[tid],
                "velocity_last": float(v.mean()) if v.size else None,
                "trajectories": len(td.episode_lengths) if td.episode_lengths is not None else None,
                "falls": int(np.asarray(a["done"]).sum()),
@@ -114,7 +114,7 @@ def collection_quality(run: str, last_rows: int = 10_000) -> dict:
 def format_quality(q: dict, only: str | None = None) -> str:
     """A markdown table of :func:`collection_quality` (``only``: a split name, e.g. 'test'), then
     the means over the tasks shown."""
-    tasks = [r for r in q["tasks"] if only is None or r["split"] == only]
+    tasks = [r for r in q["tasks"] if only is None or only in r["splits"]]
     vel = q["family"] == "cheetah_vel"
 
     def f(x, d=1):

@@ -583,6 +583,7 @@ class Reproduction:
                           + write_table(self.cfg.family, entries[algo], algo))
         atomic_write_json(os.path.join(out, "summary.json"), {self.cfg.family: entries})
         atomic_write_text(os.path.join(out, "table.md"), "\n".join(tables))
+        self.write_data_quality(out)
         for algo, entry in entries.items():
             if algo in variants and algo != "mt_ft":
                 continue        # the second row has no training run of its own
@@ -600,6 +601,17 @@ class Reproduction:
             except ImportError as e:
                 _say(f"results: no comparison.png ({e})")
         return entries[self.cfg.algos[0]]
+
+    def write_data_quality(self, out: str) -> None:
+        """DIR/results/data_quality.{json,md}: the collection's per-task quality (`macaw-fast quality`):
+        the test tasks' table and a line over all tasks."""
+        from ..collect.quality import collection_quality, format_quality
+
+        q = collection_quality(self.collect_dir)
+        atomic_write_json(os.path.join(out, "data_quality.json"), q)
+        text = (f"# Data quality ({self.cfg.family}, {self.collect_dir})\n\nTest tasks:\n\n{format_quality(q, only='test')}"
+                f"\n\nAll {len(q['tasks'])} tasks: {format_quality(q).rsplit(chr(10), 1)[-1]}\n")
+        atomic_write_text(os.path.join(out, "data_quality.md"), text)
 
     # ---------------------------------------------------------------- all of it
     def run(self, command: str = "") -> dict:
