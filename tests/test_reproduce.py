@@ -277,6 +277,32 @@ def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path
     assert not leftovers
 
 
+def test_a_second_reproduce_on_the_same_directory_is_refused_and_temporaries_are_removed(reference, tmp_path):
+    """While one reproduce holds OUT, another on OUT fails at once with the path named and touches
+    nothing; temporaries left by writes that a kill interrupted are removed by the next run."""
+    import fcntl
+
+    out = tmp_path / "run"
+    shutil.copytree(reference["out"], out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    fd = os.open(out / ".reproduce.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # as a running reproduce holds it
+    try:
+        p = _run(reference["tmp"], out, check=False)
+    finally:
+        os.close(fd)
+    assert p.returncode == 1 and "another `macaw-fast reproduce` is running" in p.stderr and str(out) in p.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    stale = [out / "stages" / ".train_seed_0.json.abcd1234.tmp", out / "eval" / ".seed_1.json.x.tmp",
+             out / "results" / ".table.md.y.tmp"]
+    for f in stale:
+        f.write_text("{")
+    p = _run(reference["tmp"], out)
+    for f in stale:
+        assert not f.exists() and f"removed {f}" in p.stderr
+    _same_results(out, reference["out"])
+
+
 def _flip(path, offset_from_end=64):
     with open(path, "r+b") as f:
         f.seek(-offset_from_end, os.SEEK_END)

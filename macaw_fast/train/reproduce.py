@@ -266,6 +266,10 @@ def _read_json(path: str) -> dict | None:
 # the pipeline
 
 
+#: The reproduce directories whose lock this process holds (lock file path -> open descriptor).
+_HELD_LOCKS: dict[str, int] = {}
+
+
 class Reproduction:
     """One reproduce directory: its settings and stages (see the module docstring)."""
 
@@ -308,6 +312,35 @@ class Reproduction:
             ccfg = _read_json(os.path.join(self.collect_dir, "config.json"))
             if ccfg is not None and ccfg.get("family") not in (None, self.cfg.family):
                 raise ValueError(f"--out {d}: its collect/ holds {ccfg.get('family')} data, not {self.cfg.family}")
+
+    def lock(self) -> None:
+        """Hold DIR/.reproduce.lock for the life of this process (released by the kernel on any exit,
+        kill -9 included): a second `reproduce` on the same directory is refused, not interleaved."""
+        import fcntl
+
+        os.makedirs(self.dir, exist_ok=True)
+        path = os.path.join(self.dir, ".reproduce.lock")
+        if path in _HELD_LOCKS:       # this process holds it already (a second Reproduction of the same DIR)
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileExistsError(f"--out {self.dir}: another `macaw-fast reproduce` is running on this directory "
+                                  f"({path} is locked); wait for it to finish or use another --out") from None
+        _HELD_LOCKS[path] = fd      # kept open: closing it would release the lock
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete what interrupted atomic writes left in the pipeline's own files (settings, stage
+        records, evaluations, results); the collection, data and runs clean up their own."""
+        from .loop import remove_stale_temporaries
+
+        dirs = [self.dir, self.stage_dir, os.path.join(self.dir, "results"), os.path.join(self.dir, "eval")]
+        ev = dirs[-1]
+        if os.path.isdir(ev):
+            dirs += [os.path.join(ev, n) for n in sorted(os.listdir(ev)) if os.path.isdir(os.path.join(ev, n))]
+        return [os.path.join(d, n) for d in dirs for n in remove_stale_temporaries(d)]
 
     def save_settings(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -616,6 +649,9 @@ class Reproduction:
     # ---------------------------------------------------------------- all of it
     def run(self, command: str = "") -> dict:
         self.check_directory()
+        self.lock()
+        for path in self.remove_stale_temporaries():
+            _say(f"removed {path} (left by an interrupted write)")
         self.save_settings()
         runs = [(a, s) for a in self.cfg.algos for s in self.cfg.seeds]
         evals = [(a, s) for a in self.cfg.result_names() for s in self.cfg.seeds]
