@@ -63,6 +63,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run directory (created; holds dataset/, checkpoint, logs)")
     p.add_argument("--steps-per-task", type=_positive_int, default=None,
                    help="env steps = dataset rows per task (default per family: cheetah_dir 30000, others 60000; "
+                        "for Ant-Dir use 120000 with --utd 1: at the default the ants barely move; "
                         "see docs/collect.md for budgets)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of agents, RNG and envs (default 0)")
     p.add_argument("--tasks", type=_tasks, default=None,
