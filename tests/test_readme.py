@@ -39,3 +39,27 @@ def test_python_example_runs_as_written(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("{'loss") and lines[-1].startswith("4 ")
+
+
+def test_results_table_matches_the_published_summary():
+    """The README's 'Does it reproduce MACAW?' numbers are results/summary.json's, rounded."""
+    import json
+
+    with open(os.path.join(ROOT, "results", "summary.json")) as f:
+        summary = json.load(f)
+    section = _readme().split("## Does it reproduce MACAW?", 1)[1].split("\n## ", 1)[0]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in section.splitlines() if ln.startswith("| Cheetah-")}
+    fams = {"Cheetah-Dir": "cheetah_dir", "Cheetah-Vel": "cheetah_vel"}
+    assert set(rows) == set(fams)
+
+    def iqm(fam, algo, with_ci=True):
+        a = summary[fam][algo]["aggregate"]["normalised_adapted"]
+        return f"{a['iqm']:.2f} [{a['iqm_ci'][0]:.2f}, {a['iqm_ci'][1]:.2f}]" if with_ci else f"{a['iqm']:.2f}"
+
+    for label, fam in fams.items():
+        macaw, meta_bc, mt_ft, focal, gain = rows[label]
+        assert macaw == iqm(fam, "macaw") and meta_bc == iqm(fam, "meta_bc") and focal == iqm(fam, "focal")
+        assert mt_ft == f"{iqm(fam, 'mt_ft', False)} / {iqm(fam, 'mt_ft_k20', False)}"
+        lo = summary[fam]["macaw"]["aggregate"]["return_gain"]["mean_ci"][0]
+        assert (gain == "CI excludes 0") == (lo > 0)
