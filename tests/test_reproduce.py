@@ -455,6 +455,13 @@ def test_plan_prices_each_algorithm_at_its_own_measured_rate(tmp_path):
     assert rows["train focal seed 0"] == pytest.approx(3.0)
 
 
+def test_a_preset_that_sets_the_algorithm_is_refused():
+    from macaw_fast.train.reproduce import ReproduceConfig
+
+    with pytest.raises(ValueError, match="--preset mt_ft_k20: sets the algorithm, which reproduce takes from --algos"):
+        ReproduceConfig("cheetah_dir", presets=["mt_ft_k20"]).validate()
+
+
 def test_an_algorithms_own_training_fields_set_only_its_runs():
     from macaw_fast.train.reproduce import ReproduceConfig
 

@@ -175,6 +175,21 @@ def test_presets_cover_the_paper_ablations():
         assert len(tc.train_tasks) == n and sorted(tc.train_tasks + tc.test_tasks) == list(range(40))
 
 
+def test_baseline_presets_pick_the_algorithm_on_any_family():
+    from macaw_fast.train.loop import build_learner
+
+    want = {"meta_bc": ("meta_bc", None), "mt_ft": ("mt_ft", 1), "mt_ft_k20": ("mt_ft", 20), "focal": ("focal", None)}
+    for fam in ("cheetah_dir", "cheetah_vel", "ant_dir", "walker_param"):
+        for preset, (algo, steps) in want.items():
+            mc, tc = resolve_config([fam, preset])
+            assert (tc.algo, tc.family, tc.ft_steps) == (algo, fam, steps)
+    mc, tc = resolve_config(["cheetah_dir", "mt_ft_k20"])
+    learner = build_learner(20, 6, 2, mc, tc)
+    assert (learner.config.ft_steps, learner.config.ft_value_lr, learner.config.ft_policy_lr) == (20, 1e-6, 1e-3)
+    with pytest.raises(ValueError, match="train.ft_steps: only --algo mt_ft"):
+        resolve_config(["mt_ft_k20"], train={"algo": "macaw"})
+
+
 def test_inner_data_ablation_restricts_inner_rows(dataset):
     from macaw_fast.train.loop import RunSetup, _batches
 

@@ -165,6 +165,12 @@ class ReproduceConfig:
         if bad:
             raise ValueError(f"--train-config: {bad} are set by reproduce's own flags (--steps, --seeds, "
                              f"--eval-interval, --eval-batches, --eval-rollouts, --threads, --algos)")
+        from .config import load_preset
+
+        for name in self.presets:
+            if "algo" in load_preset(name)[1]:
+                raise ValueError(f"--preset {name}: sets the algorithm, which reproduce takes from --algos "
+                                 f"(e.g. --algos macaw {load_preset(name)[1]['algo']})")
         self.train_configs(self.seeds[0])     # validates presets and overrides
         self.collect_kwargs()
         return self
