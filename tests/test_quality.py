@@ -72,3 +72,16 @@ def test_quality_of_a_collection_matches_its_rows_and_log(tmp_path):
     p = subprocess.run([sys.executable, "-m", "macaw_fast", "quality", str(tmp_path)], capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 1 and f"{tmp_path}/config.json: not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_collect_ends_with_the_data_quality_line(tmp_path):
+    out = tmp_path / "c"
+    p = subprocess.run([sys.executable, "-m", "macaw_fast", "collect", "--family", "walker_param", "--out", str(out),
+                        "--tasks", "2", "--steps-per-task", "300", "--warmup", "300", "--eval-interval", "0",
+                        "--eval-episodes", "1", "--width", "8", "--batch-size", "8", "--no-progress",
+                        "--no-tensorboard"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    q = collection_quality(str(out))
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("data quality: ")]
+    assert len(line) == 1 and f"macaw-fast quality {out}" in line[0]
+    assert f"{q['tasks'][0]['falls']} of {q['tasks'][0]['trajectories']} stored trajectories end in a fall" in line[0]

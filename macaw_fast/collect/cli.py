@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if final:
         rets = " ".join(f"{r:.1f}" for r in final["eval_return"])
         print(f"final evaluation returns per task (mean action): {rets}")
+    from .quality import collection_quality, format_quality
+
+    summary = format_quality(collection_quality(args.out)).rsplit("\n", 1)[-1]
+    print(f"data quality: {summary} (per task: macaw-fast quality {args.out})")
     return 0
 
 
