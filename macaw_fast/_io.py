@@ -80,3 +80,20 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file; a torn last line (a killed writer) is ignored."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out

@@ -21,9 +21,9 @@ def _utd(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Run a collection from parsed arguments; prints the dataset path and per-task final returns."""
-    import json
     import os
 
+    from .._io import read_jsonl
     from .collector import LOG, collect
 
     path = collect(args.family, args.out, steps_per_task=args.steps_per_task, seed=args.seed, tasks=args.tasks,
@@ -32,17 +32,8 @@ def run(args: argparse.Namespace) -> int:
                    eval_episodes=args.eval_episodes,
                    checkpoint_interval=args.checkpoint_interval, threads=args.threads,
                    tensorboard=not args.no_tensorboard)
-    final = None
-    log = os.path.join(args.out, LOG)
-    if os.path.exists(log):
-        with open(log) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("final"):
-                    final = rec
+    finals = [r for r in read_jsonl(os.path.join(args.out, LOG)) if r.get("final")]
+    final = finals[-1] if finals else None
     print(f"dataset: {path}")
     if final:
         rets = " ".join(f"{r:.1f}" for r in final["eval_return"])

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._io import read_jsonl
+
 __all__ = ["progress_velocity", "collection_quality", "format_quality"]
 
 #: Where each family's observation holds the root's velocity: (x index, y index or None). HalfCheetah
@@ -46,17 +48,8 @@ def progress_velocity(family: str, params: Mapping[str, Any], obs: np.ndarray) -
 
 def _final_evaluation(log_path: str) -> dict | None:
     """The last record of a collection log that holds an evaluation (None without one)."""
-    last = None
-    if os.path.exists(log_path):
-        with open(log_path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict) and rec.get("eval_return") is not None:
-                    last = rec
-    return last
+    evals = [r for r in read_jsonl(log_path) if isinstance(r, dict) and r.get("eval_return") is not None]
+    return evals[-1] if evals else None
 
 
 def collection_quality(run: str, last_rows: int = 10_000) -> dict:

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_json  # noqa: F401 (also imported from here)
+from .._io import atomic_write_bytes, atomic_write_json, read_jsonl  # noqa: F401 (also imported from here)
 from ..config import MacawConfig
 from .config import TrainConfig
 from .evaluate import Evaluator, check_dataset_env, family_of
@@ -42,23 +42,6 @@ from ..checkpoint import (CHECKPOINT_FORMAT, CheckpointError, intact_checkpoints
 
 # ------------------------------------------------------------------------------------------------
 # small I/O helpers
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSONL file; a torn last line (a killed writer) is ignored."""
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return out
 
 
 def _jsonable(x):

@@ -168,9 +168,10 @@ class ReproduceConfig:
         from .config import load_preset
 
         for name in self.presets:
-            if "algo" in load_preset(name)[1]:
+            algo = load_preset(name)[1].get("algo")
+            if algo is not None:
                 raise ValueError(f"--preset {name}: sets the algorithm, which reproduce takes from --algos "
-                                 f"(e.g. --algos macaw {load_preset(name)[1]['algo']})")
+                                 f"(e.g. --algos macaw {algo})")
         self.train_configs(self.seeds[0])     # validates presets and overrides
         self.collect_kwargs()
         return self
