@@ -90,6 +90,24 @@ def test_normalised_score_by_hand(dataset):
     ev.close()
 
 
+def test_random_reference_is_the_same_for_every_seed_and_evaluator(dataset):
+    """The normalised score's R_random is seeded by the task alone: evaluators of different run
+    seeds (and with the tasks in another order) on the same data get the same reference, so seeds
+    and algorithms are normalised alike; the episode count is part of the cached value."""
+    ds = open_dataset(dataset)
+    evs = [Evaluator(ds, ["0", "1"], "cheetah_dir", batch_size=32, seed=s) for s in (0, 5)]
+    evs.append(Evaluator(ds, ["1", "0"], "cheetah_dir", batch_size=32, seed=9))
+    refs = [ev.random_returns(2) for ev in evs]
+    assert refs[0] == refs[1] == refs[2]
+    assert refs[0]["0"] != refs[0]["1"]                       # each task draws its own episodes
+    three = evs[0].random_returns(3)
+    assert three != refs[0] and evs[1].random_returns(3) == three
+    # asking for the first count again gives its reference back, not the cached other one
+    assert evs[0].random_returns(2) == refs[0]
+    for ev in evs:
+        ev.close()
+
+
 def test_rollout_mean_clips_actions_and_sums_rewards():
     from macaw_fast.envs import make
 

@@ -140,13 +140,40 @@ def test_end_to_end(reference):
     assert json.loads((out / "results" / "data_quality.json").read_text()) == \
         json.loads(json.dumps(collection_quality(str(out / "collect"))))
     assert "| 1 | backward |" in (out / "results" / "data_quality.md").read_text()
+    # one random-policy reference per task for every seed: the normalised scores are (R - R_random) /
+    # (R_best - R_random) with the per_task "random" the summary reports
+    for t, d in entry["per_task"].items():
+        for r, z in zip(d["adapted"], d["normalised_adapted"]):
+            if d["data_best"] > d["random"]:
+                assert z == pytest.approx((r - d["random"]) / (d["data_best"] - d["random"]), rel=1e-9)
+            else:                                 # this tiny run's data may not beat random
+                assert z is None
+    assert any(z is not None for d in entry["per_task"].values() for z in d["normalised_adapted"])
     ev = json.loads((out / "eval" / "seed_0.json").read_text())["result"]
+    ev1 = json.loads((out / "eval" / "seed_1.json").read_text())["result"]
+    assert ev["random"] == ev1["random"]
     assert all(len(v) == 2 and len(v[0]) == 1 for v in ev["adapted_all"].values())   # 2 batches x 1 rollout
     assert all(len(v) == 2 for v in ev["unadapted_all"].values())
     # a second run finds every stage done and changes nothing
     before = _results(out)
     p = _run(reference["tmp"], out)
     assert "failed verification" not in p.stderr and "again" not in p.stderr
+    assert _results(out) == before
+
+
+def test_an_evaluation_made_with_another_reference_is_recomputed(reference, tmp_path):
+    """Final evaluations written before the random-policy reference was seeded by the task (their
+    key has no "reference") are not reused: reproduce evaluates again and the numbers return."""
+    out = tmp_path / "old_ref"
+    shutil.copytree(reference["out"], out)
+    before = _results(out)
+    path = out / "eval" / "seed_1.json"
+    d = json.loads(path.read_text())
+    del d["key"]["reference"]
+    d["result"]["random"] = {t: v - 50.0 for t, v in d["result"]["random"].items()}
+    path.write_text(json.dumps(d))
+    _run(reference["tmp"], out)
+    assert json.loads(path.read_text())["key"]["reference"]["seeded_by"] == "task"
     assert _results(out) == before
 
 

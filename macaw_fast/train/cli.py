@@ -370,8 +370,9 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=pos, default=256, help="rows per adaptation batch (default: 256)")
     e.add_argument("--tasks", type=task_list, nargs="+", metavar="INDICES",
                    help="dataset task indices to evaluate, e.g. '2 7' or '2,7' or '0-4' (default: the test split)")
-    e.add_argument("--random-episodes", type=nonneg, default=3,
-                   help="random-policy episodes per task for the normalised score; 0 = no normalised score (default: 3)")
+    e.add_argument("--random-episodes", type=nonneg, default=10,
+                   help="random-policy episodes per task for the normalised score, seeded by the task alone "
+                        "(the same reference for every run on the data); 0 = no normalised score (default: 10)")
     e.add_argument("--seed", type=nonneg, default=0, help="seed of the evaluation draws (default: 0)")
     e.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
                    help="how adaptation runs, same results (docs/algorithm.md §4): %(choices)s (default: auto)")

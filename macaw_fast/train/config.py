@@ -71,8 +71,9 @@ class TrainConfig:
     """Mean-action rollouts per adaptation batch (and of the unadapted policy) per task."""
     eval_train_tasks: int = 0
     """Also evaluate this many training tasks (the paper logged training-task rollouts too)."""
-    random_episodes: int = 3
-    """Episodes of a uniformly random policy per test task, for the normalised score."""
+    random_episodes: int = 10
+    """Episodes of a uniformly random policy per test task, for the normalised score (seeded by the
+    task alone, so every run on the same data shares the reference)."""
     log_interval: int = 50
     """Write the training metrics (losses, advantage/weight stats, rates, kappa) every this many steps."""
     latest_interval: int = 1000

@@ -25,6 +25,11 @@ import torch
 from ..data.batch import FIELDS, Batch
 
 _EVAL_STREAM = 0xE7A1  # separates evaluation draws from everything else seeded by the run seed
+#: The random-policy reference of the normalised score is seeded by the task alone (its index in
+#: the dataset), never by the run's seed: every seed and algorithm evaluated on the same data is
+#: normalised by the same R_random. (Before 2026-12-07 each run seed drew its own 3 episodes, so
+#: the reference itself varied between seeds.)
+_REFERENCE_STREAM = 0x4EF0
 
 
 def _seed(*parts: int) -> int:
@@ -148,6 +153,7 @@ class Evaluator:
         self.env_kwargs = dict(env_kwargs or {})
         self._envs: dict[str, list] = {}
         self._random: dict[str, float] | None = None
+        self._random_episodes = 0
 
     def envs(self, k: int, n: int) -> list:
         """n envs of task k (made once, reused)."""
@@ -167,16 +173,18 @@ class Evaluator:
         self._envs.clear()
 
     # ---------------------------------------------------------------- reference returns
-    def random_returns(self, episodes: int = 3) -> dict[str, float]:
-        """Mean return of a uniformly random policy per task (cached after the first call)."""
-        if self._random is None:
-            self._random = {}
+    def random_returns(self, episodes: int = 10) -> dict[str, float]:
+        """Mean return of a uniformly random policy per task over ``episodes`` episodes (cached after
+        the first call). Seeded by the task's index in the dataset only: the same reference for
+        every run seed, algorithm and evaluator on this data."""
+        if self._random is None or self._random_episodes != episodes:
+            self._random, self._random_episodes = {}, episodes
             for k, t in enumerate(self.tasks):
                 env = self.envs(k, 1)[0]
-                rng = np.random.default_rng(_seed(self.seed, _EVAL_STREAM, 7, k))
+                rng = np.random.default_rng(_seed(_REFERENCE_STREAM, t.index))
                 total = 0.0
                 for ep in range(episodes):
-                    env.reset(seed=_seed(self.seed, _EVAL_STREAM, 8, k, ep))
+                    env.reset(seed=_seed(_REFERENCE_STREAM, t.index, ep))
                     env.action_space.seed(int(rng.integers(2**31)))
                     for _ in range(1000):
                         _, r, term, trunc, _ = env.step(env.action_space.sample())
@@ -194,7 +202,7 @@ class Evaluator:
             out[t.id] = float(max(rets)) if rets else None
         return out
 
-    def normalised(self, returns: dict[str, float], random_episodes: int = 3) -> dict[str, float | None]:
+    def normalised(self, returns: dict[str, float], random_episodes: int = 10) -> dict[str, float | None]:
         """(R - R_random) / (R_best - R_random) per task; None where R_best is unknown or not above random."""
         rnd, best = self.random_returns(random_episodes), self.best_data_returns()
         out = {}
@@ -216,7 +224,7 @@ class Evaluator:
         return sample_rows_batch(arrays, rows, dtype, device)
 
     def evaluate(self, learner, step: int = 0, n_batches: int = 1, n_rollouts: int = 1,
-                 unadapted: bool = True, random_episodes: int = 3,
+                 unadapted: bool = True, random_episodes: int = 10,
                  unadapted_rollouts: int | None = None) -> dict[str, Any]:
         """Adapted (and unadapted) mean-action returns per task and their means.
 

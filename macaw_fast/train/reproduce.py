@@ -260,6 +260,13 @@ def dataset_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
+def _reference_key(tc) -> dict:
+    """How the normalised score's random-policy reference is made: part of the evaluation and
+    tuning keys, so results computed with another reference (before 2026-12-07 each seed drew its
+    own 3 episodes) are recomputed instead of reused."""
+    return {"random_episodes": tc.random_episodes, "seeded_by": "task"}
+
+
 def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -480,7 +487,7 @@ class Reproduction:
         key = {"checkpoint_sha256": ck["sha256"], "step": c.steps, "value_lrs": list(c.ft_value_lrs),
                "policy_lrs": list(c.ft_policy_lrs), "ft_steps": steps,
                "tasks": c.tune_tasks, "batches": c.eval_batches, "rollouts": c.eval_rollouts,
-               "data": dataset_fingerprint(data)}
+               "data": dataset_fingerprint(data), "reference": _reference_key(c.train_configs(seed, "mt_ft")[1])}
         path = self.tune_path(seed)
         old = _read_json(path)
         if old is not None and old.get("key") == key and "result" in old:
@@ -558,8 +565,10 @@ class Reproduction:
 
         run_algo = "mt_ft" if algo in self.cfg.ft_variants() else algo
         ck = self._final_checkpoint(seed, run_algo)
+        mc, tc = self.cfg.train_configs(seed, run_algo)
         key = {"checkpoint_sha256": ck["sha256"], "step": self.cfg.steps, "batches": self.cfg.final_batches,
-               "rollouts": self.cfg.final_rollouts, "data": dataset_fingerprint(data)}
+               "rollouts": self.cfg.final_rollouts, "data": dataset_fingerprint(data),
+               "reference": _reference_key(tc)}
         ft = None
         if run_algo == "mt_ft":
             ft = self.tuned_fine_tuning()[algo]
@@ -569,7 +578,6 @@ class Reproduction:
         if old is not None and old.get("key") == key and "result" in old:
             return old["result"]
         t0 = time.perf_counter()
-        mc, tc = self.cfg.train_configs(seed, run_algo)
         learner = learner_from_state_dict(ck["learner"])
         if ft is not None:
             learner.set_fine_tuning(ft_steps=ft["steps"], ft_value_lr=ft["value_lr"], ft_policy_lr=ft["policy_lr"])
