@@ -172,6 +172,11 @@ def test_an_evaluation_made_with_another_reference_is_recomputed(reference, tmp_
     del d["key"]["reference"]
     d["result"]["random"] = {t: v - 50.0 for t, v in d["result"]["random"].items()}
     path.write_text(json.dumps(d))
+    # the plan says so too
+    p = subprocess.run(_args(reference["tmp"], out, "--dry-run"), capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    status = {ln.split()[2]: ln for ln in p.stdout.splitlines() if ln.startswith("evaluate seed")}
+    assert " done " in status["0"] and " to do " in status["1"], status
     _run(reference["tmp"], out)
     assert json.loads(path.read_text())["key"]["reference"]["seeded_by"] == "task"
     assert _results(out) == before

@@ -697,6 +697,16 @@ class Reproduction:
         return self.results(command)
 
     # ---------------------------------------------------------------- the plan
+    def _plausibly_done(self, path: str, seed: int, algo: str) -> bool:
+        """Whether a tuning or final-evaluation file looks reusable, without hashing the checkpoint:
+        it exists and was made for this step count and this random-policy reference."""
+        old = _read_json(path)
+        if old is None or "result" not in old or not isinstance(old.get("key"), dict):
+            return False
+        key = old["key"]
+        return key.get("step") == self.cfg.steps and \
+            key.get("reference") == _reference_key(self.cfg.train_configs(seed, algo)[1])
+
     def plan(self, rates: dict | None = None) -> list[dict]:
         """Each stage's status and estimated remaining wall-clock seconds (``--dry-run``)."""
         from .loop import intact_checkpoints, read_jsonl
@@ -744,13 +754,13 @@ class Reproduction:
         if "mt_ft" in c.algos:
             n_tune = len(set(c.ft_variants().values())) * len(c.ft_value_lrs) * len(c.ft_policy_lrs)
             for s in c.seeds:
-                done = _read_json(self.tune_path(s)) is not None
+                done = self._plausibly_done(self.tune_path(s), s, "mt_ft")
                 rows.append({"stage": f"tune mt_ft seed {s}", "status": "done" if done else "to do",
                              "estimate_s": 0.0 if done else n_tune * c.tune_tasks * c.eval_batches * c.eval_rollouts * ep_s,
                              "detail": f"{n_tune} (steps, value lr, policy lr) settings on up to {c.tune_tasks} training tasks"})
         final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
         for a, s in [(a, s) for a in c.result_names() for s in c.seeds]:
-            done = _read_json(self.eval_path(s, a)) is not None
+            done = self._plausibly_done(self.eval_path(s, a), s, "mt_ft" if a in c.ft_variants() else a)
             rows.append({"stage": f"evaluate {_name(a)}seed {s}", "status": "done" if done else "to do",
                          "estimate_s": 0.0 if done else final,
                          "detail": f"{c.final_batches} batches x {c.final_rollouts} rollouts per test task"})
