@@ -30,6 +30,8 @@ _EVAL_STREAM = 0xE7A1  # separates evaluation draws from everything else seeded 
 #: normalised by the same R_random. (Before 2026-12-07 each run seed drew its own 3 episodes, so
 #: the reference itself varied between seeds.)
 _REFERENCE_STREAM = 0x4EF0
+#: Random-policy episodes per task of that reference (TrainConfig.random_episodes's default too).
+RANDOM_EPISODES = 10
 
 
 def _seed(*parts: int) -> int:
@@ -173,7 +175,7 @@ class Evaluator:
         self._envs.clear()
 
     # ---------------------------------------------------------------- reference returns
-    def random_returns(self, episodes: int = 10) -> dict[str, float]:
+    def random_returns(self, episodes: int = RANDOM_EPISODES) -> dict[str, float]:
         """Mean return of a uniformly random policy per task over ``episodes`` episodes (cached after
         the first call). Seeded by the task's index in the dataset only: the same reference for
         every run seed, algorithm and evaluator on this data."""
@@ -202,7 +204,7 @@ class Evaluator:
             out[t.id] = float(max(rets)) if rets else None
         return out
 
-    def normalised(self, returns: dict[str, float], random_episodes: int = 10) -> dict[str, float | None]:
+    def normalised(self, returns: dict[str, float], random_episodes: int = RANDOM_EPISODES) -> dict[str, float | None]:
         """(R - R_random) / (R_best - R_random) per task; None where R_best is unknown or not above random."""
         rnd, best = self.random_returns(random_episodes), self.best_data_returns()
         out = {}
@@ -224,7 +226,7 @@ class Evaluator:
         return sample_rows_batch(arrays, rows, dtype, device)
 
     def evaluate(self, learner, step: int = 0, n_batches: int = 1, n_rollouts: int = 1,
-                 unadapted: bool = True, random_episodes: int = 10,
+                 unadapted: bool = True, random_episodes: int = RANDOM_EPISODES,
                  unadapted_rollouts: int | None = None) -> dict[str, Any]:
         """Adapted (and unadapted) mean-action returns per task and their means.
 

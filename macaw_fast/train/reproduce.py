@@ -563,7 +563,7 @@ class Reproduction:
         from .loop import RunSetup, _jsonable
         from .runs import learner_from_state_dict
 
-        run_algo = "mt_ft" if algo in self.cfg.ft_variants() else algo
+        run_algo = self._run_algo(algo)
         ck = self._final_checkpoint(seed, run_algo)
         mc, tc = self.cfg.train_configs(seed, run_algo)
         key = {"checkpoint_sha256": ck["sha256"], "step": self.cfg.steps, "batches": self.cfg.final_batches,
@@ -697,6 +697,10 @@ class Reproduction:
         return self.results(command)
 
     # ---------------------------------------------------------------- the plan
+    def _run_algo(self, name: str) -> str:
+        """The trained algorithm behind a result name ('mt_ft_k20' is mt_ft's run, fine-tuned longer)."""
+        return "mt_ft" if name in self.cfg.ft_variants() else name
+
     def _plausibly_done(self, path: str, seed: int, algo: str) -> bool:
         """Whether a tuning or final-evaluation file looks reusable, without hashing the checkpoint:
         it exists and was made for this step count and this random-policy reference."""
@@ -760,7 +764,7 @@ class Reproduction:
                              "detail": f"{n_tune} (steps, value lr, policy lr) settings on up to {c.tune_tasks} training tasks"})
         final = test_tasks * 2 * c.final_batches * c.final_rollouts * ep_s
         for a, s in [(a, s) for a in c.result_names() for s in c.seeds]:
-            done = self._plausibly_done(self.eval_path(s, a), s, "mt_ft" if a in c.ft_variants() else a)
+            done = self._plausibly_done(self.eval_path(s, a), s, self._run_algo(a))
             rows.append({"stage": f"evaluate {_name(a)}seed {s}", "status": "done" if done else "to do",
                          "estimate_s": 0.0 if done else final,
                          "detail": f"{c.final_batches} batches x {c.final_rollouts} rollouts per test task"})
