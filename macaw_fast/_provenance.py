@@ -60,13 +60,18 @@ def set_command(argv: list[str]) -> None:
     _command = list(argv)
 
 
+def command() -> list[str]:
+    """The command line recorded by :func:`set_command` (this process's argv if none was)."""
+    return list(_command if _command is not None else sys.argv)
+
+
 def provenance(argv: list[str] | None = None) -> dict:
     """Versions, git commit, command line, start time (UTC), Python version and host of this process."""
-    cmd = argv if argv is not None else _command if _command is not None else sys.argv
+    cmd = argv if argv is not None else command()
     return {"versions": versions(), "git_commit": git_commit(),
             "command": list(cmd),
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "host": platform.node()}
 
 
-__all__ = ["provenance", "set_command", "versions", "git_commit", "PACKAGES"]
+__all__ = ["provenance", "set_command", "command", "versions", "git_commit", "PACKAGES"]

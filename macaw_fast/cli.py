@@ -54,7 +54,9 @@ def missing_package_message(e: ModuleNotFoundError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ._malloc import tune_malloc
+    from ._procs import die_with_parent_if_asked
 
+    die_with_parent_if_asked()   # a child of `train --seeds` or `reproduce --jobs`
     tune_malloc()   # long-running commands: keep freed tensor memory in the process
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -309,6 +309,76 @@ def test_killed_at_random_moments_ends_with_the_same_results(reference, tmp_path
     assert not leftovers
 
 
+def test_parallel_training_ends_with_the_same_results(reference, tmp_path):
+    """--jobs 2: the seeds train in two processes at once; every number equals the one-after-another run."""
+    out = tmp_path / "jobs"
+    p = _run(tmp_path, out, "--jobs", "2")
+    assert "[3/7] train seed 0" in p.stderr and "[4/7] train seed 1" in p.stderr and "2 at a time" in p.stderr
+    assert "train seed 1: done" in p.stderr
+    _same_results(out, reference["out"])
+    clock = json.loads((out / "stages" / "wall_clock.json").read_text())
+    assert clock["train_seed_0"] > 0 and clock["train_seed_1"] > 0
+
+
+def _proc_children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="children die with their parent on Linux")
+def test_killed_during_parallel_training_leaves_no_run_training_and_resumes(reference, tmp_path):
+    """SIGKILL the pipeline while two training processes run: they die with it (no orphan goes on
+    writing a run directory), and the rerun ends with the uninterrupted run's numbers."""
+    out = tmp_path / "killed_jobs"
+    proc = subprocess.Popen(_args(tmp_path, out, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=ENV, text=True)
+    kids = []
+    for line in proc.stderr:
+        if "[4/7] train seed 1" in line:
+            time.sleep(0.5)
+            kids = _proc_children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stderr.close()
+    proc.wait()
+    assert len(kids) == 2, f"expected two training processes, found {kids}"
+    deadline = time.monotonic() + 15
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(k) for k in kids), "a training process outlived the killed pipeline"
+    _run(tmp_path, out, "--jobs", "2")
+    _same_results(out, reference["out"])
+
+
+def test_plan_total_counts_parallel_training_runs():
+    from macaw_fast.train.reproduce import format_plan, plan_total
+
+    rows = [{"stage": "collect", "status": "", "estimate_s": 100.0, "detail": ""},
+            *({"stage": f"train seed {s}", "status": "to do", "estimate_s": t, "detail": ""}
+              for s, t in enumerate((50.0, 30.0, 30.0))),
+            {"stage": "evaluate seed 0", "status": "to do", "estimate_s": 5.0, "detail": ""}]
+    assert plan_total(rows) == 215.0
+    assert plan_total(rows, 2) == 105.0 + 60.0       # seeds 1 and 2 share one process while seed 0 runs
+    assert plan_total(rows, 8) == 105.0 + 50.0
+    assert "training runs 2 at a time" in format_plan(rows, 2).splitlines()[-1]
+
+
 def test_a_second_reproduce_on_the_same_directory_is_refused_and_temporaries_are_removed(reference, tmp_path):
     """While one reproduce holds OUT, another on OUT fails at once with the path named and touches
     nothing; temporaries left by writes that a kill interrupted are removed by the next run."""

@@ -253,18 +253,25 @@ def run_reproduce(args) -> int:
                           final_rollouts=args.final_rollouts, ft_policy_lrs=list(args.ft_policy_lrs),
                           ft_value_lrs=list(args.ft_value_lrs), ft_more_steps=args.ft_more_steps,
                           tune_tasks=args.tune_tasks, threads=args.threads,
-                          collect_threads=args.collect_threads, progress=not args.no_progress)
+                          collect_threads=args.collect_threads, jobs=args.jobs, progress=not args.no_progress)
     rep = Reproduction(args.out, cfg)
     rep.check_directory()
     if args.dry_run:
+        runs = f"{cfg.jobs} training runs at a time, " if cfg.jobs > 1 else ""
         print(f"macaw-fast reproduce {cfg.family} --out {rep.dir}: plan (estimates from rates measured now on "
-              f"this machine, {torch_threads(cfg)} thread(s) for training)")
-        print(format_plan(rep.plan()))
+              f"this machine, {runs}{torch_threads(cfg)} thread(s) each)")
+        print(format_plan(rep.plan(), cfg.jobs))
         return 0
     import shlex
 
+    from .._procs import JobFailed
+
     command = "macaw-fast " + shlex.join(getattr(args, "argv", None) or ["reproduce", cfg.family, "--out", args.out])
-    entry = rep.run(command)
+    try:
+        entry = rep.run(command)
+    except JobFailed as e:
+        print(f"macaw-fast reproduce: error: {e}; rerun the same command to resume", file=sys.stderr)
+        return 1
     if args.summary:
         merge_summary(os.path.join(rep.dir, "results", "summary.json"), args.summary)
     agg = entry.get("aggregate", {}).get("normalised_adapted")
@@ -278,9 +285,12 @@ def run_reproduce(args) -> int:
 
 
 def torch_threads(cfg) -> int:
+    """Torch threads of each training run of a reproduction."""
     import torch
 
-    return cfg.threads or torch.get_num_threads()
+    from .reproduce import training_threads
+
+    return training_threads(cfg) or torch.get_num_threads()
 
 
 def _register_reproduce(sub) -> None:
@@ -329,6 +339,9 @@ def _register_reproduce(sub) -> None:
                    help="mt_ft: training tasks the step size is tuned on (default: 5)")
     r.add_argument("--threads", type=nonneg, default=0, help="torch threads for training (default: 0 = torch's default)")
     r.add_argument("--collect-threads", type=pos, default=1, help="torch threads for the SAC updates (default: 1)")
+    r.add_argument("--jobs", type=pos, default=1, metavar="N",
+                   help="training runs at once, one process each (default: 1; with --threads 0 each gets "
+                        "cores/N threads); the plan's total counts them so")
     r.add_argument("--summary", metavar="PATH", help="also merge the results into this summary.json (e.g. the repo's results/summary.json)")
     r.add_argument("--dry-run", action="store_true", help="print the plan, each stage's status and estimated time; run nothing")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")

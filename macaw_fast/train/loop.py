@@ -317,7 +317,8 @@ def _start_state(out: str, resume: bool) -> tuple[dict | None, list[str]]:
 
 
 def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: list[str] | None = None,
-          resume: bool = False, stop_after: int | None = None, timeout_s: float | None = None) -> dict:
+          resume: bool = False, stop_after: int | None = None, timeout_s: float | None = None,
+          on_eval=None) -> dict:
     """Meta-train on ``data`` into run directory ``out`` (or continue it with ``resume``).
 
     Everything is validated before anything is written; an existing run is never overwritten
@@ -328,7 +329,8 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
     split over the ranks (`macaw_fast.train.distributed.distributed_meta_step`, the same
     meta-gradient), and only rank 0 reads and writes the run directory, evaluates and logs; a run
     resumes with any number of ranks. ``timeout_s``: how long a rank waits for its peers in any
-    collective (default `macaw_fast.train.distributed.DEFAULT_TIMEOUT_S`).
+    collective (default `macaw_fast.train.distributed.DEFAULT_TIMEOUT_S`). ``on_eval(record)`` is
+    called with each evaluation's metrics record (as written to metrics.jsonl).
     """
     from . import distributed as dp
 
@@ -414,6 +416,8 @@ def train(data: str, out: str, mc: MacawConfig, tc: TrainConfig, *, presets: lis
                                          random_episodes=tc.random_episodes)
                 last_eval = _eval_record(step, res)
                 log.write(last_eval)
+                if on_eval is not None:
+                    on_eval(last_eval)
                 if train_evaluator is not None:
                     log.write(_eval_record(step, train_evaluator.evaluate(
                         learner, step, tc.eval_batches, tc.eval_rollouts, random_episodes=0), "train_"))

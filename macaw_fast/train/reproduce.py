@@ -106,12 +106,15 @@ class ReproduceConfig:
     """torch threads for training and evaluation (0 = torch's default)."""
     collect_threads: int = 1
     """torch threads for the SAC updates of the collection (1: see docs/collect.md)."""
+    jobs: int = 1
+    """Training runs at once, each in its own process (1 = one after another, in this process).
+    With jobs > 1 and threads = 0 each run gets cpu_count // jobs torch threads."""
     progress: bool = True
     """Progress bars."""
 
     #: Fields that may differ between invocations on the same directory.
     MUTABLE = ("seeds", "algos", "steps", "final_batches", "final_rollouts", "ft_policy_lrs", "ft_value_lrs", "ft_more_steps", "tune_tasks",
-               "threads", "collect_threads", "progress")
+               "threads", "collect_threads", "jobs", "progress")
 
     def validate(self) -> "ReproduceConfig":
         """Raise ValueError naming the flag of the first bad value."""
@@ -131,7 +134,7 @@ class ReproduceConfig:
             raise ValueError(f"--algos: expected distinct names among {', '.join(ALGOS)}, got {self.algos!r}")
         for name, lo in (("steps", 1), ("collect_steps", 1), ("collect_seed", 0), ("buffer_skip", 1),
                          ("eval_interval", 1), ("eval_batches", 1), ("eval_rollouts", 1), ("final_batches", 1),
-                         ("final_rollouts", 1), ("threads", 0), ("collect_threads", 1)):
+                         ("final_rollouts", 1), ("threads", 0), ("collect_threads", 1), ("jobs", 1)):
             v = getattr(self, name)
             if name == "collect_steps" and v is None:
                 continue
@@ -427,8 +430,10 @@ class Reproduction:
     def _stage(name: str, seed: int, algo: str) -> str:
         return f"{name}_seed_{seed}" if algo == "macaw" else f"{name}_{algo}_seed_{seed}"
 
-    def train_seed(self, data: str, seed: int, algo: str = "macaw") -> None:
-        """Train (or resume, or confirm finished) the run of one seed and algorithm."""
+    def train_seed(self, data: str, seed: int, algo: str = "macaw", record: bool = True, on_eval=None) -> None:
+        """Train (or resume, or confirm finished) the run of one seed and algorithm; ``record``: add
+        the time taken to DIR/stages/wall_clock.json (a parallel run's parent does that instead);
+        ``on_eval``: passed to :func:`train.loop.train`."""
         from .loop import intact_checkpoints, read_jsonl, train
 
         run = self.run_dir(seed, algo)
@@ -452,8 +457,40 @@ class Reproduction:
                 return
         t0 = time.perf_counter()
         resume = os.path.exists(os.path.join(run, "config.json")) or os.path.isdir(os.path.join(run, "checkpoints"))
-        train(data, run, mc, tc, presets=[self.cfg.family, *self.cfg.presets], resume=resume)
-        self._record_time(self._stage("train", seed, algo), time.perf_counter() - t0)
+        train(data, run, mc, tc, presets=[self.cfg.family, *self.cfg.presets], resume=resume, on_eval=on_eval)
+        if record:
+            self._record_time(self._stage("train", seed, algo), time.perf_counter() - t0)
+
+
+    def train_parallel(self, data: str, runs: list, first: int, n: int, command: str = "") -> None:
+        """Train ``runs`` ([(algo, seed)]) ``jobs`` at a time, one process each (``train/_job.py``);
+        each process dies with this one, so a killed pipeline leaves no run training behind."""
+        import json as _json
+        import shlex
+
+        from .._procs import Job, run_jobs
+        from ._job import COMMAND_ENV
+
+        jobs, number = [], {}
+        for i, (a, s) in enumerate(runs):
+            name = f"train {_name(a)}seed {s}"
+            jobs.append(Job(name, [sys.executable, "-m", "macaw_fast.train._job", self.dir, data, str(s), a,
+                                str(training_threads(self.cfg))]))
+            number[name] = (first + i, a, s)
+
+        def start(job):
+            k, a, s = number[job.name]
+            _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)} "
+                 f"(process {k - first + 1} of {len(runs)}, {self.cfg.jobs} at a time, "
+                 f"{training_threads(self.cfg)} thread(s) each)")
+
+        def end(job, seconds):
+            _, a, s = number[job.name]
+            self._record_time(self._stage("train", s, a), seconds)
+            _say(f"{job.name}: done ({seconds / 60:.1f} min)")
+
+        env = {**os.environ, COMMAND_ENV: _json.dumps(shlex.split(command) if command else None)}
+        run_jobs(jobs, self.cfg.jobs, on_start=start, on_end=end, env=env)
 
     # ---------------------------------------------------------------- stage: tune (mt_ft)
     def tune_path(self, seed: int) -> str:
@@ -678,7 +715,10 @@ class Reproduction:
         k += 1
         _say(f"[{k}/{n}] subsample (buffer_skip {self.cfg.buffer_skip}) -> {self.data_dir}")
         data = self.subsample(collected)
-        for a, s in runs:
+        if self.cfg.jobs > 1 and len(runs) > 1:
+            self.train_parallel(data, runs, k + 1, n, command)
+            k += len(runs)
+        for a, s in runs if self.cfg.jobs == 1 or len(runs) == 1 else []:
             k += 1
             _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)}")
             self.train_seed(data, s, a)
@@ -819,15 +859,20 @@ def measure_rates(cfg: ReproduceConfig, repeats: int = 3) -> dict:
             sac.act(obs, generator=g)
         act_collect_s = (time.perf_counter() - t0) / 20
 
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        else:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(training_threads(cfg) or threads)
         step_s = {a: _meta_step_seconds(cfg, fam, repeats, a) for a in cfg.algos}
     finally:
         torch.set_num_threads(threads)
     return {"env_step_s": env_s, "sac_update_s": sac_s, "meta_step_s": step_s.get("macaw", min(step_s.values())),
             "step_s": step_s, "act_s": act_collect_s / T, "collect_act_s": act_collect_s}
+
+
+def training_threads(cfg: ReproduceConfig) -> int:
+    """Torch threads of each training run: ``threads``; with ``jobs`` > 1 and threads 0, the cores
+    shared out; 0 = torch's default (one run at a time)."""
+    if cfg.threads or cfg.jobs == 1:
+        return cfg.threads
+    return max(1, (os.cpu_count() or 1) // cfg.jobs)
 
 
 def _step_seconds(rates: dict, algo: str) -> float:
@@ -864,7 +909,18 @@ def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int, algo: str = "mac
     return min(times)
 
 
-def format_plan(rows: list[dict]) -> str:
+def plan_total(rows: list[dict], jobs: int = 1) -> float:
+    """Estimated wall-clock seconds of a plan: its training rows ``jobs`` at a time (each started, in
+    order, when a process is free, as ``--jobs`` runs them), everything else one after another."""
+    train = [r["estimate_s"] for r in rows if r["stage"].startswith("train ")]
+    free = [0.0] * max(1, min(jobs, len(train) or 1))
+    for t in train:
+        i = free.index(min(free))
+        free[i] += t
+    return sum(r["estimate_s"] for r in rows if not r["stage"].startswith("train ")) + max(free)
+
+
+def format_plan(rows: list[dict], jobs: int = 1) -> str:
     def hms(s: float) -> str:
         s = int(round(s))
         return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -873,7 +929,8 @@ def format_plan(rows: list[dict]) -> str:
     lines = [f"{'stage':<{w}s} {'status':<34s} {'estimate':>9s}  what"]
     for r in rows:
         lines.append(f"{r['stage']:<{w}s} {r['status']:<34s} {hms(r['estimate_s']):>9s}  {r['detail']}")
-    lines.append(f"{'total':<{w}s} {'':<34s} {hms(sum(r['estimate_s'] for r in rows)):>9s}")
+    how = f"training runs {jobs} at a time" if jobs > 1 else ""
+    lines.append(f"{'total':<{w}s} {'':<34s} {hms(plan_total(rows, jobs)):>9s}  {how}".rstrip())
     return "\n".join(lines)
 
 
@@ -894,5 +951,5 @@ def merge_summary(entry_file: str, summary: str) -> None:
     atomic_write_json(summary, old)
 
 
-__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "merge_summary",
+__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "plan_total", "merge_summary",
            "FINAL_EVAL_STEP"]

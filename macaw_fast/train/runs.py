@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -65,7 +64,8 @@ def run_seeds(data: str, out: str, mc, tc, seeds: list[int], presets: list[str] 
               report=print) -> int:
     """Train ``seeds`` into ``out/seed_<s>``: in this process one after another, or as parallel
     processes of one thread each, whichever :func:`choose_seed_strategy` measures faster here.
-    Returns the first non-zero exit status of a seed's process (0 when all finished)."""
+    Returns the exit status of the first seed's process that failed (the others are stopped then;
+    no process outlives this one), 0 when all finished."""
     from .loop import RunSetup, atomic_write_json, train
 
     RunSetup(data, mc, tc)  # validate before creating anything
@@ -83,24 +83,20 @@ def run_seeds(data: str, out: str, mc, tc, seeds: list[int], presets: list[str] 
             tc_s = type(tc).from_dict({**tc.to_dict(), "seed": s})
             report(train(data, os.path.join(out, f"seed_{s}"), mc, tc_s, presets=presets), f"seed {s}: ")
         return 0
+    from .._procs import Job, JobFailed, run_jobs
+
     cfg_file = os.path.join(out, "seeds_config.json")
     atomic_write_json(cfg_file, {"macaw": mc.to_dict(), "train": {**tc.to_dict(), "threads": 1, "progress": False}})
-    procs: list = []
-    pending = list(seeds)
-    rc = 0
-    while pending or procs:
-        while pending and len(procs) < decision["processes"]:
-            s = pending.pop(0)
-            cmd = [sys.executable, "-m", "macaw_fast", "train", "--data", data, "--out",
-                   os.path.join(out, f"seed_{s}"), "--config-file", cfg_file, "--seed", str(s)]
-            procs.append((s, subprocess.Popen(cmd)))
-        time.sleep(0.5)
-        for s, p in list(procs):
-            if p.poll() is not None:
-                procs.remove((s, p))
-                print(f"seed {s}: finished with exit status {p.returncode}", file=sys.stderr)
-                rc = rc or p.returncode
-    return rc
+    jobs = [Job(f"seed {s}", [sys.executable, "-m", "macaw_fast", "train", "--data", data, "--out",
+                              os.path.join(out, f"seed_{s}"), "--config-file", cfg_file, "--seed", str(s)])
+            for s in seeds]
+    try:
+        run_jobs(jobs, decision["processes"], on_end=lambda job, sec: print(f"{job.name}: finished ({sec / 60:.1f} min)",
+                                                                            file=sys.stderr))
+    except JobFailed as e:
+        print(f"{e} (the other seeds were stopped; resume each with --resume {out}/seed_N)", file=sys.stderr)
+        return e.returncode
+    return 0
 
 
 #: What a run directory holds (``train.loop``); ``clear_run`` removes only these.
