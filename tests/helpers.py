@@ -1,6 +1,9 @@
-"""Shared test helpers: random batches and learners, relative-error comparison."""
+"""Shared test helpers: random batches and learners, relative-error comparison, child processes."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import torch
 
@@ -67,3 +70,34 @@ def compare_with_reference(learner: MetaLearner, inner: Batch, outer: Batch, tol
     for name, a, b in zip(param_names(learner), got, want):
         assert rel_err(a, b) <= tol, f"{name}: {rel_err(a, b):.3e}"
     return got
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_all_dead(pids: list[int], timeout_s: float = 15.0) -> bool:
+    """Wait up to ``timeout_s`` for every pid to be gone; whether they all are."""
+    deadline = time.monotonic() + timeout_s
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(pid_alive(p) for p in pids)

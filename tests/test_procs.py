@@ -8,7 +8,6 @@ die with its parent; these tests kill the parent with SIGKILL and look for survi
 from __future__ import annotations
 
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import textwrap
 import time
 
 import pytest
+from helpers import child_pids, wait_all_dead
 
 from macaw_fast._procs import Job, JobFailed, run_jobs
 
@@ -60,25 +60,6 @@ def test_a_failed_job_stops_the_others_and_names_itself(tmp_path):
     assert "[bad] something broke" in sink.getvalue() and "should not start" not in sink.getvalue()
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -98,14 +79,11 @@ def test_children_die_with_a_killed_parent():
         up += "up" in line
         if up == 2:
             break
-    kids = _children_of(p.pid)
+    kids = child_pids(p.pid)
     assert len(kids) == 2
     p.send_signal(signal.SIGKILL)
     p.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(k) for k in kids), "a child outlived its killed parent"
+    assert wait_all_dead(kids), "a child outlived its killed parent"
 
 
 def test_a_child_whose_parent_is_already_gone_exits_at_once():

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import child_pids, wait_all_dead
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
@@ -320,25 +321,6 @@ def test_parallel_training_ends_with_the_same_results(reference, tmp_path):
     assert clock["train_seed_0"] > 0 and clock["train_seed_1"] > 0
 
 
-def _proc_children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="children die with their parent on Linux")
@@ -352,16 +334,13 @@ def test_killed_during_parallel_training_leaves_no_run_training_and_resumes(refe
     for line in proc.stderr:
         if "[4/7] train seed 1" in line:
             time.sleep(0.5)
-            kids = _proc_children(proc.pid)
+            kids = child_pids(proc.pid)
             proc.send_signal(signal.SIGKILL)
             break
     proc.stderr.close()
     proc.wait()
     assert len(kids) == 2, f"expected two training processes, found {kids}"
-    deadline = time.monotonic() + 15
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(k) for k in kids), "a training process outlived the killed pipeline"
+    assert wait_all_dead(kids), "a training process outlived the killed pipeline"
     _run(tmp_path, out, "--jobs", "2")
     _same_results(out, reference["out"])
 
