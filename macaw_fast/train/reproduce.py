@@ -465,7 +465,6 @@ class Reproduction:
     def train_parallel(self, data: str, runs: list, first: int, n: int, command: str = "") -> None:
         """Train ``runs`` ([(algo, seed)]) ``jobs`` at a time, one process each (``train/_job.py``);
         each process dies with this one, so a killed pipeline leaves no run training behind."""
-        import json as _json
         import shlex
 
         from .._procs import Job, run_jobs
@@ -489,7 +488,7 @@ class Reproduction:
             self._record_time(self._stage("train", s, a), seconds)
             _say(f"{job.name}: done ({seconds / 60:.1f} min)")
 
-        env = {**os.environ, COMMAND_ENV: _json.dumps(shlex.split(command) if command else None)}
+        env = {**os.environ, COMMAND_ENV: json.dumps(shlex.split(command) if command else None)}
         run_jobs(jobs, self.cfg.jobs, on_start=start, on_end=end, env=env)
 
     # ---------------------------------------------------------------- stage: tune (mt_ft)
@@ -718,10 +717,11 @@ class Reproduction:
         if self.cfg.jobs > 1 and len(runs) > 1:
             self.train_parallel(data, runs, k + 1, n, command)
             k += len(runs)
-        for a, s in runs if self.cfg.jobs == 1 or len(runs) == 1 else []:
-            k += 1
-            _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)}")
-            self.train_seed(data, s, a)
+        else:
+            for a, s in runs:
+                k += 1
+                _say(f"[{k}/{n}] train {_name(a)}seed {s}: {self.cfg.steps} meta-steps -> {self.run_dir(s, a)}")
+                self.train_seed(data, s, a)
         for s in tunes:
             k += 1
             _say(f"[{k}/{n}] tune mt_ft seed {s}: fine-tuning step sizes (value {self.cfg.ft_value_lrs} x policy "
