@@ -356,6 +356,10 @@ def test_plan_total_counts_parallel_training_runs():
     assert plan_total(rows, 2) == 105.0 + 60.0       # seeds 1 and 2 share one process while seed 0 runs
     assert plan_total(rows, 8) == 105.0 + 50.0
     assert "training runs 2 at a time" in format_plan(rows, 2).splitlines()[-1]
+    # three one-thread runs on two cores: each runs at two thirds of its own speed
+    assert plan_total(rows, 3, oversubscribed=1.5) == 105.0 + 50.0 * 1.5
+    assert plan_total(rows, 3, oversubscribed=0.5) == 105.0 + 50.0
+    assert "1.5x as many threads as cores" in format_plan(rows, 3, 1.5).splitlines()[-1]
 
 
 def test_a_second_reproduce_on_the_same_directory_is_refused_and_temporaries_are_removed(reference, tmp_path):

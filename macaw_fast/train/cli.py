@@ -240,7 +240,7 @@ def _config_file(path: str, flag: str) -> dict:
 
 def run_reproduce(args) -> int:
     """Entry point of `macaw-fast reproduce`."""
-    from .reproduce import ReproduceConfig, Reproduction, format_plan, merge_summary
+    from .reproduce import ReproduceConfig, Reproduction, format_plan, merge_summary, oversubscription
 
     collect_over = _json_object_file(args.collect_config, "--collect-config") if args.collect_config else {}
     train_file = _config_file(args.train_config, "--train-config") if args.train_config else {}
@@ -260,7 +260,7 @@ def run_reproduce(args) -> int:
         runs = f"{cfg.jobs} training runs at a time, " if cfg.jobs > 1 else ""
         print(f"macaw-fast reproduce {cfg.family} --out {rep.dir}: plan (estimates from rates measured now on "
               f"this machine, {runs}{torch_threads(cfg)} thread(s) each)")
-        print(format_plan(rep.plan(), cfg.jobs))
+        print(format_plan(rep.plan(), cfg.jobs, oversubscription(cfg)))
         return 0
     import shlex
 

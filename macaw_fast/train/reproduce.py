@@ -909,18 +909,28 @@ def _meta_step_seconds(cfg: ReproduceConfig, fam, repeats: int, algo: str = "mac
     return min(times)
 
 
-def plan_total(rows: list[dict], jobs: int = 1) -> float:
+def plan_total(rows: list[dict], jobs: int = 1, oversubscribed: float = 1.0) -> float:
     """Estimated wall-clock seconds of a plan: its training rows ``jobs`` at a time (each started, in
-    order, when a process is free, as ``--jobs`` runs them), everything else one after another."""
+    order, when a process is free, as ``--jobs`` runs them) and ``oversubscribed`` times slower
+    (threads of the runs at once / cores, when above 1), everything else one after another."""
     train = [r["estimate_s"] for r in rows if r["stage"].startswith("train ")]
     free = [0.0] * max(1, min(jobs, len(train) or 1))
     for t in train:
         i = free.index(min(free))
         free[i] += t
-    return sum(r["estimate_s"] for r in rows if not r["stage"].startswith("train ")) + max(free)
+    busy = max(1.0, oversubscribed) if jobs > 1 else 1.0
+    return sum(r["estimate_s"] for r in rows if not r["stage"].startswith("train ")) + max(free) * busy
 
 
-def format_plan(rows: list[dict], jobs: int = 1) -> str:
+def oversubscription(cfg: ReproduceConfig) -> float:
+    """Torch threads of the training runs that run at once, over this machine's cores."""
+    import torch
+
+    threads = training_threads(cfg) or torch.get_num_threads()
+    return cfg.jobs * threads / (os.cpu_count() or 1)
+
+
+def format_plan(rows: list[dict], jobs: int = 1, oversubscribed: float = 1.0) -> str:
     def hms(s: float) -> str:
         s = int(round(s))
         return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -930,7 +940,9 @@ def format_plan(rows: list[dict], jobs: int = 1) -> str:
     for r in rows:
         lines.append(f"{r['stage']:<{w}s} {r['status']:<34s} {hms(r['estimate_s']):>9s}  {r['detail']}")
     how = f"training runs {jobs} at a time" if jobs > 1 else ""
-    lines.append(f"{'total':<{w}s} {'':<34s} {hms(plan_total(rows, jobs)):>9s}  {how}".rstrip())
+    if jobs > 1 and oversubscribed > 1:
+        how += f", {oversubscribed:.1f}x as many threads as cores: each run that much slower"
+    lines.append(f"{'total':<{w}s} {'':<34s} {hms(plan_total(rows, jobs, oversubscribed)):>9s}  {how}".rstrip())
     return "\n".join(lines)
 
 
@@ -951,5 +963,5 @@ def merge_summary(entry_file: str, summary: str) -> None:
     atomic_write_json(summary, old)
 
 
-__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "plan_total", "merge_summary",
+__all__ = ["ReproduceConfig", "Reproduction", "measure_rates", "format_plan", "plan_total", "oversubscription", "merge_summary",
            "FINAL_EVAL_STEP"]
