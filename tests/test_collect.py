@@ -123,6 +123,46 @@ def test_resume_after_interruption_gives_identical_data(tmp_path):
     assert la[-1]["eval_return"] == lb[-1]["eval_return"]
 
 
+def test_bfloat16_collection_resumes_to_identical_data(tmp_path):
+    """matmul='bfloat16' is deterministic too: interrupted and resumed, the same rows as in one go;
+    and its data differ from float32's (the products really changed)."""
+    _run_collector(tmp_path / "a", matmul="bfloat16")
+    _run_collector(tmp_path / "b", stop_at=380, matmul="bfloat16")
+    with pytest.raises(ValueError, match="matmul='bfloat16', now 'float32'"):
+        Collector(CollectConfig(family="cheetah_dir", steps_per_task=600, seed=3, **TINY), tmp_path / "b", resume=True)
+    _run_collector(tmp_path / "b", matmul="bfloat16")
+    a, b = _arrays(tmp_path / "a" / "dataset"), _arrays(tmp_path / "b" / "dataset")
+    for t in a:
+        for k in a[t]:
+            assert np.array_equal(a[t][k], b[t][k]), (t, k)
+    _run_collector(tmp_path / "f32")
+    f = _arrays(tmp_path / "f32" / "dataset")
+    assert not all(np.array_equal(a[t]["action"], f[t]["action"]) for t in a)
+
+
+def test_a_run_recorded_before_the_matmul_field_resumes_as_float32(tmp_path):
+    """Collections made before CollectConfig.matmul existed record no such field: they resume, and
+    count as finished, as the float32 runs they were."""
+    out = tmp_path / "old"
+    _run_collector(out, stop_at=380)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    del ck["config"]["matmul"]
+    torch.save(ck, out / "checkpoint.pt")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["matmul"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    _run_collector(out)
+    _run_collector(tmp_path / "new")
+    a, b = _arrays(out / "dataset"), _arrays(tmp_path / "new" / "dataset")
+    assert all(np.array_equal(a[t][k], b[t][k]) for t in a for k in a[t])
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("matmul", None)
+    (out / "config.json").write_text(json.dumps(cfg))
+    from macaw_fast.collect.collector import _finished
+
+    assert _finished(out, CollectConfig(family="cheetah_dir", steps_per_task=600, seed=3, **TINY)) is not None
+
+
 def test_resume_when_killed_between_checkpoint_and_commit(tmp_path, monkeypatch):
     _run_collector(tmp_path / "a")
     from macaw_fast.data import store

@@ -124,3 +124,64 @@ def test_bad_inputs():
     sd["actor"][0] = torch.zeros(1)
     with pytest.raises(ValueError, match="shape"):
         BatchedSAC(2, 4, 2, SACConfig(width=8, batch_size=4)).load_state_dict(sd)
+
+
+def _bf16(x):
+    """``x`` rounded to bfloat16, held in float64."""
+    return x.to(torch.bfloat16).to(F64)
+
+
+def test_bfloat16_products_match_a_float64_reference_of_the_same_rounding():
+    """matmul='bfloat16': hidden layers multiply bf16-rounded inputs and weights with float32
+    accumulation and round their output to bf16; the output layer runs in float32. A float64
+    reference with the same roundings agrees to the accumulation's error."""
+    from macaw_fast.collect.sac import _mlp
+
+    g = torch.Generator().manual_seed(0)
+    T, B, o, H, out = 3, 40, 11, 32, 5
+    layers = [(torch.randn(T, i, j, generator=g) / math.sqrt(i), torch.randn(T, 1, j, generator=g) * 0.1)
+              for i, j in ((o, H), (H, H), (H, out))]
+    x = torch.randn(T, B, o, generator=g)
+    got = _mlp(x, layers, torch.bfloat16)
+    assert got.dtype == torch.float32
+    ref = x.to(F64)
+    for i, (w, b) in enumerate(layers):
+        if i < 2:
+            ref = _bf16(torch.baddbmm(_bf16(b), _bf16(ref), _bf16(w))).relu()   # rounded output
+        else:
+            ref = torch.baddbmm(b.to(F64), ref, w.to(F64))
+    # one bf16 rounding of each hidden output (relative 2^-8) propagated through two layers
+    assert (got.to(F64) - ref).abs().max() <= 2e-2 * ref.abs().max()
+    full = _mlp(x, layers)
+    assert not torch.equal(got, full)                               # the products really were bf16
+    assert (got - full).abs().max() <= 5e-2 * full.abs().max()      # and close to float32's
+
+
+def test_bfloat16_update_follows_the_float32_update():
+    """One SAC update in bfloat16 moves every parameter nearly as float32 does (direction and size),
+    and the losses agree to bf16 precision; the default stays float32."""
+    T, B, o, a, H = 4, 64, 9, 3, 32
+    g = torch.Generator().manual_seed(5)
+    bt = {k: v.float() for k, v in _batch(T, B, o, a, g).items()}
+    en, ep = torch.randn(T, B, a, generator=g), torch.randn(T, B, a, generator=g)
+    assert SACConfig().matmul == "float32"
+    agents = {m: BatchedSAC(T, o, a, SACConfig(width=H, batch_size=B, matmul=m), seed=2) for m in ("float32", "bfloat16")}
+    before = [p.detach().clone() for p in agents["float32"].actor_params() + agents["float32"].critic_params()]
+    metrics = {m: ag.update(bt, en, ep) for m, ag in agents.items()}
+    for k in ("loss/critic", "loss/actor"):
+        torch.testing.assert_close(metrics["bfloat16"][k], metrics["float32"][k], rtol=3e-2, atol=3e-2)
+    after = {m: ag.actor_params() + ag.critic_params() for m, ag in agents.items()}
+    for p0, p32, p16 in zip(before, after["float32"], after["bfloat16"]):
+        d32, d16 = (p32 - p0).flatten(), (p16 - p0).flatten()
+        if d32.norm() == 0:
+            continue
+        cos = torch.dot(d32, d16) / (d32.norm() * d16.norm())
+        assert cos > 0.95 and 0.8 < d16.norm() / d32.norm() < 1.25
+    assert all(p.dtype == torch.float32 for p in after["bfloat16"])
+
+
+def test_matmul_setting_is_validated():
+    with pytest.raises(ValueError, match="matmul: expected one of float32, bfloat16"):
+        SACConfig(matmul="float16").validate()
+    with pytest.raises(ValueError, match="matmul: the one-task SAC"):
+        SAC(3, 2, SACConfig(matmul="bfloat16"))

@@ -67,6 +67,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 #: Fields that may differ between the original run and a resumed one.
 _RESUMABLE_CHANGES = ("steps_per_task", "progress", "tensorboard", "threads", "eval_interval",
                       "checkpoint_interval", "eval_episodes")
+#: Fields added after runs were made without them -> the value those runs had.
+_ADDED_LATER = {"matmul": "float32"}
+
+
+def _recorded(old: dict, name: str):
+    """Field ``name`` of a recorded configuration (a run made before the field existed has its value
+    from :data:`_ADDED_LATER`)."""
+    return old.get(name, _ADDED_LATER.get(name))
 
 
 @dataclass
@@ -95,6 +103,9 @@ class CollectConfig:
     """Discount factor (of SAC and of the dataset's derived fields)."""
     tau: float = 0.005
     """Target-critic Polyak coefficient."""
+    matmul: str = "float32"
+    """Precision of the SAC networks' hidden-layer products: 'float32' or 'bfloat16' (faster on CPUs
+    with AVX512-BF16 or AMX; SACConfig.matmul, docs/collect.md)."""
     eval_interval: int = 5_000
     """Env steps between evaluations (mean-action rollouts, one per task); 0 = only at the end."""
     eval_episodes: int = 3
@@ -143,7 +154,7 @@ class CollectConfig:
     def sac_config(self) -> SACConfig:
         """The SAC hyper-parameters of this run."""
         return SACConfig(width=self.width, lr=self.lr, gamma=self.gamma, tau=self.tau,
-                         batch_size=self.batch_size).validate()
+                         batch_size=self.batch_size, matmul=self.matmul).validate()
 
     def task_indices(self) -> list[int]:
         """The task indices this run collects, in order."""
@@ -277,8 +288,8 @@ class Collector:
         for f in fields(CollectConfig):
             if f.name in _RESUMABLE_CHANGES:
                 continue
-            if old.get(f.name) != getattr(self.cfg, f.name):
-                raise ValueError(f"{ckpt_path}: the run was started with {f.name}={old.get(f.name)!r}, now "
+            if _recorded(old, f.name) != getattr(self.cfg, f.name):
+                raise ValueError(f"{ckpt_path}: the run was started with {f.name}={_recorded(old, f.name)!r}, now "
                                  f"{getattr(self.cfg, f.name)!r}; resume with the same value")
         pos = int(ck["pos"])
         if self.cfg.steps_per_task < pos:
@@ -621,7 +632,7 @@ def _finished(out_dir, cfg: CollectConfig) -> str | None:
             old = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    if any(old.get(f.name) != getattr(cfg, f.name) for f in fields(CollectConfig) if f.name not in _RESUMABLE_CHANGES):
+    if any(_recorded(old, f.name) != getattr(cfg, f.name) for f in fields(CollectConfig) if f.name not in _RESUMABLE_CHANGES):
         return None  # a different run: the Collector explains the mismatch
     ids = [str(i) for i in cfg.validate().task_indices()]
     if ds.tasks == ids and all(ds[t].num_rows == cfg.steps_per_task for t in ids):
