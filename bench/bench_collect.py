@@ -57,6 +57,23 @@ def test_sac_update(benchmark, T, impl, width):
     benchmark.extra_info["ms_per_task"] = 1000 * benchmark.stats.stats.mean / T
 
 
+@pytest.mark.parametrize("matmul", ["float32", "bfloat16"])
+def test_sac_update_matmul(benchmark, matmul):
+    """One batched SAC update of 50 tasks at Ant-Dir's sizes (obs 27, act 8, width 128) with the
+    hidden-layer products in float32 or bfloat16 (collect --matmul); compare the two rows of the
+    group (the ratio, measured in the same run, is what counts: bfloat16 pays only on CPUs with
+    AVX512-BF16 or AMX)."""
+    T, obs, act = 50, 27, 8
+    g = torch.Generator().manual_seed(0)
+    bt = {"obs": torch.randn(T, 256, obs, generator=g), "action": torch.rand(T, 256, act, generator=g) * 2 - 1,
+          "reward": torch.randn(T, 256, generator=g), "next_obs": torch.randn(T, 256, obs, generator=g),
+          "done": torch.zeros(T, 256)}
+    agent = BatchedSAC(T, obs, act, SACConfig(width=128, matmul=matmul), seed=0)
+    benchmark.group = "sac-update T=50 ant sizes, matmul"
+    benchmark.extra_info.update(matmul=matmul, threads=torch.get_num_threads())
+    benchmark.pedantic(lambda: agent.update(bt, generator=g), rounds=5, warmup_rounds=1)
+
+
 class PlainLoop:
     """The straightforward baseline: T separate SAC agents, each stepping its own env and
     updating on its own buffer, one task after the other."""
