@@ -842,8 +842,8 @@ def measure_rates(cfg: ReproduceConfig, repeats: int = 3) -> dict:
         torch.set_num_threads(cfg.collect_threads)
         g = torch.Generator().manual_seed(0)
         B = kw.get("batch_size", 256)
-        sac = BatchedSAC(T, fam.obs_dim, fam.act_dim, SACConfig(width=kw.get("width", 256), matmul=kw.get("matmul", "float32")),
-                         seed=0)
+        sac_cfg = SACConfig(width=kw.get("width", 256), matmul=kw.get("matmul", "float32"))
+        sac = BatchedSAC(T, fam.obs_dim, fam.act_dim, sac_cfg, seed=0)
         batch = {"obs": torch.randn(T, B, fam.obs_dim, generator=g), "action": torch.rand(T, B, fam.act_dim) * 2 - 1,
                  "reward": torch.randn(T, B, generator=g), "next_obs": torch.randn(T, B, fam.obs_dim, generator=g),
                  "done": torch.zeros(T, B)}
