@@ -101,3 +101,20 @@ def wait_all_dead(pids: list[int], timeout_s: float = 15.0) -> bool:
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not any(pid_alive(p) for p in pids)
+
+
+def assert_same_tree(a, b, where=""):
+    """Nested dicts/lists of tensors and plain values are equal, tensors bit for bit (``where``
+    names the first path that differs)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, where

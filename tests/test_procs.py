@@ -15,7 +15,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import child_pids, wait_all_dead
+from helpers import assert_same_tree, child_pids, wait_all_dead
 
 from macaw_fast._procs import Job, JobFailed, run_jobs
 
@@ -114,21 +114,5 @@ def test_train_seeds_in_parallel_processes_equal_the_in_process_runs(tmp_path, m
         a = load_checkpoint(tmp_path / "par" / f"seed_{s}" / "checkpoints" / "latest.pt")
         b = load_checkpoint(tmp_path / "seq" / f"seed_{s}" / "checkpoints" / "latest.pt")
         assert a["step"] == b["step"] == 6
-        _assert_same(a["learner"], b["learner"])
+        assert_same_tree(a["learner"], b["learner"])
 
-
-def _assert_same(a, b, where=""):
-    import torch
-
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    else:
-        assert a == b, where

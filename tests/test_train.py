@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_tree
 
 from macaw_fast.cli import main
 from macaw_fast.train.config import resolve_config
@@ -37,20 +38,6 @@ def tiny(**train):
 def _state(path):
     return load_checkpoint(path)["learner"]
 
-
-def _assert_same(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    else:
-        assert a == b, where
 
 
 def test_resume_after_kill9_is_bit_exact(dataset, tmp_path):
@@ -81,7 +68,7 @@ def test_resume_after_kill9_is_bit_exact(dataset, tmp_path):
     assert main(["train", "--resume", str(run), "--steps", str(N), "--progress", "false"]) == 0
     resumed = _state(latest)
     assert load_checkpoint(latest)["step"] == N
-    _assert_same(resumed, full)
+    assert_same_tree(resumed, full)
     # The log holds each training record once, in order, after the resume.
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == sorted(set(steps))
@@ -218,7 +205,7 @@ def test_config_without_checkpoint_starts_afresh(dataset, tmp_path, capsys):
         run.mkdir()
         (run / "config.json").write_text("{}")
         train(dataset, run, mc, tc, resume=resume)
-        _assert_same(_state(run / "checkpoints" / "latest.pt"), _state(tmp_path / "ref" / "checkpoints" / "latest.pt"))
+        assert_same_tree(_state(run / "checkpoints" / "latest.pt"), _state(tmp_path / "ref" / "checkpoints" / "latest.pt"))
         assert "starting" in capsys.readouterr().err
 
 
@@ -243,7 +230,7 @@ def test_corrupt_latest_falls_back_to_newest_intact_checkpoint(dataset, tmp_path
     assert "latest.pt.corrupt" in err and "step_0000008.pt" in err and ".latest.pt.x1y2.tmp" in err
     assert not (run / "checkpoints" / ".latest.pt.x1y2.tmp").exists()
     assert (run / "checkpoints" / "latest.pt.corrupt").exists()        # kept, not deleted
-    _assert_same(_state(latest), full)
+    assert_same_tree(_state(latest), full)
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "train"]
     assert steps == sorted(steps) and len(steps) == len(set(steps))    # records after step 8 redone once
 
@@ -409,7 +396,7 @@ def test_resume_takes_the_settings_from_the_checkpoint_and_reports_edits(dataset
     err = capsys.readouterr().err
     assert "differs from the checkpoint" in err and "train.seed: 3 in config.json, 0 in the checkpoint" in err
     assert "train.batch_size: 8 in config.json, 16 in the checkpoint" in err
-    _assert_same(_state(tmp_path / "part" / "checkpoints" / "latest.pt"), _state(tmp_path / "full" / "checkpoints" / "latest.pt"))
+    assert_same_tree(_state(tmp_path / "part" / "checkpoints" / "latest.pt"), _state(tmp_path / "full" / "checkpoints" / "latest.pt"))
 
 
 def test_checkpoint_missing_a_key_is_named(tmp_path):
