@@ -547,6 +547,18 @@ def test_a_preset_that_sets_the_algorithm_is_refused():
         ReproduceConfig("cheetah_dir", presets=["mt_ft_k20"]).validate()
 
 
+@pytest.mark.parametrize("overrides, match", [
+    ({"matmul": "fp16"}, "--collect-config: matmul: expected one of float32, bfloat16, got 'fp16'"),
+    ({"batch_size": 0}, "--collect-config: batch_size: expected an int >= 1"),
+    ({"start_steps": 5}, r"--collect-config: unknown collection setting\(s\) \['start_steps'\]"),
+])
+def test_a_bad_collection_setting_names_collect_config(overrides, match):
+    from macaw_fast.train.reproduce import ReproduceConfig
+
+    with pytest.raises(ValueError, match=match):
+        ReproduceConfig("cheetah_dir", collect_overrides=overrides).validate()
+
+
 def test_an_algorithms_own_training_fields_set_only_its_runs():
     from macaw_fast.train.reproduce import ReproduceConfig
 

@@ -204,7 +204,16 @@ class ReproduceConfig:
         if unknown:
             raise ValueError(f"--collect-config: unknown collection setting(s) {unknown} "
                              f"(fields of CollectConfig: {', '.join(sorted(known))})")
-        CollectConfig(family=self.family, **kw).validate()
+        try:
+            CollectConfig(family=self.family, **kw).validate()
+        except ValueError as e:
+            # CollectConfig names its field ("matmul: expected ..."); say which of our flags set it
+            field = str(e).split(":", 1)[0]
+            flag = ("--collect-config" if field in self.collect_overrides
+                    else "--collect-steps" if field == "steps_per_task" and self.collect_steps is not None else None)
+            if flag is None:
+                raise
+            raise ValueError(f"{flag}: {e}") from None
         return kw
 
     def ft_variants(self) -> dict:
