@@ -85,6 +85,28 @@ def test_every_option_with_a_default_shows_it_in_help():
     assert not missing, f"options whose --help does not show the default: {missing}"
 
 
+def test_every_help_page_formats_cleanly():
+    """argparse %-formats help strings but prints descriptions and epilogs as written: a "%%" meant
+    for one must not show up in the other, and every page must format at all."""
+    import argparse
+
+    from macaw_fast.cli import build_parser
+
+    pages = {}
+
+    def walk(parser, name):
+        pages[name] = parser.format_help()
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for n, sp in a.choices.items():
+                    walk(sp, f"{name} {n}")
+
+    walk(build_parser(), "macaw-fast")
+    assert {"macaw-fast reproduce", "macaw-fast train", "macaw-fast collect"} <= set(pages)
+    bad = [name for name, text in pages.items() if "%%" in text or "%(" in text]
+    assert not bad, f"--help pages with unformatted %: {bad}"
+
+
 def test_one_name_per_idea_across_commands():
     """--family everywhere a family is named (--env stays as an alias), the same task-list syntax
     everywhere, eval's --rollouts/--batches also under train's --eval-rollouts/--eval-batches names."""

@@ -300,7 +300,7 @@ def _register_reproduce(sub) -> None:
         "reproduce", help="the whole pipeline on one benchmark: collect, subsample, train seeds, evaluate, results",
         description="Reproduce MACAW on one of the paper's benchmarks: collect data with batched SAC, subsample it "
                     "as the paper's loader did, train every seed, evaluate the final checkpoints, write "
-                    "OUT/results (summary.json, table.md with IQM and 95 %% bootstrap CIs, curves.png). Run the "
+                    "OUT/results (summary.json, table.md with IQM and 95 % bootstrap CIs, curves.png). Run the "
                     "same command again to resume after any interruption; finished and verified stages are "
                     "skipped, corrupt ones redone. See docs/reproduce.md.")
     pos = int_at_least(1)
