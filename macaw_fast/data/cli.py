@@ -205,7 +205,7 @@ def register(sub) -> None:
     q.add_argument("--skip", type=int, default=7,
                    help="keep rows (N mod skip) + skip*j of each task (default 7, the paper's buffer_skip)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_subsample)
 
     q = dsub.add_parser("export-minari", help="export one Minari dataset per task under a namespace")
@@ -220,7 +220,7 @@ def register(sub) -> None:
     q = dsub.add_parser("import-minari", help="build a dataset from a Minari namespace")
     q.add_argument("namespace", help="Minari namespace")
     q.add_argument("out", help="new dataset directory")
-    q.add_argument("--root", default=None, help="Minari datasets directory")
+    q.add_argument("--root", default=None, help="Minari datasets directory (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_import_minari)

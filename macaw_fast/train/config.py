@@ -236,8 +236,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple = ()) -> N
             if f.name in skip:
                 continue
             default = f.default if f.default is not MISSING else None
+            doc = docs.get(f.name, "")
+            # a docstring that already says what an unset field means ("default: ...", "None: ...") is enough
+            said = "default" in doc.lower() or (default is None and "None" in doc)
             kw: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None,
-                                  "help": f"{docs.get(f.name, '')} (default: {default!r})"}
+                                  "help": doc if said else f"{doc} (default: {default!r})"}
             t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             if t.startswith("Optional[") and t != "Optional[list]":
                 t = t[len("Optional["):-1]
