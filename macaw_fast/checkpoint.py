@@ -47,6 +47,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not ours, or corrupt (checksum mismatch)."""
 
 
+def unreadable(path: str, e: BaseException) -> CheckpointError:
+    """The one-line error for a file ``torch.load(..., weights_only=True)`` failed on."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        # torch's own message is a paragraph that suggests weights_only=False; for a file that is not
+        # a checkpoint that advice is wrong, and for an untrusted one it is unsafe
+        why = "not a PyTorch checkpoint, or one holding Python objects that the safe loader refuses"
+    elif isinstance(e, EOFError) or not text:
+        why = "the file is empty or truncated"
+    else:
+        why = f"{type(e).__name__}: {text.splitlines()[0][:200]}; the file is truncated or corrupt"
+    return CheckpointError(f"{path}: could not be read as a checkpoint ({why})")
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Read and verify a checkpoint written by :func:`save_checkpoint` (safe loader: tensors and plain
     types only). Raises :class:`CheckpointError` naming the file when it is unreadable, not a
@@ -57,8 +71,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); the file is truncated or corrupt") from None
+        raise unreadable(path, e) from None
     if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a macaw-fast checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
     if st.get("version", 1) >= 2:

@@ -411,3 +411,23 @@ def test_checkpoint_missing_a_key_is_named(tmp_path):
     torch.save(st, p)
     with pytest.raises(CheckpointError, match="learner"):
         load_checkpoint(p)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "the file is empty or truncated"),
+    (b"# not a checkpoint\n" * 50, "not a PyTorch checkpoint, or one holding Python objects that the safe loader refuses"),
+    (bytes(range(256)) * 4, "not a PyTorch checkpoint, or one holding Python objects that the safe loader refuses"),
+])
+def test_a_file_that_is_no_checkpoint_is_a_short_one_line_error(tmp_path, content, why):
+    """torch's own message for these is a paragraph that advises weights_only=False: we say what the
+    file is in one line, through the library and through `eval` (which also reads paper archives)."""
+    from macaw_fast.checkpoint import CheckpointError, load_checkpoint
+
+    f = tmp_path / "x.pt"
+    f.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(f)
+    assert str(e.value) == f"{f}: could not be read as a checkpoint ({why})"
+    p = subprocess.run([sys.executable, "-m", "macaw_fast", "eval", str(f)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip() == f"macaw-fast eval: error: {f}: could not be read as a checkpoint ({why})"

@@ -208,7 +208,7 @@ def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     directory) or the paper's ``archive_*.pt`` (which needs ``data`` for its test tasks and N_train)."""
     import torch
 
-    from ..checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+    from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, unreadable
 
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoints", "latest.pt")
@@ -217,7 +217,7 @@ def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e})") from None
+        raise unreadable(path, e) from None
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
         st = load_checkpoint(path)
         learner = learner_from_state_dict(st["learner"], backend=backend)
