@@ -8,6 +8,10 @@ import tempfile
 from typing import Any, Callable
 
 
+#: mode of every file written here: mkstemp's temporary files are 0600, which the rename would keep
+FILE_MODE = 0o644
+
+
 def fsync_dir(path: str) -> None:
     """fsync a directory, so a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -26,7 +30,7 @@ def atomic_write_bytes(path: str, write: Callable) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
-        os.fchmod(fd, 0o644)             # an ordinary file, not mkstemp's private 0600
+        os.fchmod(fd, FILE_MODE)         # an ordinary file, not mkstemp's private 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -71,6 +75,7 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=d)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi)

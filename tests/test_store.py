@@ -237,6 +237,9 @@ def test_missing_manifests_detected(filled, tmp_path):
         open_dataset(filled)
     with pytest.raises(DatasetError, match="no such dataset directory"):
         open_dataset(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="file: is a file, not a dataset directory"):
+        open_dataset(tmp_path / "file")
 
 
 def _edit_task_manifest(path, tid, fn):

@@ -125,7 +125,7 @@ def test_bad_config_values_are_clear_errors_and_overwrite_nothing(dataset, tmp_p
     rc, err = _cli(capsys, *base, "--test-tasks", "0,7")
     assert rc == 1 and "indices [7]" in err
     rc, err = _cli(capsys, *base, "--preset", "cheetah_vel")
-    assert rc == 1 and "expects a cheetah_vel dataset" in err
+    assert rc == 1 and "expects a dataset of family cheetah_vel" in err
     rc, err = _cli(capsys, *base, "--inner-mode", "sideways")
     assert rc == 1 and "inner_mode" in err
     assert not out.exists()  # nothing was created by the failures

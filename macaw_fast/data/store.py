@@ -477,7 +477,8 @@ def open_dataset(path: str | os.PathLike, check_finite: bool = False) -> Dataset
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise DatasetError(f"{path}: no such dataset directory")
+        raise DatasetError(f"{path}: is a file, not a dataset directory" if os.path.exists(path)
+                           else f"{path}: no such dataset directory")
     for attempt in range(10):
         m = _load_json(os.path.join(path, DATASET_MANIFEST), "dataset manifest")
         _check_dataset_manifest(path, m)

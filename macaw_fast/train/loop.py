@@ -72,7 +72,7 @@ class RunSetup:
         self.ds = ds = open_dataset(self.data)
         self.family = family_of(ds)
         if tc.family and tc.family != self.family:
-            raise ValueError(f"{self.data}: the preset/config expects a {tc.family} dataset, "
+            raise ValueError(f"{self.data}: the preset/config expects a dataset of family {tc.family}, "
                              f"but this dataset is {self.family} ({ds.env_id})")
         check_dataset_env(ds, self.family)
         self.train_ids = self._ids(tc.train_tasks, ds.train_tasks, "train_tasks")
