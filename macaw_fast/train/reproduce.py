@@ -207,13 +207,10 @@ class ReproduceConfig:
         try:
             CollectConfig(family=self.family, **kw).validate()
         except ValueError as e:
-            # CollectConfig names its field ("matmul: expected ..."); say which of our flags set it
-            field = str(e).split(":", 1)[0]
-            flag = ("--collect-config" if field in self.collect_overrides
-                    else "--collect-steps" if field == "steps_per_task" and self.collect_steps is not None else None)
-            if flag is None:
+            # CollectConfig names its field ("matmul: expected ..."); the other fields' flags are checked above
+            if str(e).split(":", 1)[0] not in self.collect_overrides:
                 raise
-            raise ValueError(f"{flag}: {e}") from None
+            raise ValueError(f"--collect-config: {e}") from None
         return kw
 
     def ft_variants(self) -> dict:
