@@ -559,6 +559,30 @@ def test_a_bad_collection_setting_names_collect_config(overrides, match):
         ReproduceConfig("cheetah_dir", collect_overrides=overrides).validate()
 
 
+@pytest.mark.parametrize("cfg, match", [
+    ({"train": {"latent_dim": -1}}, "train.latent_dim: expected a positive integer, got -1"),    # focal's field
+    ({"train": {"ft_steps": 0}}, "train.ft_steps: expected a positive integer, got 0"),           # mt_ft's field
+    ({"macaw": {"net_width": -3}}, "config.net_width: expected a positive integer, got -3"),
+])
+def test_a_bad_training_setting_of_any_algorithm_names_the_file_before_any_work(tmp_path, cfg, match):
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps(cfg))
+    p = _cli("cheetah_dir", "--out", str(tmp_path / "x"), "--algos", "macaw", "mt_ft", "focal", "--train-config", str(f))
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == f"macaw-fast reproduce: error: --train-config {f}: {match}"
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_bad_collection_file_is_named(tmp_path):
+    f = tmp_path / "collect.json"
+    f.write_text('{"matmul": "fp16"}')
+    p = _cli("cheetah_dir", "--out", str(tmp_path / "x"), "--collect-config", str(f))
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == (f"macaw-fast reproduce: error: --collect-config {f}: "
+                                "matmul: expected one of float32, bfloat16, got 'fp16'")
+    assert not (tmp_path / "x").exists()
+
+
 def test_an_algorithms_own_training_fields_set_only_its_runs():
     from macaw_fast.train.reproduce import ReproduceConfig
 

@@ -25,7 +25,16 @@ def _configs(args) -> tuple:
     m2, t2 = overrides_from_args(args)
     mac.update(m2)
     tr.update(t2)
-    return resolve_config(args.preset, mac, tr)
+    try:
+        return resolve_config(args.preset, mac, tr)
+    except ValueError as e:
+        if not args.config_file:
+            raise
+        try:      # does the rest resolve without the file? then the file is to blame: name it
+            resolve_config(args.preset, m2, t2)
+        except ValueError:
+            raise e from None
+        raise ValueError(f"--config-file {args.config_file}: {e}") from None
 
 
 def resume_configs(args) -> tuple:
@@ -254,7 +263,13 @@ def run_reproduce(args) -> int:
                           ft_value_lrs=list(args.ft_value_lrs), ft_more_steps=args.ft_more_steps,
                           tune_tasks=args.tune_tasks, threads=args.threads,
                           collect_threads=args.collect_threads, jobs=args.jobs, progress=not args.no_progress)
-    rep = Reproduction(args.out, cfg)
+    try:
+        rep = Reproduction(args.out, cfg)
+    except ValueError as e:     # name the file behind a --collect-config / --train-config error
+        for flag, path in (("--collect-config", args.collect_config), ("--train-config", args.train_config)):
+            if path and str(e).startswith(flag + ": "):
+                raise ValueError(f"{flag} {path}: {str(e)[len(flag) + 2:]}") from None
+        raise
     rep.check_directory()
     if args.dry_run:
         runs = f"{cfg.jobs} training runs at a time, " if cfg.jobs > 1 else ""

@@ -175,7 +175,13 @@ class ReproduceConfig:
             if algo is not None:
                 raise ValueError(f"--preset {name}: sets the algorithm, which reproduce takes from --algos "
                                  f"(e.g. --algos macaw {algo})")
-        self.train_configs(self.seeds[0])     # validates presets and overrides
+        for algo in self.algos:     # validates presets and overrides for every algorithm, before any work
+            try:
+                self.train_configs(self.seeds[0], algo)
+            except ValueError as e:
+                if not (self.macaw_overrides or self.train_overrides) or not _valid_without_overrides(self, algo):
+                    raise
+                raise ValueError(f"--train-config: {e}") from None
         self.collect_kwargs()
         return self
 
@@ -240,6 +246,15 @@ class ReproduceConfig:
               "eval_batches": self.eval_batches, "eval_rollouts": self.eval_rollouts, "threads": self.threads,
               "progress": self.progress}
         return resolve_config([self.family, *self.presets], dict(self.macaw_overrides), tr)
+
+
+def _valid_without_overrides(cfg: ReproduceConfig, algo: str) -> bool:
+    """Whether ``algo``'s configuration resolves without --train-config (then that file is to blame)."""
+    try:
+        dataclasses.replace(cfg, macaw_overrides={}, train_overrides={}).train_configs(cfg.seeds[0], algo)
+    except ValueError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
