@@ -72,6 +72,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         st = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise unreadable(path, e) from None
+    return verify_checkpoint(st, path)
+
+
+def verify_checkpoint(st, path: str) -> dict:
+    """``st`` (what the safe loader read from ``path``) if it is an intact macaw-fast checkpoint;
+    otherwise the :class:`CheckpointError` of :func:`load_checkpoint`."""
     if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a macaw-fast checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
     if st.get("version", 1) >= 2:
@@ -102,4 +108,5 @@ def intact_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     return out
 
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "state_digest", "load_checkpoint", "intact_checkpoints"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "state_digest", "load_checkpoint", "verify_checkpoint",
+           "intact_checkpoints"]

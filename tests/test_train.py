@@ -432,3 +432,27 @@ def test_a_file_that_is_no_checkpoint_is_a_short_one_line_error(tmp_path, conten
     p = subprocess.run([sys.executable, "-m", "macaw_fast", "eval", str(f)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.strip() == f"macaw-fast eval: error: {f}: could not be read as a checkpoint ({why})"
+
+
+def test_eval_reads_its_checkpoint_once_and_verifies_it(dataset, tmp_path, monkeypatch):
+    import torch
+
+    from macaw_fast.train.runs import load_any_checkpoint
+
+    mc, tc = tiny(steps=2)
+    train(dataset, tmp_path / "run", mc, tc)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    learner, data, fam, step = load_any_checkpoint(str(tmp_path / "run"), None)
+    assert len(calls) == 1 and step == 2 and data == str(dataset)
+    # the one read is verified like load_checkpoint: a checkpoint whose content no longer matches its
+    # SHA-256 (re-saved with a changed step) is refused
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    st = real(latest, weights_only=True)
+    st["step"] = 3
+    torch.save(st, latest)
+    from macaw_fast.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_any_checkpoint(str(latest), None)

@@ -208,7 +208,7 @@ def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     directory) or the paper's ``archive_*.pt`` (which needs ``data`` for its test tasks and N_train)."""
     import torch
 
-    from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint, unreadable
+    from ..checkpoint import CHECKPOINT_FORMAT, unreadable, verify_checkpoint
 
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoints", "latest.pt")
@@ -219,7 +219,7 @@ def load_any_checkpoint(path: str, data: str | None, backend: str = "auto"):
     except Exception as e:  # noqa: BLE001
         raise unreadable(path, e) from None
     if isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT:
-        st = load_checkpoint(path)
+        st = verify_checkpoint(raw, path)       # read once: the same checks as load_checkpoint
         learner = learner_from_state_dict(st["learner"], backend=backend)
         return learner, data or st["data"], st["family"], int(st["step"])
     if not data:
