@@ -3,8 +3,9 @@
     python scripts/comparison_table.py FAMILY [--summary results/summary.json]
 
 One row per algorithm present (MACAW, Meta-BC, MT + fine-tune 1 and 20 steps, FOCAL-style): the
-per-seed adapted and unadapted returns, the normalised adapted IQM and the normalised gain's mean
-with their 95 % CIs, and each test task's adapted return (mean over seeds).
+per-seed adapted and unadapted returns (the 20-step row's unadapted policy is the 1-step row's),
+the normalised adapted IQM and the normalised gain's mean with their 95 % CIs, and each test
+task's adapted return (mean over seeds).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def table(entries: dict) -> str:
             continue
         e = entries[algo]
         per_task = " / ".join(f"{sum(v['adapted']) / len(v['adapted']):.1f}" for v in e["per_task"].values())
-        lines.append(_minus(f"| {name} | {', '.join(f'{x:.1f}' for x in e['adapted'])} | "
-                            f"{', '.join(f'{x:.1f}' for x in e['unadapted'])} | "
+        unadapted = ", ".join(f"{x:.1f}" for x in e["unadapted"])
+        if algo == "mt_ft_k20" and e["unadapted"] == entries.get("mt_ft", {}).get("unadapted"):
+            unadapted = "(same policy)"     # more fine-tuning steps from the same pooled policy
+        lines.append(_minus(f"| {name} | {', '.join(f'{x:.1f}' for x in e['adapted'])} | {unadapted} | "
                             f"{ci(e['aggregate'], 'normalised_adapted', 'iqm')} | "
                             f"{ci(e['aggregate'], 'normalised_gain', 'mean')} | {per_task} |"))
     return "\n".join(lines)

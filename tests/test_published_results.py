@@ -54,3 +54,44 @@ def test_entry_is_complete_and_consistent(fam, algo, e):
     assert agg["mean_ci"][0] <= agg["mean"] <= agg["mean_ci"][1], f"{fam}/{algo}: the mean lies in its CI"
     values = [z for t in e["per_task"].values() for z in t["normalised_adapted"]]
     assert math.isclose(agg["mean"], sum(values) / len(values), rel_tol=1e-9), f"{fam}/{algo}: aggregate mean"
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results_md() -> str:
+    with open(os.path.join(ROOT, "RESULTS.md")) as f:
+        return f.read().replace("**", "")         # bold marks the headline numbers
+
+
+def _summary() -> dict:
+    with open(os.path.join(ROOT, "results", "summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("fam", sorted(f for f, algos in _summary().items() if len(algos) > 1))
+def test_results_md_comparison_table_says_what_summary_json_says(fam):
+    """Every row of `python scripts/comparison_table.py FAMILY` appears in RESULTS.md as printed."""
+    text = _results_md()
+    rows = _script("comparison_table").table(_summary()[fam]).splitlines()[2:]
+    assert rows
+    for row in rows:
+        assert row in text, f"RESULTS.md lacks (or has other numbers in) this {fam} row:\n{row}"
+
+
+@pytest.mark.parametrize("fam", sorted(_summary()))
+def test_results_md_per_task_macaw_numbers_say_what_summary_json_says(fam):
+    """Each test task's MACAW returns, gain and normalised scores (mean ± std over seeds, as
+    `python scripts/per_task_table.py FAMILY` prints them) appear in one row of RESULTS.md."""
+    text = _results_md()
+    rows = _script("per_task_table").table(_summary()[fam]["macaw"]).splitlines()[2:]
+    assert len(rows) == len(FAMILIES[fam])
+    for row in rows:
+        numbers = " | ".join(row.split(" | ")[1:6])
+        assert f" | {numbers} | " in text, f"RESULTS.md lacks {fam} MACAW task row numbers: {numbers}"
