@@ -270,7 +270,7 @@ def test_config_file_mistakes_are_one_line_errors(dataset, tmp_path, capsys, con
     cfg = tmp_path / "cfg.json"
     cfg.write_text(content)
     rc, err = _cli(capsys, "train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY,
-                   "--config-file", str(cfg))
+                   "--steps", "2", "--config-file", str(cfg))   # --steps: a regression fails fast, not after 1M steps
     assert rc == 1 and msg in err
     assert str(cfg) in err
     assert err.strip().count("\n") == 0
