@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 
 import numpy as np
 
+from comparison_table import NAMES, _minus     # the same row names and minus signs as RESULTS.md's tables
 from macaw_fast.train.stats import interval_estimates
-
-NAMES = {"macaw": "MACAW", "meta_bc": "Meta-BC", "mt_ft": "MT + fine-tune, 1 step",
-         "mt_ft_k20": "MT + fine-tune, 20 steps", "focal": "FOCAL-style (AWR)"}
 
 
 def _ci(a: dict, stat: str) -> str:
@@ -50,7 +47,7 @@ def table(entries: dict, tasks: list[str]) -> str:
         if all("velocity_adapted" in per_task[t] for t in tasks):
             vel = f"{matrix('velocity_adapted').mean():.2f} / {matrix('velocity_unadapted').mean():.2f}"
         lines.append(f"| {name} | {_ci(adapted, 'iqm')} | {_ci(adapted, 'mean')} | {_ci(gain, 'mean')} | {vel} |")
-    return re.sub(r"(?<![\w.])-(?=\d)", "−", "\n".join(lines))
+    return _minus("\n".join(lines))
 
 
 def main() -> None:
